@@ -1,0 +1,144 @@
+"""Benchmarks. `densehybrid-bench overhead`: cost of the DenseHybrid outputs over the closed-set model.
+
+Both variants run on the same weights and the same input, interleaved (alternating order each repeat)
+so that machine drift hits both alike:
+- closed: segmenter -> logits upsampled to input size -> argmax class ids (`DenseHybrid.closed_set`);
+- hybrid: the same plus the inlier head, the hybrid score upsampled to input size and the open-set map
+  (`DenseHybrid.dense_outputs` + `open_set_fusion`, the path the Predictor runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from densehybrid_ros.config import load_yaml
+from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
+from densehybrid_ros.paths import model_config_path
+from densehybrid_ros.scores import open_set_fusion
+
+
+def closed_set_step(model: DenseHybrid, x: torch.Tensor) -> torch.Tensor:
+    return model.closed_set(x)
+
+
+def hybrid_step(model: DenseHybrid, x: torch.Tensor) -> torch.Tensor:
+    out = model.dense_outputs(x, ("hybrid",))
+    return open_set_fusion(out.class_ids, out.scores["hybrid"], 0.0, model.num_classes)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _conv_flops(fn, model, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(model, x)
+    return int(counter.get_total_flops())
+
+
+@torch.inference_mode()
+def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, warmup: int, device: str, fp16: bool) -> dict:
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(config).eval().to(dev).to(memory_format=torch.channels_last)
+    steps = {"closed": closed_set_step, "hybrid": hybrid_step}
+    results = []
+    for height, width in sizes:
+        x = torch.randn(1, 3, height, width, device=dev).contiguous(memory_format=torch.channels_last)
+        flops = {name: _conv_flops(fn, model, x) for name, fn in steps.items()}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        autocast = torch.autocast("cuda", dtype=torch.float16, enabled=fp16)
+        for repeat in range(warmup + repeats):
+            order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
+            for name in order:
+                _sync(dev)
+                start = time.perf_counter()
+                with autocast:
+                    steps[name](model, x)
+                _sync(dev)
+                if repeat >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+        closed_ms, hybrid_ms = statistics.median(times["closed"]), statistics.median(times["hybrid"])
+        paired = [h / c for h, c in zip(times["hybrid"], times["closed"])]
+        results.append(
+            {
+                "size": f"{height}x{width}",
+                "closed_ms": round(closed_ms, 2),
+                "hybrid_ms": round(hybrid_ms, 2),
+                "closed_ms_all": [round(t, 2) for t in times["closed"]],
+                "hybrid_ms_all": [round(t, 2) for t in times["hybrid"]],
+                "overhead_ms": round(hybrid_ms - closed_ms, 2),
+                "overhead_ratio": round(hybrid_ms / closed_ms, 4),
+                "paired_ratio_median": round(statistics.median(paired), 4),
+                "conv_matmul_gflop": {k: round(v / 1e9, 3) for k, v in flops.items()},
+                "conv_matmul_flop_ratio": round(flops["hybrid"] / flops["closed"], 5),
+            }
+        )
+    return {
+        "benchmark": "overhead",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fp16": fp16,
+        "architecture": config.__dict__,
+        "repeats": repeats,
+        "warmup": warmup,
+        "sizes": results,
+        "goal": "overhead_ratio <= 1.01 (paper, Tab. 7: 1.046 on an RTX 3090 at 2 MP)",
+    }
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, got {text!r}") from None
+    if h % 32 or w % 32 or h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive multiples of 32, got {text!r}")
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="densehybrid-bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("overhead", help="closed-set forward vs forward + DenseHybrid outputs")
+    p.add_argument("--model", default="swiftnet_r18", help="model preset name or YAML path")
+    p.add_argument("--sizes", type=_parse_size, nargs="+", default=[(512, 1024), (1024, 2048)], metavar="HxW")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fp16", action="store_true", help="autocast float16 (CUDA only)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.fp16 and not args.device.startswith("cuda"):
+        parser.error("--fp16 needs a CUDA --device")
+    config = load_yaml(ModelConfig, model_config_path(args.model))
+    result = overhead(config, args.sizes, args.repeats, args.warmup, args.device, args.fp16)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(f"{'size':>10} {'closed ms':>10} {'hybrid ms':>10} {'ratio':>7}")
+        for row in result["sizes"]:
+            print(f"{row['size']:>10} {row['closed_ms']:>10.1f} {row['hybrid_ms']:>10.1f} {row['overhead_ratio']:>7.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

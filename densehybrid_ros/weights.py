@@ -1,0 +1,220 @@
+"""Node weights: safetensors tensors + a JSON metadata header, validated before any model is built.
+
+File layout: a standard safetensors file whose tensors are the `DenseHybrid` state dict and whose
+string metadata holds one key, `densehybrid_ros`, with the JSON of `WeightsMetadata`. Loading never
+unpickles: pickle and torch.save (zip) files are recognised by their first bytes and refused.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from densehybrid_ros.classes import CITYSCAPES_CLASSES
+from densehybrid_ros.config import ConfigError, from_dict, to_dict
+from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
+from densehybrid_ros.models.resnet import ResNet
+
+FORMAT_VERSION = 1
+METADATA_KEY = "densehybrid_ros"
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be used; the message names the file and the offending field or tensor."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    name: str
+    color: tuple[int, int, int]
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("class name must not be empty")
+        if any(not 0 <= c <= 255 for c in self.color):
+            raise ValueError(f"colour of {self.name!r} must be 0..255 RGB, got {self.color}")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel normalisation of RGB scaled to [0, 1]: (x - mean) / std."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def validate(self) -> None:
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The open-set threshold on the hybrid score and how it was chosen."""
+
+    threshold: float | None = None
+    method: str = "uncalibrated"  # e.g. "tpr95": 95% of held-out anomaly pixels score above it
+    target_tpr: float | None = None
+    dataset: str | None = None  # held-out data it was chosen on
+
+    def validate(self) -> None:
+        if self.threshold is None and self.method != "uncalibrated":
+            raise ValueError(f"method {self.method!r} needs a threshold; use method 'uncalibrated' without one")
+        if self.threshold is not None and (self.method == "uncalibrated" or not math.isfinite(self.threshold)):
+            raise ValueError("a threshold must be finite and name its calibration method")
+        if self.target_tpr is not None and not 0 < self.target_tpr <= 1:
+            raise ValueError(f"target_tpr must be in (0, 1], got {self.target_tpr}")
+
+
+@dataclass(frozen=True)
+class WeightsMetadata:
+    architecture: ModelConfig
+    classes: tuple[ClassInfo, ...]
+    normalization: Normalization = Normalization()
+    input_size: tuple[int, int] | None = None  # network grid (width, height); None = native size, padded
+    calibration: Calibration = Calibration()
+    provenance: dict[str, Any] = field(default_factory=dict)  # how the weights were made (free-form)
+    format_version: int = FORMAT_VERSION
+
+    def validate(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})")
+        if len(self.classes) != self.architecture.num_classes:
+            raise ValueError(
+                f"classes lists {len(self.classes)} classes but architecture.num_classes is {self.architecture.num_classes}"
+            )
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classes: duplicate class names in {names}")
+        if self.input_size is not None:
+            stride = ResNet.output_stride
+            if any(s < stride or s % stride for s in self.input_size):
+                raise ValueError(f"input_size must be positive multiples of {stride}, got {self.input_size}")
+
+    @property
+    def num_classes(self) -> int:
+        return self.architecture.num_classes
+
+    @property
+    def threshold(self) -> float | None:
+        return self.calibration.threshold
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "WeightsMetadata":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"metadata is not valid JSON: {error}") from None
+        return from_dict(cls, data)
+
+
+def default_metadata(architecture: ModelConfig, **changes: Any) -> WeightsMetadata:
+    """Metadata with Cityscapes class names/colours when the class count is 19, generic ones otherwise."""
+    if architecture.num_classes == len(CITYSCAPES_CLASSES):
+        classes = tuple(ClassInfo(n, c) for n, c in CITYSCAPES_CLASSES)
+    else:
+        classes = tuple(ClassInfo(f"class_{i}", CITYSCAPES_CLASSES[i % 19][1]) for i in range(architecture.num_classes))
+    return replace(WeightsMetadata(architecture=architecture, classes=classes), **changes)
+
+
+def _expected_shapes(architecture: ModelConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = build_model(architecture)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _sniff_safetensors(path: Path) -> None:
+    """Refuse anything but a safetensors file by its first bytes, before any parser sees it."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(9)
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 2 <= header_len <= size - 8:
+        return
+    if head.startswith(b"PK\x03\x04"):
+        raise WeightsError(
+            f"{path}: is a zip archive (a torch.save checkpoint?); refused: densehybrid_ros loads only "
+            "safetensors and never unpickles. Convert it in a trusted environment (see README, 'Weights')."
+        )
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"]", b"}", b"c"):
+        raise WeightsError(f"{path}: looks like a Python pickle; refused without unpickling (only safetensors is accepted)")
+    if len(head) < 9:
+        raise WeightsError(f"{path}: truncated or empty ({size} bytes); not a safetensors file")
+    raise WeightsError(f"{path}: not a safetensors file (bad header: length {header_len}, file {size} bytes)")
+
+
+def read_metadata(path: str | Path) -> WeightsMetadata:
+    """Validated metadata of a weights file, and a check of every tensor's name, shape and dtype
+    against the architecture it declares. Reads headers only: no tensor data, no model."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    _sniff_safetensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path}: unreadable safetensors file: {error}") from None
+    if METADATA_KEY not in header:
+        raise WeightsError(f"{path}: no '{METADATA_KEY}' metadata; not a densehybrid_ros weights file")
+    try:
+        metadata = WeightsMetadata.from_json(header[METADATA_KEY])
+    except ConfigError as error:
+        raise WeightsError(f"{path}: invalid metadata: {error}") from None
+    _check_tensors(path, metadata.architecture, shapes, dtypes)
+    return metadata
+
+
+def _check_tensors(path: Path, arch: ModelConfig, shapes: dict, dtypes: dict) -> None:
+    expected = _expected_shapes(arch)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing:
+        raise WeightsError(f"{path}: {len(missing)} tensor(s) missing for the declared architecture, e.g. {missing[:3]}")
+    if unexpected:
+        raise WeightsError(f"{path}: {len(unexpected)} unexpected tensor(s) for the declared architecture, e.g. {unexpected[:3]}")
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise WeightsError(
+                f"{path}: tensor {name} has shape {shapes[name]}, but architecture {to_dict(arch)} needs {shape}"
+            )
+        is_counter = name.endswith("num_batches_tracked")
+        if (dtypes[name] in FLOAT_DTYPES) == is_counter:
+            raise WeightsError(f"{path}: tensor {name} has dtype {dtypes[name]}")
+
+
+def save_weights(path: str | Path, model: DenseHybrid, metadata: WeightsMetadata) -> Path:
+    """Write `model`'s state dict and `metadata` as a safetensors file (float32 tensors)."""
+    metadata.validate()
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    expected = _expected_shapes(metadata.architecture)
+    if {k: tuple(v.shape) for k, v in state.items()} != expected:
+        raise WeightsError(f"model does not match metadata.architecture {to_dict(metadata.architecture)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    return path
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[DenseHybrid, WeightsMetadata]:
+    """Validate `path` fully, then build the model it describes and load its tensors (eval mode)."""
+    metadata = read_metadata(path)
+    tensors = load_file(str(path))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{path}: tensor(s) with NaN/Inf values, e.g. {bad[:3]}")
+    model = build_model(metadata.architecture)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
+    return model.to(device).eval(), metadata

@@ -1,0 +1,31 @@
+"""ament_python package setup: `colcon build` on a ROS 2 machine, `pip install -e .` in .venv."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "densehybrid_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config/model", glob("config/model/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="densehybrid_ros developers",
+    maintainer_email="densehybrid-ros@example.com",
+    description="Open-set semantic segmentation (DenseHybrid) as a ROS 2 perception node",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "densehybrid-demo = densehybrid_ros.demo:main",
+            "densehybrid-bench = densehybrid_ros.bench:main",
+        ],
+    },
+)

@@ -1,0 +1,35 @@
+"""Shared fixtures: small models and weights files written through the project's own format."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from densehybrid_ros.models import ModelConfig, build_model
+from densehybrid_ros.weights import default_metadata, save_weights
+
+TINY = ModelConfig(num_classes=5, backbone_width=8, decoder_width=16, spp_grids=(4, 2, 1))
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give BN layers non-trivial statistics/affines so that eval-mode outputs are not degenerate."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return randomize_batchnorm(build_model(TINY)).eval()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, tiny_model):
+    return save_weights(tmp_path / "tiny.safetensors", tiny_model, default_metadata(TINY))

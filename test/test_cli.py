@@ -1,0 +1,42 @@
+"""The console scripts as users run them (installed into the venv by `make venv`)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args, timeout=300):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_demo_writes_images_and_says_weights_are_untrained(tmp_path):
+    stdout = run(BIN / "densehybrid-demo", "--out", tmp_path, "--size", "256x128")
+    assert "RANDOM weights" in stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["weights_trained"] is False and summary["image_size"] == [256, 128]
+    assert set(summary["scores"]) == {"hybrid", "generative", "discriminative", "msp", "max_logit", "energy", "entropy"}
+    assert cv2.imread(str(tmp_path / "open_set_overlay.png")).shape == (128, 256, 3)
+    assert cv2.imread(str(tmp_path / "panels.png")).shape == (4 * 128, 256, 3)
+
+
+def test_bench_overhead_json(tmp_path):
+    out = tmp_path / "overhead.json"
+    stdout = run(BIN / "densehybrid-bench", "overhead", "--model", "swiftnet_r18_cpu", "--sizes", "64x128",
+                 "--repeats", "2", "--warmup", "0", "--json", "--out", out)
+    result = json.loads(stdout)
+    assert result == json.loads(out.read_text())
+    row = result["sizes"][0]
+    assert row["size"] == "64x128" and len(row["closed_ms_all"]) == len(row["hybrid_ms_all"]) == 2
+    assert row["overhead_ratio"] == round(row["hybrid_ms"] / row["closed_ms"], 4)
+    assert row["conv_matmul_flop_ratio"] > 1.0  # the inlier head adds a 1x1 conv
+
+
+def test_bench_rejects_bad_sizes():
+    result = subprocess.run([str(BIN / "densehybrid-bench"), "overhead", "--sizes", "100x100"], capture_output=True, text=True)
+    assert result.returncode == 2 and "multiples of 32" in result.stderr
