@@ -1,10 +1,12 @@
 """The console scripts as users run them (installed into the venv by `make venv`)."""
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -33,7 +35,8 @@ def test_bench_overhead_json(tmp_path):
     assert result == json.loads(out.read_text())
     row = result["sizes"][0]
     assert row["size"] == "64x128" and len(row["closed_ms_all"]) == len(row["hybrid_ms_all"]) == 2
-    assert row["overhead_ratio"] == round(row["hybrid_ms"] / row["closed_ms"], 4)
+    ratio = statistics.median(row["hybrid_ms_all"]) / statistics.median(row["closed_ms_all"])
+    assert row["overhead_ratio"] == pytest.approx(ratio, rel=5e-3)  # inputs are rounded to 0.01 ms
     assert row["conv_matmul_flop_ratio"] > 1.0  # the inlier head adds a 1x1 conv
 
 
