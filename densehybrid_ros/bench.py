@@ -5,6 +5,7 @@ so that machine drift hits both alike:
 - closed: segmenter -> logits upsampled to input size -> argmax class ids (`DenseHybrid.closed_set`);
 - hybrid: the same plus the inlier head, the hybrid score upsampled to input size and the open-set map
   (`DenseHybrid.dense_outputs` + `open_set_fusion`, the path the Predictor runs).
+On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed_memory`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from densehybrid_ros.config import load_yaml
+from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
 from densehybrid_ros.paths import model_config_path
 from densehybrid_ros.scores import open_set_fusion
@@ -49,6 +51,7 @@ def _conv_flops(fn, model, x) -> int:
 @torch.inference_mode()
 def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, warmup: int, device: str, fp16: bool) -> dict:
     dev = torch.device(device)
+    allocator_tuned = retain_freed_memory() if dev.type == "cpu" else False  # as the Predictor does
     torch.manual_seed(0)
     model = build_model(config).eval().to(dev).to(memory_format=torch.channels_last)
     steps = {"closed": closed_set_step, "hybrid": hybrid_step}
@@ -91,6 +94,7 @@ def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, wa
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fp16": fp16,
+        "cpu_allocator_tuned": allocator_tuned,
         "architecture": config.__dict__,
         "repeats": repeats,
         "warmup": warmup,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid
 from densehybrid_ros.models.resnet import ResNet
 from densehybrid_ros.scores import SCORES, open_set_fusion
@@ -30,6 +31,7 @@ class PredictorConfig:
     output_resolution: str = "input"  # "input" (camera resolution) or "network" (the grid it ran at)
     extra_scores: tuple[str, ...] = ()  # any of SCORES besides "hybrid"
     threshold: float | None = None  # overrides the weights' calibrated threshold
+    retain_host_memory: bool = True  # on CPU: reuse freed activation buffers (see cpu_memory.py)
 
     def validate(self) -> None:
         if self.output_resolution not in ("input", "network"):
@@ -74,6 +76,8 @@ class Predictor:
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {config.device!r} requested but CUDA is not available")
         self.config = config
+        if config.retain_host_memory and not config.device.startswith("cuda"):
+            retain_freed_memory()
         self.metadata = metadata
         self.device = torch.device(config.device)
         self.num_classes = metadata.num_classes

@@ -111,3 +111,13 @@ def test_bad_predictor_config(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Predictor(tiny_model, default_metadata(TINY), PredictorConfig(device="cuda"))
+
+
+def test_cpu_allocator_setting_is_applied_in_a_fresh_process():
+    """mallopt returns 1 on success; the helper reports it (glibc, as on this platform)."""
+    import subprocess
+    import sys
+
+    code = "from densehybrid_ros.cpu_memory import retain_freed_memory as r; print(r(), r())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"]
