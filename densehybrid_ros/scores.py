@@ -72,7 +72,7 @@ def entropy_score(logits: torch.Tensor) -> torch.Tensor:
 def open_set_fusion(class_ids: torch.Tensor, score: torch.Tensor, threshold: float, unknown_id: int) -> torch.Tensor:
     """K+1-way open-set map (thesis 4.2.2): closed-set argmax, overridden with `unknown_id` (= K)
     wherever the anomaly score exceeds the threshold."""
-    return torch.where(score > threshold, torch.full_like(class_ids, unknown_id), class_ids)
+    return class_ids.masked_fill(score > threshold, unknown_id)
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
