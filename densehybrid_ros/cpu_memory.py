@@ -2,8 +2,8 @@
 
 By default glibc serves large allocations (activations of tens of MB) with fresh mmap()s and returns
 them on free, so every frame touches newly mapped pages. Raising M_MMAP_THRESHOLD and
-M_TRIM_THRESHOLD lets freed buffers be reused. Measured with `densehybrid-bench overhead`
-(ResNet-18 SwiftNet, 1024x2048, 2 cores): closed-set forward 1141 ms -> 869 ms. The cost: the process
+M_TRIM_THRESHOLD lets freed buffers be reused. Consecutive `densehybrid-bench overhead` runs
+(ResNet-18 SwiftNet, 1024x2048, 2 cores): closed-set forward 1141 ms without, 858-884 ms with. The cost: the process
 keeps its peak heap instead of returning it, which is what a long-running perception node wants.
 """
 from __future__ import annotations
