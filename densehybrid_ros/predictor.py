@@ -105,7 +105,9 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """One forward pass for all images (they may differ in size: each is padded to the largest grid)."""
+        """One forward pass for all images. Images of different grid sizes are padded to the largest; the
+        padding then enters the pyramid pooling, so batched equals one-by-one exactly only for images of
+        one grid size (always the case for weights with an `input_size`)."""
         if len(images) == 0:
             return []
         images = [validate_image(im) for im in images]
