@@ -20,7 +20,7 @@ from densehybrid_ros.config import load_yaml
 from densehybrid_ros.models import ModelConfig, build_model
 from densehybrid_ros.paths import model_config_path
 from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.scores import SCORES
+from densehybrid_ros.scores import SCORES, open_set_fusion
 from densehybrid_ros.visualize import colorize, heatmap, overlay, palette
 from densehybrid_ros.weights import default_metadata, save_weights
 
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Uncalibrated weights carry no threshold: for the picture only, mark the top 5% of this image.
     threshold = float(np.quantile(prediction.hybrid, 0.95))
-    open_set = np.where(prediction.hybrid > threshold, config.num_classes, prediction.class_ids).astype(np.uint8)
+    open_set = open_set_fusion(
+        torch.from_numpy(prediction.class_ids), torch.from_numpy(prediction.hybrid), threshold, config.num_classes
+    ).numpy()
     table = palette([c.color for c in metadata.classes])
     low, high = np.quantile(prediction.hybrid, [0.01, 0.99])
     panels = {
