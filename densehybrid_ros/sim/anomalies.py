@@ -1,0 +1,168 @@
+"""Anomalous objects and the fixed rule that splits them into disjoint pools.
+
+Pools (fixed, documented in the README):
+- `random_urdfs/NNN` meshes of pybullet_data: NNN % 5 in {0, 1, 2} -> `train-negatives`, 3 -> `val`, 4 -> `test`.
+- procedural families: crate, ball, rock -> `train-negatives`; barrel, capsule -> `val`; furniture, cone -> `test`.
+`train-negatives` may be used as real negatives in training; `val` and `test` anomalies never are.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pybullet as pb
+
+from densehybrid_ros.sim.bodies import Part
+from densehybrid_ros.sim.meshes import convex_hull
+
+POOLS = ("train-negatives", "val", "test")
+SPLIT_POOL = {"train": "train-negatives", "val": "val", "test": "test"}
+NUM_URDFS = 1000
+PROCEDURAL_FAMILIES = {
+    "train-negatives": ("crate", "ball", "rock"),
+    "val": ("barrel", "capsule"),
+    "test": ("furniture", "cone"),
+}
+
+
+def urdf_pool(index: int) -> str:
+    """Pool of pybullet_data's random_urdfs/NNN (the fixed split rule)."""
+    return ("train-negatives", "train-negatives", "train-negatives", "val", "test")[index % 5]
+
+
+def family_pool(family: str) -> str:
+    for pool, families in PROCEDURAL_FAMILIES.items():
+        if family in families:
+            return pool
+    raise ValueError(f"unknown procedural anomaly family {family!r}")
+
+
+def urdf_indices(pool: str) -> list[int]:
+    if pool not in POOLS:
+        raise ValueError(f"unknown anomaly pool {pool!r}; pools: {POOLS}")
+    return [i for i in range(NUM_URDFS) if urdf_pool(i) == pool]
+
+
+@dataclass
+class AnomalySpec:
+    """An anomaly in its own frame: origin on the ground under its centre, x forward, z up."""
+
+    source: str  # "random_urdfs/123" or "procedural/<family>"
+    pool: str
+    parts: list[Part]
+    points: np.ndarray  # (N, 3) points whose bounding box is the object's (object frame)
+
+
+@lru_cache(maxsize=None)
+def _obj_vertices(path: str) -> np.ndarray:
+    verts = [line.split()[1:4] for line in Path(path).read_text().splitlines() if line.startswith("v ")]
+    return np.asarray(verts, dtype=np.float64)
+
+
+def _urdf_mesh_path(index: int) -> str:
+    import pybullet_data
+
+    return str(Path(pybullet_data.getDataPath()) / "random_urdfs" / f"{index:03d}" / f"{index:03d}.obj")
+
+
+def _random_color(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    rgb = rng.uniform(0.05, 1.0, 3)
+    if rng.random() < 0.5:  # saturated colours are common on debris, tarps, toys, cargo
+        rgb[rng.integers(3)] = rng.uniform(0.0, 0.15)
+    return (float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
+
+
+def part_points(part: Part) -> np.ndarray:
+    """Points in the object frame whose bounding box bounds `part` (exact for boxes and meshes)."""
+    if part.geom == pb.GEOM_BOX:
+        local = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * np.asarray(part.half_extents)
+    elif part.geom == pb.GEOM_SPHERE:
+        local = np.vstack([np.eye(3), -np.eye(3)]) * part.radius
+    elif part.geom in (pb.GEOM_CYLINDER, pb.GEOM_CAPSULE):
+        a = np.linspace(0, 2 * math.pi, 64, endpoint=False)
+        ring = np.stack([np.cos(a), np.sin(a), np.zeros_like(a)], axis=1) * part.radius
+        half = part.length / 2 + (part.radius if part.geom == pb.GEOM_CAPSULE else 0.0)
+        local = np.vstack([ring + (0, 0, half), ring - (0, 0, half)])
+    elif part.mesh is not None:
+        local = np.asarray(part.mesh.vertices)
+    elif part.mesh_file is not None:
+        local = _obj_vertices(part.mesh_file) * part.mesh_scale
+    else:
+        raise ValueError(f"no geometry on part {part}")
+    rot = np.asarray(pb.getMatrixFromQuaternion(part.orn)).reshape(3, 3)
+    return local @ rot.T + np.asarray(part.pos)
+
+
+def _ground(parts: list[Part]) -> AnomalySpec | tuple[list[Part], np.ndarray]:
+    """Shift parts so that their bounding box sits on z = 0 centred on the origin."""
+    pts = np.vstack([part_points(p) for p in parts])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    shift = np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
+    for p in parts:
+        p.pos = tuple(np.asarray(p.pos) + shift)
+    return parts, pts + shift
+
+
+def urdf_anomaly(index: int, rng: np.random.Generator) -> AnomalySpec:
+    path = _urdf_mesh_path(index)
+    verts = _obj_vertices(path)
+    native = float(np.max(verts.max(axis=0) - verts.min(axis=0)))
+    size = rng.uniform(0.35, 1.6)  # largest extent in metres (lost cargo, debris, animals, toys)
+    euler = (rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi))
+    part = Part(pb.GEOM_MESH, _random_color(rng), orn=pb.getQuaternionFromEuler(euler), mesh_file=path,
+                mesh_scale=size / native)
+    parts, pts = _ground([part])
+    return AnomalySpec(f"random_urdfs/{index:03d}", urdf_pool(index), parts, pts)
+
+
+def procedural_anomaly(family: str, rng: np.random.Generator, textures: dict[str, int]) -> AnomalySpec:
+    color = _random_color(rng)
+    tex = textures.get(("blobs", "stripes")[rng.integers(2)]) if rng.random() < 0.5 else None
+    yaw_tilt = pb.getQuaternionFromEuler((0, 0, rng.uniform(0, math.pi)))
+    if family == "crate":
+        he = tuple(rng.uniform(0.15, 0.6, 3))
+        parts = [Part(pb.GEOM_BOX, color, orn=yaw_tilt, half_extents=he, texture=tex)]
+    elif family == "ball":
+        parts = [Part(pb.GEOM_SPHERE, color, radius=rng.uniform(0.15, 0.5), texture=tex)]
+    elif family == "rock":
+        pts = rng.normal(0, 1, (24, 3)) * rng.uniform(0.15, 0.5, 3)
+        parts = [Part(pb.GEOM_MESH, color, mesh=convex_hull(pts))]
+    elif family == "barrel":
+        r, h = rng.uniform(0.25, 0.45), rng.uniform(0.6, 1.1)
+        lying = rng.random() < 0.4
+        orn = pb.getQuaternionFromEuler((math.pi / 2 if lying else 0, 0, rng.uniform(0, math.pi)))
+        parts = [Part(pb.GEOM_CYLINDER, color, orn=orn, radius=r, length=h, texture=tex)]
+    elif family == "capsule":
+        orn = pb.getQuaternionFromEuler((math.pi / 2, 0, rng.uniform(0, math.pi)))
+        parts = [Part(pb.GEOM_CAPSULE, color, orn=orn, radius=rng.uniform(0.15, 0.35), length=rng.uniform(0.4, 1.2))]
+    elif family == "furniture":
+        w, d, h = rng.uniform(0.5, 1.4), rng.uniform(0.4, 0.9), rng.uniform(0.45, 1.0)
+        parts = [Part(pb.GEOM_BOX, color, pos=(0, 0, h), half_extents=(d / 2, w / 2, 0.03), texture=tex)]
+        leg = (0.5 * color[0], 0.5 * color[1], 0.5 * color[2], 1.0)
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                parts.append(Part(pb.GEOM_BOX, leg, pos=(sx * (d / 2 - 0.04), sy * (w / 2 - 0.04), h / 2),
+                                  half_extents=(0.03, 0.03, h / 2)))
+        if rng.random() < 0.5:  # chair back
+            parts.append(Part(pb.GEOM_BOX, color, pos=(-d / 2, 0, h * 1.5), half_extents=(0.03, w / 2, h / 2)))
+    elif family == "cone":
+        a = np.linspace(0, 2 * math.pi, 16, endpoint=False)
+        r, h = rng.uniform(0.2, 0.5), rng.uniform(0.4, 1.2)
+        pts = np.vstack([np.stack([r * np.cos(a), r * np.sin(a), np.zeros_like(a)], axis=1), [[0, 0, h]]])
+        parts = [Part(pb.GEOM_MESH, color, mesh=convex_hull(pts))]
+    else:
+        raise ValueError(f"unknown procedural anomaly family {family!r}")
+    parts, points = _ground(parts)
+    return AnomalySpec(f"procedural/{family}", family_pool(family), parts, points)
+
+
+def sample_anomaly(pool: str, rng: np.random.Generator, textures: dict[str, int]) -> AnomalySpec:
+    """One anomaly of `pool`: 60% pybullet_data meshes, 40% procedural shapes."""
+    if rng.random() < 0.6:
+        indices = urdf_indices(pool)
+        return urdf_anomaly(indices[rng.integers(len(indices))], rng)
+    families = PROCEDURAL_FAMILIES[pool]
+    return procedural_anomaly(families[rng.integers(len(families))], rng, textures)
