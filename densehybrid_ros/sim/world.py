@@ -37,7 +37,7 @@ class SimConfig:
     pitch: tuple[float, float] = (-0.01, 0.07)  # rad, > 0 looks down
     roll: tuple[float, float] = (-0.03, 0.03)
     yaw: tuple[float, float] = (-0.06, 0.06)
-    frames_per_scene: int = 8
+    frames_per_scene: int = 16
     street_length: float = 260.0
     anomaly_frame_prob: float = 0.8  # frames with at least one anomaly
     max_anomalies: int = 3
@@ -185,8 +185,9 @@ class SimWorld:
         rgb = np.clip(np.asarray(base) * rng.uniform(1 - spread, 1 + spread, 3), 0, 1)
         return (float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
 
-    def build_scene(self, rng: np.random.Generator) -> None:
-        """Reset the client and build a new random street along +x."""
+    def build_scene(self, rng: np.random.Generator, ego_lane_traffic: bool = True) -> None:
+        """Reset the client and build a new random street along +x (no vehicles in the ego lane when a
+        driving sequence will pass through it)."""
         c = self.config
         pb.resetSimulation(physicsClientId=self.client)
         self.textures = {name: pb.loadTexture(str(path), physicsClientId=self.client)
@@ -220,7 +221,7 @@ class SimWorld:
                             texture=t["paving"])], (0, 0, 0), 0.0, "sidewalk")
             self._roadside(rng, side, abs(y_in) + side_w, 0.0, L + 150.0)
             self._street_furniture(rng, side, road_w, side_w, L + 150.0)
-        self._traffic(rng, road_w, L + 150.0)
+        self._traffic(rng, road_w, L + 150.0, ego_lane_traffic)
 
     def _lane_markings(self, rng, x0: float, x1: float, road_w: float) -> None:
         white = self._tint(rng, (0.95, 0.95, 0.92), 0.04)
@@ -298,7 +299,7 @@ class SimWorld:
             self._add(objects.person(rng), (x, y, 0.15), rng.uniform(0, 2 * math.pi), "person")
             st.occupied.append((x, y, 0.6))
 
-    def _traffic(self, rng, road_w: float, x_end: float) -> None:
+    def _traffic(self, rng, road_w: float, x_end: float, ego_lane: bool) -> None:
         st = self.street
         for side in (-1, 1):  # parked cars along both kerbs
             x = rng.uniform(0, 15)
@@ -312,12 +313,14 @@ class SimWorld:
                 x += rng.uniform(5.5, 12)
         for x in rng.uniform(30, x_end, rng.integers(2, 8)):  # moving traffic in either lane
             lane = -1 if rng.random() < 0.4 else 1
+            if lane < 0 and not ego_lane:
+                continue
             kind = "truck" if rng.random() < 0.15 else "car"
             y = lane * road_w / 4 + rng.normal(0, 0.2)
             parts = objects.car(rng) if kind == "car" else objects.truck(rng)
             self._add(parts, (x, y, 0.0), 0.0 if lane < 0 else math.pi, kind)
             st.occupied.append((x, y, 3.0 if kind == "car" else 5.0))
-        for x in rng.uniform(20, x_end, rng.integers(0, 4)):  # cyclists near the right kerb
+        for x in rng.uniform(20, x_end, rng.integers(0, 4) if ego_lane else 0):  # cyclists near the right kerb
             y = -(road_w / 2 - 0.7)
             yaw = rng.normal(0, 0.05)
             self._add(objects.bicycle(rng), (x, y, 0.0), yaw, "bicycle")
@@ -374,6 +377,16 @@ class SimWorld:
 
     def ego_lateral(self, rng: np.random.Generator) -> float:
         return -self.street.road_width / 4 + rng.uniform(-0.4, 0.4)
+
+    def free_camera_x(self, rng: np.random.Generator, y: float, lo: float, hi: float) -> float:
+        """A camera x in [lo, hi] with no vehicle in the ego lane within 25 m ahead (or on top of it)."""
+        x = rng.uniform(lo, hi)
+        for _ in range(50):
+            blocked = any(abs(oy - y) < 1.5 + r / 3 and -r < ox - x < 25.0 + r for ox, oy, r in self.street.occupied)
+            if not blocked:
+                break
+            x = rng.uniform(lo, hi)
+        return x
 
     def render(self, camera: CameraModel, mount: CameraMount, x: float, y: float, rng: np.random.Generator) -> SimFrame:
         """Render one frame from (x, y) with ground truth; `rng` drives the sensor noise only."""

@@ -1,0 +1,5 @@
+import sys
+
+from densehybrid_ros.sim.cli import main
+
+sys.exit(main())
