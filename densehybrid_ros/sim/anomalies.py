@@ -1,9 +1,14 @@
 """Anomalous objects and the fixed rule that splits them into disjoint pools.
 
 Pools (fixed, documented in the README):
-- `random_urdfs/NNN` meshes of pybullet_data: NNN % 5 in {0, 1, 2} -> `train-negatives`, 3 -> `val`, 4 -> `test`.
-- procedural families: crate, ball, rock -> `train-negatives`; barrel, capsule -> `val`; furniture, cone -> `test`.
+- `random_urdfs/NNN` meshes of pybullet_data: NNN % 5 in {0, 1, 2} -> `train-negatives`, 3 -> `val`, 4 -> `test`,
+  keeping only usable meshes: finite vertices and the centre of the mesh's bounding box inside one of its
+  convex parts (933 of 1000), so that an object's recorded centre always lies on the object.
+- procedural families: crate, ball, rock -> `train-negatives`; barrel, capsule -> `val`; sofa, cone -> `test`.
 `train-negatives` may be used as real negatives in training; `val` and `test` anomalies never are.
+
+An anomaly's recorded position is the centre of its own (oriented) bounding box, a point inside the
+object; its size is the axis-aligned extent in the camera optical frame.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ NUM_URDFS = 1000
 PROCEDURAL_FAMILIES = {
     "train-negatives": ("crate", "ball", "rock"),
     "val": ("barrel", "capsule"),
-    "test": ("furniture", "cone"),
+    "test": ("sofa", "cone"),
 }
 
 
@@ -41,9 +46,34 @@ def family_pool(family: str) -> str:
 
 
 def urdf_indices(pool: str) -> list[int]:
+    """Usable random_urdfs indices of `pool`."""
     if pool not in POOLS:
         raise ValueError(f"unknown anomaly pool {pool!r}; pools: {POOLS}")
-    return [i for i in range(NUM_URDFS) if urdf_pool(i) == pool]
+    usable = usable_urdfs()
+    return [i for i in range(NUM_URDFS) if urdf_pool(i) == pool and i in usable]
+
+
+@lru_cache(maxsize=1)
+def usable_urdfs() -> frozenset[int]:
+    """Indices whose mesh is finite and whose bounding-box centre lies inside one of its convex parts."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    usable = set()
+    for index in range(NUM_URDFS):
+        parts = _obj_parts(_urdf_mesh_path(index))
+        verts = np.vstack(parts)
+        if not np.isfinite(verts).all():
+            continue
+        centre = (verts.min(axis=0) + verts.max(axis=0)) / 2
+        for part in parts:
+            try:
+                eq = ConvexHull(part).equations
+            except (QhullError, ValueError):
+                continue
+            if np.all(eq[:, :3] @ centre + eq[:, 3] <= 1e-9):
+                usable.add(index)
+                break
+    return frozenset(usable)
 
 
 @dataclass
@@ -54,12 +84,23 @@ class AnomalySpec:
     pool: str
     parts: list[Part]
     points: np.ndarray  # (N, 3) points whose bounding box is the object's (object frame)
+    centre: np.ndarray  # (3,) centre of the object's own bounding box, inside the object (object frame)
 
 
 @lru_cache(maxsize=None)
+def _obj_parts(path: str) -> tuple[np.ndarray, ...]:
+    """Vertices of each `o` group of a Wavefront OBJ file (one group if there is none)."""
+    parts: list[list] = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("o ") or (line.startswith("v ") and not parts):
+            parts.append([])
+        if line.startswith("v "):
+            parts[-1].append(line.split()[1:4])
+    return tuple(np.asarray(p, dtype=np.float64) for p in parts if len(p) >= 4)
+
+
 def _obj_vertices(path: str) -> np.ndarray:
-    verts = [line.split()[1:4] for line in Path(path).read_text().splitlines() if line.startswith("v ")]
-    return np.asarray(verts, dtype=np.float64)
+    return np.vstack(_obj_parts(path))
 
 
 def _urdf_mesh_path(index: int) -> str:
@@ -96,14 +137,15 @@ def part_points(part: Part) -> np.ndarray:
     return local @ rot.T + np.asarray(part.pos)
 
 
-def _ground(parts: list[Part]) -> AnomalySpec | tuple[list[Part], np.ndarray]:
-    """Shift parts so that their bounding box sits on z = 0 centred on the origin."""
+def _ground(parts: list[Part]) -> tuple[list[Part], np.ndarray, np.ndarray]:
+    """Shift parts so that their bounding box sits on z = 0 centred on the origin; returns the parts,
+    their bounding points and the shift."""
     pts = np.vstack([part_points(p) for p in parts])
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     shift = np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
     for p in parts:
         p.pos = tuple(np.asarray(p.pos) + shift)
-    return parts, pts + shift
+    return parts, pts + shift, shift
 
 
 def urdf_anomaly(index: int, rng: np.random.Generator) -> AnomalySpec:
@@ -112,10 +154,12 @@ def urdf_anomaly(index: int, rng: np.random.Generator) -> AnomalySpec:
     native = float(np.max(verts.max(axis=0) - verts.min(axis=0)))
     size = rng.uniform(0.35, 1.6)  # largest extent in metres (lost cargo, debris, animals, toys)
     euler = (rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi))
-    part = Part(pb.GEOM_MESH, _random_color(rng), orn=pb.getQuaternionFromEuler(euler), mesh_file=path,
-                mesh_scale=size / native)
-    parts, pts = _ground([part])
-    return AnomalySpec(f"random_urdfs/{index:03d}", urdf_pool(index), parts, pts)
+    orn = pb.getQuaternionFromEuler(euler)
+    part = Part(pb.GEOM_MESH, _random_color(rng), orn=orn, mesh_file=path, mesh_scale=size / native)
+    parts, pts, shift = _ground([part])
+    rot = np.asarray(pb.getMatrixFromQuaternion(orn)).reshape(3, 3)
+    centre = rot @ ((verts.min(axis=0) + verts.max(axis=0)) / 2 * (size / native)) + shift
+    return AnomalySpec(f"random_urdfs/{index:03d}", urdf_pool(index), parts, pts, centre)
 
 
 def procedural_anomaly(family: str, rng: np.random.Generator, textures: dict[str, int]) -> AnomalySpec:
@@ -138,16 +182,16 @@ def procedural_anomaly(family: str, rng: np.random.Generator, textures: dict[str
     elif family == "capsule":
         orn = pb.getQuaternionFromEuler((math.pi / 2, 0, rng.uniform(0, math.pi)))
         parts = [Part(pb.GEOM_CAPSULE, color, orn=orn, radius=rng.uniform(0.15, 0.35), length=rng.uniform(0.4, 1.2))]
-    elif family == "furniture":
-        w, d, h = rng.uniform(0.5, 1.4), rng.uniform(0.4, 0.9), rng.uniform(0.45, 1.0)
-        parts = [Part(pb.GEOM_BOX, color, pos=(0, 0, h), half_extents=(d / 2, w / 2, 0.03), texture=tex)]
-        leg = (0.5 * color[0], 0.5 * color[1], 0.5 * color[2], 1.0)
-        for sx in (-1, 1):
-            for sy in (-1, 1):
-                parts.append(Part(pb.GEOM_BOX, leg, pos=(sx * (d / 2 - 0.04), sy * (w / 2 - 0.04), h / 2),
-                                  half_extents=(0.03, 0.03, h / 2)))
-        if rng.random() < 0.5:  # chair back
-            parts.append(Part(pb.GEOM_BOX, color, pos=(-d / 2, 0, h * 1.5), half_extents=(0.03, w / 2, h / 2)))
+    elif family == "sofa":
+        w, d = rng.uniform(0.8, 2.0), rng.uniform(0.7, 1.0)
+        seat, back = rng.uniform(0.4, 0.5), rng.uniform(0.3, 0.45)
+        parts = [Part(pb.GEOM_BOX, color, pos=(0, 0, seat / 2), half_extents=(d / 2, w / 2, seat / 2), texture=tex),
+                 Part(pb.GEOM_BOX, color, pos=(-d / 2 + 0.1, 0, seat + back / 2), half_extents=(0.1, w / 2, back / 2))]
+        for side in (-1, 1):
+            parts.append(Part(pb.GEOM_BOX, color, pos=(0, side * (w / 2 - 0.08), seat + 0.1),
+                              half_extents=(d / 2, 0.08, 0.1)))
+        parts = [Part(p.geom, p.rgba, pos=tuple(rot_z(p.pos, yaw_tilt)), orn=yaw_tilt, half_extents=p.half_extents,
+                      texture=p.texture) for p in parts]
     elif family == "cone":
         a = np.linspace(0, 2 * math.pi, 16, endpoint=False)
         r, h = rng.uniform(0.2, 0.5), rng.uniform(0.4, 1.2)
@@ -155,8 +199,13 @@ def procedural_anomaly(family: str, rng: np.random.Generator, textures: dict[str
         parts = [Part(pb.GEOM_MESH, color, mesh=convex_hull(pts))]
     else:
         raise ValueError(f"unknown procedural anomaly family {family!r}")
-    parts, points = _ground(parts)
-    return AnomalySpec(f"procedural/{family}", family_pool(family), parts, points)
+    parts, points, _ = _ground(parts)
+    centre = (points.min(axis=0) + points.max(axis=0)) / 2  # every family's box centre lies inside it
+    return AnomalySpec(f"procedural/{family}", family_pool(family), parts, points, centre)
+
+
+def rot_z(v, quat) -> np.ndarray:
+    return np.asarray(pb.getMatrixFromQuaternion(quat)).reshape(3, 3) @ np.asarray(v, dtype=np.float64)
 
 
 def sample_anomaly(pool: str, rng: np.random.Generator, textures: dict[str, int]) -> AnomalySpec:

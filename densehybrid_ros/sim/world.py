@@ -105,7 +105,7 @@ class AnomalyInfo:
     instance_id: int
     source: str
     pool: str
-    position: list[float]  # bounding-box centre in the camera optical frame (m)
+    position: list[float]  # centre of the object's own bounding box (inside it), camera optical frame (m)
     size: list[float]  # bounding-box extent along the optical x, y, z axes (m)
     depth_range: list[float]  # min/max optical z of the object's points (m)
     world_position: list[float]
@@ -157,7 +157,7 @@ class SimWorld:
         self._texture_files = TextureFiles()
         self.textures: dict[str, int] = {}
         self.body_class: dict[int, int] = {}
-        self._anomaly_bodies: dict[int, tuple[AnomalySpec, np.ndarray]] = {}
+        self._anomaly_bodies: dict[int, tuple[AnomalySpec, np.ndarray, np.ndarray]] = {}  # spec, points, centre
         self._anomaly_footprints: list[tuple[float, float, float]] = []
         self.street: _Street | None = None
         self.look: Look | None = None
@@ -339,8 +339,8 @@ class SimWorld:
         body = self._add(spec.parts, (x, y, self._ground_height(y)), yaw, ANOMALY_ID)
         c, s = math.cos(yaw), math.sin(yaw)
         rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-        world_pts = spec.points @ rot.T + np.array([x, y, self._ground_height(y)])
-        self._anomaly_bodies[body] = (spec, world_pts)
+        offset = np.array([x, y, self._ground_height(y)])
+        self._anomaly_bodies[body] = (spec, spec.points @ rot.T + offset, rot @ spec.centre + offset)
         return body
 
     def _ground_height(self, y: float) -> float:
@@ -451,15 +451,14 @@ class SimWorld:
     def _frame_anomalies(self, pose: CameraPose, instances: np.ndarray) -> list[AnomalyInfo]:
         counts = np.bincount(instances.ravel(), minlength=max(self._anomaly_bodies, default=0) + 2)
         out = []
-        for body, (spec, world_pts) in sorted(self._anomaly_bodies.items()):
+        for body, (spec, world_pts, world_centre) in sorted(self._anomaly_bodies.items()):
             pts = pose.world_to_optical(world_pts)
             if pts[:, 2].max() <= self.config.near:
                 continue  # behind the camera
             lo, hi = pts.min(axis=0), pts.max(axis=0)
-            wlo, whi = world_pts.min(axis=0), world_pts.max(axis=0)
             out.append(AnomalyInfo(
                 instance_id=body + 1, source=spec.source, pool=spec.pool,
-                position=((lo + hi) / 2).round(5).tolist(), size=(hi - lo).round(5).tolist(),
+                position=pose.world_to_optical(world_centre)[0].round(5).tolist(), size=(hi - lo).round(5).tolist(),
                 depth_range=[round(float(lo[2]), 5), round(float(hi[2]), 5)],
-                world_position=((wlo + whi) / 2).round(5).tolist(), visible_pixels=int(counts[body + 1])))
+                world_position=np.round(world_centre, 5).tolist(), visible_pixels=int(counts[body + 1])))
         return out
