@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "densehybrid-demo = densehybrid_ros.demo:main",
             "densehybrid-bench = densehybrid_ros.bench:main",
+            "densehybrid-sim = densehybrid_ros.sim.cli:main",
         ],
     },
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -113,25 +114,27 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="densehybrid-bench", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("overhead", help="closed-set forward vs forward + DenseHybrid outputs")
-    p.add_argument("--model", default="swiftnet_r18", help="model preset name or YAML path")
-    p.add_argument("--sizes", type=_parse_size, nargs="+", default=[(512, 1024), (1024, 2048)], metavar="HxW")
-    p.add_argument("--repeats", type=int, default=11)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fp16", action="store_true", help="autocast float16 (CUDA only)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
-    if args.fp16 and not args.device.startswith("cuda"):
-        parser.error("--fp16 needs a CUDA --device")
-    config = load_yaml(ModelConfig, model_config_path(args.model))
-    result = overhead(config, args.sizes, args.repeats, args.warmup, args.device, args.fp16)
+def sim_throughput(frames: int, size: tuple[int, int], workers: list[int], seed: int = 0) -> dict:
+    """`densehybrid-sim render` frames/s for each worker count, side by side on the same frames."""
+    import dataclasses
+    import tempfile
+
+    from densehybrid_ros.sim.dataset import render_dataset
+    from densehybrid_ros.sim.world import SimConfig
+
+    config = dataclasses.replace(SimConfig(), width=size[0], height=size[1])
+    rows = []
+    for n in workers:
+        with tempfile.TemporaryDirectory(prefix="densehybrid_bench_sim_") as tmp:
+            start = time.perf_counter()
+            render_dataset(Path(tmp), "test", frames, seed, config, workers=n, progress=False)
+            elapsed = time.perf_counter() - start
+        rows.append({"workers": n, "frames": frames, "seconds": round(elapsed, 3), "frames_per_s": round(frames / elapsed, 2)})
+    return {"benchmark": "sim_render", "size": f"{size[0]}x{size[1]}", "cpu_count": os.cpu_count(),
+            "frames_per_scene": config.frames_per_scene, "runs": rows}
+
+
+def _emit(result: dict, args, table) -> None:
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +142,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(text)
     else:
-        print(f"{'size':>10} {'closed ms':>10} {'hybrid ms':>10} {'ratio':>7}")
-        for row in result["sizes"]:
-            print(f"{row['size']:>10} {row['closed_ms']:>10.1f} {row['hybrid_ms']:>10.1f} {row['overhead_ratio']:>7.4f}")
+        table(result)
+
+
+def _overhead_table(result: dict) -> None:
+    print(f"{'size':>10} {'closed ms':>10} {'hybrid ms':>10} {'ratio':>7}")
+    for row in result["sizes"]:
+        print(f"{row['size']:>10} {row['closed_ms']:>10.1f} {row['hybrid_ms']:>10.1f} {row['overhead_ratio']:>7.4f}")
+
+
+def _sim_table(result: dict) -> None:
+    print(f"sim render {result['size']}: " + ", ".join(f"{r['workers']} worker(s) {r['frames_per_s']:.1f} frames/s"
+                                                       for r in result["runs"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="densehybrid-bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print the result as JSON")
+    output.add_argument("--out", type=Path, help="also write the JSON here")
+    p = sub.add_parser("overhead", parents=[output], help="closed-set forward vs forward + DenseHybrid outputs")
+    p.add_argument("--model", default="swiftnet_r18", help="model preset name or YAML path")
+    p.add_argument("--sizes", type=_parse_size, nargs="+", default=[(512, 1024), (1024, 2048)], metavar="HxW")
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fp16", action="store_true", help="autocast float16 (CUDA only)")
+    s = sub.add_parser("sim", parents=[output], help="sim-world render throughput, 1 vs N worker processes")
+    s.add_argument("--frames", type=int, default=128)
+    s.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+    if args.command == "sim":
+        if args.frames < 1 or min(args.workers) < 1:
+            parser.error("--frames and --workers must be >= 1")
+        h, w = args.size
+        _emit(sim_throughput(args.frames, (w, h), args.workers), args, _sim_table)
+        return 0
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.fp16 and not args.device.startswith("cuda"):
+        parser.error("--fp16 needs a CUDA --device")
+    config = load_yaml(ModelConfig, model_config_path(args.model))
+    _emit(overhead(config, args.sizes, args.repeats, args.warmup, args.device, args.fp16), args, _overhead_table)
     return 0
 
 
