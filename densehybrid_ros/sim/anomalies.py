@@ -46,34 +46,39 @@ def family_pool(family: str) -> str:
 
 
 def urdf_indices(pool: str) -> list[int]:
-    """Usable random_urdfs indices of `pool`."""
+    """random_urdfs indices of `pool` before the usability check (see `usable_urdf`)."""
     if pool not in POOLS:
         raise ValueError(f"unknown anomaly pool {pool!r}; pools: {POOLS}")
-    usable = usable_urdfs()
-    return [i for i in range(NUM_URDFS) if urdf_pool(i) == pool and i in usable]
+    return [i for i in range(NUM_URDFS) if urdf_pool(i) == pool]
 
 
-@lru_cache(maxsize=1)
-def usable_urdfs() -> frozenset[int]:
-    """Indices whose mesh is finite and whose bounding-box centre lies inside one of its convex parts."""
+@lru_cache(maxsize=None)
+def usable_urdf(index: int) -> bool:
+    """The mesh is finite and the centre of its bounding box lies inside one of its convex parts."""
     from scipy.spatial import ConvexHull, QhullError
 
-    usable = set()
-    for index in range(NUM_URDFS):
-        parts = _obj_parts(_urdf_mesh_path(index))
-        verts = np.vstack(parts)
-        if not np.isfinite(verts).all():
+    parts = _obj_parts(_urdf_mesh_path(index))
+    verts = np.vstack(parts)
+    if not np.isfinite(verts).all():
+        return False
+    centre = (verts.min(axis=0) + verts.max(axis=0)) / 2
+    for part in parts:
+        try:
+            eq = ConvexHull(part).equations
+        except (QhullError, ValueError):
             continue
-        centre = (verts.min(axis=0) + verts.max(axis=0)) / 2
-        for part in parts:
-            try:
-                eq = ConvexHull(part).equations
-            except (QhullError, ValueError):
-                continue
-            if np.all(eq[:, :3] @ centre + eq[:, 3] <= 1e-9):
-                usable.add(index)
-                break
-    return frozenset(usable)
+        if np.all(eq[:, :3] @ centre + eq[:, 3] <= 1e-9):
+            return True
+    return False
+
+
+def sample_urdf_index(pool: str, rng: np.random.Generator) -> int:
+    """A uniformly drawn usable index of `pool` (rejection sampling: checks only the meshes drawn)."""
+    indices = urdf_indices(pool)
+    while True:
+        index = indices[rng.integers(len(indices))]
+        if usable_urdf(index):
+            return index
 
 
 @dataclass
@@ -211,7 +216,6 @@ def rot_z(v, quat) -> np.ndarray:
 def sample_anomaly(pool: str, rng: np.random.Generator, textures: dict[str, int]) -> AnomalySpec:
     """One anomaly of `pool`: 60% pybullet_data meshes, 40% procedural shapes."""
     if rng.random() < 0.6:
-        indices = urdf_indices(pool)
-        return urdf_anomaly(indices[rng.integers(len(indices))], rng)
+        return urdf_anomaly(sample_urdf_index(pool, rng), rng)
     families = PROCEDURAL_FAMILIES[pool]
     return procedural_anomaly(families[rng.integers(len(families))], rng, textures)

@@ -101,13 +101,20 @@ def extruded_profile(profile_xz: np.ndarray, width: float) -> Mesh:
 
 
 def convex_hull(points: np.ndarray) -> Mesh:
-    """Convex hull of 3D points with outward-facing triangles (a rock / debris shape)."""
+    """Convex hull of 3D points with outward-facing, flat-shaded triangles (a rock / crown / cone)."""
     from scipy.spatial import ConvexHull
 
     pts = np.asarray(points, dtype=np.float64)
     hull = ConvexHull(pts)
-    centre = pts[hull.vertices].mean(axis=0)
+    tris = pts[hull.simplices]  # (F, 3, 3)
+    normals = np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0])
+    inward = np.einsum("ij,ij->i", normals, tris.mean(axis=1) - pts[hull.vertices].mean(axis=0)) < 0
+    tris[inward] = tris[inward][:, ::-1]
+    normals[inward] *= -1
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     m = Mesh()
-    for simplex in hull.simplices:
-        m.add_triangle(pts[simplex], inside=centre)
+    m.vertices = tris.reshape(-1, 3).tolist()
+    m.normals = np.repeat(normals, 3, axis=0).tolist()
+    m.uvs = np.tile([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]], (len(tris), 1)).tolist()
+    m.indices = list(range(3 * len(tris)))
     return m

@@ -37,7 +37,7 @@ class SimConfig:
     pitch: tuple[float, float] = (-0.01, 0.07)  # rad, > 0 looks down
     roll: tuple[float, float] = (-0.03, 0.03)
     yaw: tuple[float, float] = (-0.06, 0.06)
-    frames_per_scene: int = 16
+    frames_per_scene: int = 24
     street_length: float = 260.0
     anomaly_frame_prob: float = 0.8  # frames with at least one anomaly
     max_anomalies: int = 3
@@ -161,7 +161,7 @@ class SimWorld:
         self._anomaly_footprints: list[tuple[float, float, float]] = []
         self.street: _Street | None = None
         self.look: Look | None = None
-        self._sky_cache: dict = {}
+        self._ray_cache: dict = {}
 
     def close(self) -> None:
         if self.client >= 0:
@@ -196,7 +196,6 @@ class SimWorld:
         self._anomaly_bodies = {}
         self._anomaly_footprints = []
         self.look = Look.sample(rng)
-        self._sky_cache = {}
         road_w = rng.uniform(6.5, 10.0)
         side_w = rng.uniform(1.5, 4.0)
         L = c.street_length
@@ -420,17 +419,17 @@ class SimWorld:
         return cls_lut[obj + 1], inst_lut[obj + 1]
 
     def _sky(self, camera: CameraModel, pose: CameraPose) -> np.ndarray:
-        """(H, W, 3) float32 sky colour from each pixel ray's elevation (cached per camera and mount)."""
-        key = (camera, tuple(np.round(pose.rotation, 9).ravel()))
-        if key not in self._sky_cache:
-            v = np.arange(camera.height, dtype=np.float64)[:, None]
-            u = np.arange(camera.width, dtype=np.float64)[None, :]
+        """(H, W, 3) float32 sky colour from each pixel ray's elevation (unit rays cached per camera)."""
+        if camera not in self._ray_cache:
+            v = np.arange(camera.height, dtype=np.float32)[:, None]
+            u = np.arange(camera.width, dtype=np.float32)[None, :]
             rays = np.stack(np.broadcast_arrays((u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy,
-                                                np.ones_like(u)), -1)
-            elevation = (rays @ pose.rotation[2]) / np.linalg.norm(rays, axis=-1)
-            t = np.clip(elevation / 0.45, 0.0, 1.0)[..., None]
-            self._sky_cache = {key: ((1 - t) * self.look.horizon + t * self.look.zenith).astype(np.float32)}
-        return self._sky_cache[key]
+                                                np.ones_like(u)), -1).astype(np.float32)
+            self._ray_cache = {camera: rays / np.linalg.norm(rays, axis=-1, keepdims=True)}
+        elevation = self._ray_cache[camera] @ pose.rotation[2].astype(np.float32)
+        t = np.clip(elevation / np.float32(0.45), 0.0, 1.0)[..., None]
+        horizon, zenith = self.look.horizon.astype(np.float32), self.look.zenith.astype(np.float32)
+        return horizon + t * (zenith - horizon)
 
     def _postprocess(self, rgb: np.ndarray, sky: np.ndarray, depth: np.ndarray, camera: CameraModel, pose: CameraPose,
                      rng: np.random.Generator) -> np.ndarray:
@@ -438,10 +437,12 @@ class SimWorld:
         look = self.look
         img = rgb.astype(np.float32)
         img[sky] = self._sky(camera, pose)[sky]
-        fog = 1.0 - np.exp(np.where(sky, -1e6, -depth) / np.float32(look.visibility))
-        fog[sky] = 0.3
-        fog = fog[..., None]
-        img = (img * (1 - fog) + look.fog_color.astype(np.float32) * fog) * look.gain.astype(np.float32)
+        # fog: keep exp(-z / visibility) of the surface colour (0.7 of the painted sky), tint by gain
+        keep = np.exp(depth * np.float32(-1.0 / look.visibility))
+        keep[sky] = 0.7
+        fog = look.fog_color.astype(np.float32)
+        gain = look.gain.astype(np.float32)
+        img = (img - fog) * (keep[..., None] * gain) + fog * gain
         if look.blur_sigma > 0:
             img = cv2.GaussianBlur(img, (0, 0), look.blur_sigma)
         if look.noise_sigma > 0:
