@@ -1,0 +1,54 @@
+"""Evaluation metrics (thesis 5.2): anomaly detection, closed/open-set segmentation, SMIYC components,
+distance bins, the ensemble criterion (4.4) and the cross-fold threshold protocol.
+
+Pure numpy/scipy; every metric accumulates in int64 counts or float64 sums and pools over the dataset.
+Label conventions are those of ``densehybrid_ros.datasets``: ood 0 inlier / 1 anomaly / 255 void;
+semantic 0..K-1 known / K anomaly / 255 void; scores HIGHER = MORE ANOMALOUS.
+"""
+from densehybrid_ros.evaluation.anomaly_metrics import (  # noqa: F401
+    AnomalyMetrics,
+    BinnedAnomalyMetrics,
+    BinnedAnomalyResult,
+    PerImageAnomalyMetrics,
+    PerImageAnomalyResult,
+    auroc,
+    average_precision,
+    binned_anomaly_metrics,
+    compute_anomaly_metrics,
+    fpr_at_95_tpr,
+    per_image_anomaly_metrics,
+)
+from densehybrid_ros.evaluation.component_metrics import (  # noqa: F401
+    ANOMALY_TRACK,
+    NO_SIZE_FILTER,
+    OBSTACLE_TRACK,
+    ComponentMetrics,
+    ComponentResult,
+    ComponentSizeFilter,
+)
+from densehybrid_ros.evaluation.distance_bins import (  # noqa: F401
+    DEFAULT_BIN_EDGES,
+    DistanceBinnedAnomalyMetrics,
+    DistanceBinResult,
+    distance_binned_metrics,
+)
+from densehybrid_ros.evaluation.ensemble import EnsembleAccumulator, EnsembleAnalysis, ensemble_analysis  # noqa: F401
+from densehybrid_ros.evaluation.segmentation_metrics import (  # noqa: F401
+    OpenSetAccumulator,
+    OpenSetResult,
+    closed_set_confusion,
+    iou_per_class,
+    mean_f1,
+    mean_iou,
+    open_iou_per_class,
+    open_mean_iou,
+    open_set_confusion,
+    open_set_prediction,
+)
+from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics  # noqa: F401
+from densehybrid_ros.evaluation.thresholds import (  # noqa: F401
+    CrossFoldResult,
+    cross_fold_open_set,
+    evaluate_open_set,
+    fusion_threshold,
+)
