@@ -27,6 +27,7 @@ setup(
             "densehybrid-demo = densehybrid_ros.demo:main",
             "densehybrid-bench = densehybrid_ros.bench:main",
             "densehybrid-sim = densehybrid_ros.sim.cli:main",
+            "densehybrid-eval = densehybrid_ros.evaluation.cli:main",
         ],
     },
 )

@@ -1,0 +1,67 @@
+"""`densehybrid-eval`: evaluate node weights on a dataset with the shared Predictor.
+
+    densehybrid-eval --weights W.safetensors --dataset KIND:PATH [--split S] [--scores hybrid,msp,max_logit]
+                     --out DIR [--max-images N] [--per-image] [--threshold T] [--device cpu|cuda]
+
+Writes DIR/metrics.json and DIR/report.md (+ curves, histograms, examples) and prints a summary table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from densehybrid_ros.scores import SCORES
+
+
+def _scores(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in SCORES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown score(s) {unknown or text!r}; available: {', '.join(sorted(SCORES))}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="densehybrid-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--dataset", required=True, help="KIND:PATH, e.g. sim:data/sim_test or streethazards:/data/sh")
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--scores", type=_scores, default=("hybrid", "generative", "discriminative", "msp", "max_logit"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--per-image", action="store_true", help="also the StreetHazards per-image-averaged metrics")
+    ap.add_argument("--threshold", type=float, default=None, help="open-set threshold (default: the calibrated one)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from densehybrid_ros.datasets import DatasetError, open_dataset
+    from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
+    from densehybrid_ros.evaluation.report import summary_table, write_report
+    from densehybrid_ros.predictor import Predictor, PredictorConfig
+    from densehybrid_ros.weights import WeightsError
+
+    try:
+        if args.max_images is not None and args.max_images < 1:
+            raise ValueError("--max-images must be >= 1")
+        scores = tuple(dict.fromkeys(("hybrid",) + args.scores))
+        extra = tuple(s for s in scores if s != "hybrid")
+        predictor = Predictor.from_weights(args.weights, PredictorConfig(device=args.device, extra_scores=extra))
+        dataset = open_dataset(args.dataset, args.split)
+        options = EvalOptions(scores=scores, max_images=args.max_images, per_image=args.per_image, threshold=args.threshold)
+        result = evaluate(predictor, dataset, options, progress=not args.quiet)
+        report = write_report(result, args.out, [c.color for c in predictor.metadata.classes])
+    except (DatasetError, WeightsError, ValueError, OSError) as exc:
+        print(f"densehybrid-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(result.metrics))
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

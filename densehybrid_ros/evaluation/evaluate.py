@@ -1,0 +1,176 @@
+"""Run the shared Predictor over an evaluation dataset and accumulate every applicable metric.
+
+One pass, bounded memory: exact streaming AP/AUROC/FPR95 per score, distance bins where depth exists,
+SMIYC component metrics for the SMIYC kinds, closed-set mIoU and open-mIoU / mean F1 where the dataset's
+classes are the model's, and the generative/discriminative ensemble analysis. A seeded pixel subsample
+per score feeds the report's curves and histograms (the metrics themselves are exact).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalDataset, EvalSample
+from densehybrid_ros.evaluation.component_metrics import ANOMALY_TRACK, OBSTACLE_TRACK, ComponentMetrics
+from densehybrid_ros.evaluation.distance_bins import DistanceBinnedAnomalyMetrics
+from densehybrid_ros.evaluation.ensemble import EnsembleAccumulator
+from densehybrid_ros.evaluation.segmentation_metrics import OpenSetAccumulator, closed_set_confusion, iou_per_class
+from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics
+from densehybrid_ros.evaluation.anomaly_metrics import PerImageAnomalyMetrics
+from densehybrid_ros.evaluation.thresholds import fusion_threshold
+from densehybrid_ros.predictor import Prediction, Predictor
+
+COMPONENT_FILTERS = {"smiyc-anomaly": ANOMALY_TRACK, "smiyc-obstacle": OBSTACLE_TRACK, "smiyc-laf-noknown": OBSTACLE_TRACK}
+DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
+
+
+@dataclass
+class EvalOptions:
+    scores: tuple[str, ...] = ("hybrid",)
+    max_images: int | None = None
+    per_image: bool = False  # the StreetHazards per-image-averaged variant as well
+    threshold: float | None = None  # open-set / component threshold; None -> the predictor's (calibrated) one
+    distance_edges: tuple[float, ...] = DISTANCE_EDGES
+    subsample_per_image: int = 20000
+    keep_examples: int = 6
+    seed: int = 0
+
+
+@dataclass
+class Example:
+    sample: EvalSample
+    prediction: Prediction
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    subsample: dict[str, tuple[np.ndarray, np.ndarray]]  # score -> (values, is_anomaly)
+    examples: list[Example] = field(default_factory=list)
+
+
+def _same_taxonomy(dataset: EvalDataset, predictor: Predictor) -> bool:
+    classes = getattr(dataset, "classes", None)
+    return classes is not None and list(classes) == [c.name for c in predictor.metadata.classes]
+
+
+def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = EvalOptions(),
+             progress: bool = True, on_image: Callable[[int], None] | None = None) -> EvalResult:
+    """Evaluate `predictor` on `dataset`; see the module doc for what is computed when."""
+    missing = [s for s in options.scores if s != "hybrid" and s not in predictor.config.extra_scores]
+    if missing:
+        raise ValueError(f"scores {missing} were not requested from the predictor (PredictorConfig.extra_scores)")
+    n = len(dataset) if options.max_images is None else min(len(dataset), options.max_images)
+    if n == 0:
+        raise ValueError(f"dataset {dataset.kind}:{dataset.root} has no images")
+    threshold = options.threshold if options.threshold is not None else predictor.threshold
+    kind = dataset.kind
+    semantic_ok = _same_taxonomy(dataset, predictor)
+    K = predictor.num_classes
+    rng = np.random.default_rng(options.seed)
+    streams = {s: StreamingAnomalyMetrics() for s in options.scores}
+    per_image = {s: PerImageAnomalyMetrics() for s in options.scores} if options.per_image else {}
+    bins: dict[str, DistanceBinnedAnomalyMetrics] = {}
+    components = ComponentMetrics(COMPONENT_FILTERS[kind]) if kind in COMPONENT_FILTERS and threshold is not None else None
+    ensemble = EnsembleAccumulator() if {"generative", "discriminative"} <= set(options.scores) else None
+    closed_cm = np.zeros((K, K), np.int64)
+    open_acc = OpenSetAccumulator(K, fusion_threshold(threshold)) if semantic_ok and threshold is not None else None
+    sub_values: dict[str, list] = {s: [] for s in options.scores}
+    sub_labels: list[np.ndarray] = []
+    examples: list[Example] = []
+    labelled = with_anomaly = 0
+    try:
+        for i in tqdm(range(n), desc=f"eval {kind}", unit="img", disable=not progress):
+            sample = dataset[i]
+            pred = predictor.predict(sample.image)
+            maps = {"hybrid": pred.hybrid, **pred.scores}
+            if semantic_ok and sample.semantic is not None:
+                closed_cm += closed_set_confusion(sample.semantic, pred.class_ids, K)
+                if open_acc is not None:
+                    open_acc.update(sample.semantic, pred.class_ids, pred.hybrid)
+            if sample.ood is not None:
+                labelled += 1
+                has_anomaly = bool((sample.ood == OOD_ANOMALY).any())
+                with_anomaly += has_anomaly
+                for s in options.scores:
+                    streams[s].update(maps[s], sample.ood)
+                    if s in per_image:
+                        per_image[s].update(maps[s], sample.ood)
+                    if sample.depth is not None:
+                        bins.setdefault(s, DistanceBinnedAnomalyMetrics(options.distance_edges)).update(
+                            maps[s], sample.ood, sample.depth)
+                if components is not None:
+                    components.update_scores(pred.hybrid, sample.ood, fusion_threshold(threshold))
+                if ensemble is not None:
+                    ensemble.update(maps["generative"], maps["discriminative"], sample.ood)
+                valid = np.flatnonzero((sample.ood == OOD_INLIER) | (sample.ood == OOD_ANOMALY))
+                take = rng.choice(valid, min(options.subsample_per_image, valid.size), replace=False)
+                sub_labels.append(sample.ood.ravel()[take] == OOD_ANOMALY)
+                for s in options.scores:
+                    sub_values[s].append(maps[s].ravel()[take])
+                if has_anomaly and len(examples) < options.keep_examples:
+                    examples.append(Example(sample, pred))
+            if on_image is not None:
+                on_image(i)
+        metrics: dict = {"dataset": {"kind": kind, "root": str(dataset.root), "split": dataset.split, "images": n,
+                                     "labelled_images": labelled, "images_with_anomalies": with_anomaly},
+                         "threshold": threshold, "scores": {}}
+        for s in options.scores:
+            entry: dict = {}
+            try:
+                entry["anomaly"] = asdict(streams[s].compute())
+            except ValueError as exc:
+                entry["anomaly"] = None
+                entry["anomaly_skipped"] = str(exc)
+            if s in per_image:
+                entry["per_image"] = asdict(per_image[s].compute())
+            if s in bins:
+                entry["distance_bins"] = [asdict(b) for b in bins[s].compute()]
+            metrics["scores"][s] = entry
+        if semantic_ok and closed_cm.sum():
+            iou = iou_per_class(closed_cm)
+            metrics["closed_set"] = {"miou": float(np.nanmean(iou)), "iou": dict(zip(dataset.classes, _floats(iou)))}
+            if open_acc is not None:
+                r = open_acc.compute()
+                metrics["open_set"] = {"threshold": threshold, "open_miou": r.open_miou, "miou": r.miou,
+                                       "mean_f1": r.mean_f1, "open_iou": dict(zip(dataset.classes, _floats(r.open_iou)))}
+            else:
+                metrics["open_set_skipped"] = "no threshold: weights uncalibrated and none given"
+        elif not semantic_ok:
+            metrics["semantic_skipped"] = "dataset classes differ from the model's: no mIoU / open-mIoU"
+        if components is not None:
+            metrics["components"] = asdict(components.compute())
+        if ensemble is not None:
+            metrics["ensemble"] = asdict(ensemble.compute())
+        subsample = {s: (np.concatenate(v) if v else np.zeros(0, np.float32),
+                         np.concatenate(sub_labels) if sub_labels else np.zeros(0, bool)) for s, v in sub_values.items()}
+        return EvalResult(_jsonable(metrics), subsample, examples)
+    finally:
+        for acc in list(streams.values()) + list(bins.values()):
+            acc.close()
+
+
+def _floats(values: Iterable) -> list:
+    return [None if (v is None or (isinstance(v, float) and math.isnan(v))) else float(v) for v in values]
+
+
+def _jsonable(obj):
+    """Replace NaN/inf by None and numpy scalars/arrays by Python types, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
