@@ -1,0 +1,103 @@
+"""The DenseHybrid compound loss (thesis 4.16, derivation in appendix 8.5), one function per term.
+
+Pixel sets, for a batch of mixed-content images (4.17):
+- inlier pixels  D_in : not pasted and with a known class label (void excluded everywhere);
+- pasted pixels  D_out: the negative's pixels (`d_out` mask); their semantic label is void.
+
+    L = b1 * L_cls + b2 * L_d^in + b3 * L_d^out + b4 * L_x^out
+      = -b1 E_in[ln P(y|x)] - b2 E_in[ln P(d_in|x)] - b3 E_out[ln(1 - P(d_in|x))] + b4 E_out[LSE(s)]
+
+L_x's inlier part (-s_y) is already inside L_cls (8.23-8.26), so it is not added again. Thesis weights
+for traffic scenes with LDN-121: b1 = 1, b2 = b3 = 0.3, b4 = 0.03 (`THESIS_TRAFFIC`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+VOID = 255
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    b1: float = 1.0  # classification, inlier pixels
+    b2: float = 0.3  # -ln P(d_in|x), inlier pixels
+    b3: float = 0.3  # -ln (1 - P(d_in|x)), pasted pixels
+    b4: float = 0.03  # LSE(s) = -ln p^(x) bound, pasted pixels
+
+    def validate(self) -> None:
+        for name in ("b1", "b2", "b3", "b4"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+
+
+THESIS_TRAFFIC = LossWeights()  # LDN-121 on road scenes
+THESIS_DEEPLAB = LossWeights(1.0, 0.1, 0.1, 0.01)
+THESIS_PASCAL_COCO = LossWeights(1.0, 1.5, 1.5, 0.15)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over `mask`; 0 (with a graph) when the mask is empty."""
+    count = mask.sum()
+    return (values * mask).sum() / count.clamp(min=1)
+
+
+def inlier_mask(labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """D_in: pixels with a known class that were not pasted over."""
+    return (labels != VOID) & ~d_out
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """L_cls = E_in[-ln P(y|x)] (8.23): cross-entropy over inlier pixels only."""
+    inl = inlier_mask(labels, d_out)
+    target = torch.where(inl, labels.long(), torch.zeros_like(labels, dtype=torch.long))
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return _masked_mean(ce, inl)
+
+
+def inlier_posterior_loss(inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """L_d's inlier term (4.15): E_in[-ln P(d_in|x)] = E_in[-ln sigmoid(g)]."""
+    g = inlier_logit.float().squeeze(1)
+    return _masked_mean(-F.logsigmoid(g), inlier_mask(labels, d_out))
+
+
+def outlier_posterior_loss(inlier_logit: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """L_d's outlier term (4.15): E_out[-ln(1 - P(d_in|x))] = E_out[-ln sigmoid(-g)]."""
+    g = inlier_logit.float().squeeze(1)
+    return _masked_mean(-F.logsigmoid(-g), d_out)
+
+
+def outlier_likelihood_loss(logits: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """L_x^UB's outlier term (4.14): E_out[LSE_y(s_y)] = E_out[-ln p^(x)], pushing likelihood down on negatives."""
+    return _masked_mean(torch.logsumexp(logits.float(), dim=1), d_out)
+
+
+def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
+                     weights: LossWeights = THESIS_TRAFFIC) -> dict[str, torch.Tensor]:
+    """The compound loss (4.16) with modulation weights; returns every term and `total`.
+
+    logits (B, K, H, W), inlier_logit (B, 1, H, W), labels (B, H, W) with 255 = void, d_out (B, H, W) bool.
+    """
+    terms = {
+        "cls": classification_loss(logits, labels, d_out),
+        "d_in": inlier_posterior_loss(inlier_logit, labels, d_out),
+        "d_out": outlier_posterior_loss(inlier_logit, d_out),
+        "x_out": outlier_likelihood_loss(logits, d_out),
+    }
+    terms["total"] = (weights.b1 * terms["cls"] + weights.b2 * terms["d_in"] + weights.b3 * terms["d_out"]
+                      + weights.b4 * terms["x_out"])
+    return terms
+
+
+def authors_code_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
+                      ce_weight: float = 0.3, lse_weight: float = 0.03) -> dict[str, torch.Tensor]:
+    """The public DenseHybrid code's variant, for comparison: CE + 0.03 LSE(negatives) + 0.3 * a 2-way CE of
+    the outlier head in which every non-pasted pixel, void and padding included, counts as an inlier."""
+    cls = classification_loss(logits, labels, d_out)
+    x_out = outlier_likelihood_loss(logits, d_out)
+    g = inlier_logit.float().squeeze(1)
+    head = torch.where(d_out, -F.logsigmoid(-g), -F.logsigmoid(g)).mean()
+    total = cls + lse_weight * x_out + ce_weight * head
+    return {"cls": cls, "x_out": x_out, "head": head, "total": total}

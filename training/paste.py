@@ -1,0 +1,51 @@
+"""Mixed-content images (thesis 4.17): x' = (1 - m) * x+ + pad(x-, m).
+
+A negative (an image patch and its mask) is pasted at a position; pasted pixels get the semantic label
+void and the dataset label d_out. The public recipe: per image either a random rectangle (sides
+16..min(H, W), step 8) or the union of object masks, at a uniform random position.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+VOID = 255
+
+
+def paste_negative(image: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, patch: torch.Tensor,
+                   mask: torch.Tensor, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paste `patch` (C, h, w) where `mask` (h, w) is true into `image` (C, H, W) at (top, left), eq. 4.17.
+
+    Returns new (image, labels, d_out): pasted pixels take the patch's values, label VOID, d_out True;
+    everything else is unchanged. The patch must fit inside the image.
+    """
+    C, H, W = image.shape
+    c, h, w = patch.shape
+    if c != C:
+        raise ValueError(f"patch has {c} channels, image {C}")
+    if mask.shape != (h, w):
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from patch size {(h, w)}")
+    if not (0 <= top and 0 <= left and top + h <= H and left + w <= W):
+        raise ValueError(f"patch {h}x{w} at ({top}, {left}) does not fit in a {H}x{W} image")
+    m = torch.zeros((H, W), dtype=torch.bool, device=image.device)
+    m[top : top + h, left : left + w] = mask.to(torch.bool)
+    padded = torch.zeros_like(image)
+    padded[:, top : top + h, left : left + w] = patch.to(image.dtype)
+    out_image = torch.where(m, padded, image)  # (1 - m) x+ + pad(x-, m)
+    out_labels = labels.masked_fill(m, VOID)
+    return out_image, out_labels, d_out | m
+
+
+def random_rectangle(rng: np.random.Generator, height: int, width: int, min_side: int = 16, step: int = 8,
+                     max_side: int | None = None) -> tuple[int, int]:
+    """A rectangle size (h, w), each side drawn from min_side..max_side in `step`s (public recipe)."""
+    hi = min(height, width) if max_side is None else min(max_side, height, width)
+    sides = np.arange(min_side, hi + 1, step)
+    if sides.size == 0:
+        raise ValueError(f"no rectangle side in [{min_side}, {hi}] with step {step}")
+    return int(rng.choice(sides)), int(rng.choice(sides))
+
+
+def random_position(rng: np.random.Generator, height: int, width: int, h: int, w: int) -> tuple[int, int]:
+    """Uniform top-left corner for an h x w patch inside a height x width image."""
+    return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
