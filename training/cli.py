@@ -1,0 +1,115 @@
+"""`densehybrid-train` (also `python -m training`): the offline training module.
+
+    densehybrid-train segmenter --config C.yaml [--set key=value ...]      closed-set cross-entropy
+    densehybrid-train finetune  --config C.yaml [--set key=value ...]      DenseHybrid with pasted negatives (4.16)
+    densehybrid-train calibrate --weights W --dataset KIND:PATH [--split S] --out W2   threshold at TPR 95%
+    densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
+
+Multi-process / multi-GPU: `torchrun --nproc_per_node N -m training segmenter --config C.yaml`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from densehybrid_ros.config import ConfigError, load_yaml
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x256, got {text!r}") from None
+    if w % 32 or h % 32 or w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"input size must be positive multiples of 32, got {w}x{h}")
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="densehybrid-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, text in (("segmenter", "closed-set training"), ("finetune", "DenseHybrid fine-tuning with negatives")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", type=Path, default=None, help="YAML TrainConfig")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c = sub.add_parser("calibrate", help="threshold at TPR 95%% written into the weights")
+    c.add_argument("--weights", type=Path, required=True)
+    c.add_argument("--dataset", required=True, help="held-out data with anomalies, KIND:PATH (e.g. sim:data/val)")
+    c.add_argument("--split", default=None)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--max-images", type=int, default=None)
+    c.add_argument("--device", default="cpu")
+    e = sub.add_parser("export", help="node weights from a training checkpoint")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--input-size", type=_size, default=None, help="WxH grid the node resizes frames to")
+    e.add_argument("--onnx", type=Path, default=None)
+    return ap
+
+
+def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:
+    from densehybrid_ros.models import ModelConfig, build_model
+    from densehybrid_ros.paths import model_config_path
+    from densehybrid_ros.weights import Normalization, load_weights
+    from training.checkpoint import load_checkpoint
+    from training.config import load_train_config
+    from training.data_setup import build_training_data
+    from training.engine import train
+    from training.mixed import MixedContentDataset
+
+    cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
+    cfg.validate()
+    inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
+    classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
+    arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))
+    model = build_model(arch)
+    if command == "segmenter" and cfg.init:
+        from training.imagenet import load_imagenet_backbone, read_state_dict
+
+        load_imagenet_backbone(model.segmenter.backbone, read_state_dict(cfg.init))
+    if command == "finetune":
+        if not cfg.init:
+            raise ConfigError("finetune needs `init`: a closed-set checkpoint (.pt) or node weights (.safetensors)")
+        if str(cfg.init).endswith(".safetensors"):
+            loaded, _ = load_weights(cfg.init)
+            state = loaded.state_dict()
+        else:
+            state = load_checkpoint(Path(cfg.init))["model"]
+        # the closed-set run's inlier head was never trained: keep this model's fresh head
+        seg = {k: v for k, v in state.items() if k.startswith("segmenter.")}
+        missing = model.load_state_dict(seg, strict=False)
+        if missing.unexpected_keys or any(k.startswith("segmenter.") for k in missing.missing_keys):
+            raise ConfigError(f"init {cfg.init} does not match model {cfg.model} with {len(classes)} classes")
+    norm = Normalization()
+    dataset = MixedContentDataset(inliers, augment, norm.mean, norm.std, cfg.seed, negatives, cfg.data.paste_prob,
+                                  cfg.data.negative_side)
+    meta = {"architecture": dataclasses.asdict(arch), "classes": classes}
+    return train(cfg, model, dataset, meta, stop_after=stop_after)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("segmenter", "finetune"):
+            last = run_training(args.command, args.config, args.overrides)
+            print(f"checkpoint: {last}")
+        elif args.command == "calibrate":
+            from training.calibrate import calibrate
+
+            threshold, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images)
+            print(f"threshold {threshold:.6g} (TPR {m['tpr']:.4f}; AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, "
+                  f"AUROC {100 * m['auroc']:.2f} on the calibration data) -> {args.out}")
+        else:
+            from training.export import export
+
+            print(f"weights: {export(args.checkpoint, args.out, args.input_size, args.onnx)}")
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"densehybrid-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

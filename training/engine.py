@@ -1,0 +1,163 @@
+"""The training loop shared by `segmenter` (closed-set cross-entropy) and `finetune` (DenseHybrid, 4.16).
+
+Runs as one process or under torchrun (DDP; gloo on CPU). Adam with the backbone at lr/4, cosine decay,
+AMP on CUDA, checkpoints every N steps with exact resume, tqdm progress and TensorBoard logs on rank 0.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from densehybrid_ros.models import DenseHybrid
+from training import distributed
+from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from training.config import TrainConfig
+from training.losses import authors_code_loss, classification_loss, densehybrid_loss
+from training.mixed import MixedContentDataset, StepBatchSampler
+
+
+def param_groups(model: DenseHybrid, cfg: TrainConfig, closed_set: bool) -> list[dict]:
+    """Backbone at lr * backbone_lr_factor (thesis: lr/4), everything else at lr."""
+    net = model.segmenter if closed_set else model
+    backbone = [p for n, p in net.named_parameters() if n.startswith(("backbone.", "segmenter.backbone."))]
+    ids = {id(p) for p in backbone}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    lr = cfg.optim.lr
+    return [{"params": backbone, "lr": lr * cfg.optim.backbone_lr_factor, "name": "backbone"},
+            {"params": rest, "lr": lr, "name": "head"}]
+
+
+def cosine(total: int, min_ratio: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        t = min(step, total) / max(total, 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return factor
+
+
+class ClosedSetNet(torch.nn.Module):
+    """The segmenter alone, logits upsampled to the label size (no inlier head: nothing unused under DDP)."""
+
+    def __init__(self, model: DenseHybrid) -> None:
+        super().__init__()
+        self.segmenter = model.segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.segmenter(x).logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def compute_loss(cfg: TrainConfig, net: torch.nn.Module, x, labels, d_out) -> dict[str, torch.Tensor]:
+    if cfg.mode == "segmenter":
+        logits = net(x)
+        cls = classification_loss(logits, labels, torch.zeros_like(d_out))
+        return {"cls": cls, "total": cls}
+    out = net(x)
+    if cfg.loss_variant == "authors":
+        return authors_code_loss(out.logits, out.inlier_logit, labels, d_out)
+    return densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss)
+
+
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / "checkpoints"
+
+
+def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, meta: dict | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train until `cfg.steps` (resuming from out/checkpoints/last.pt if present); returns the last checkpoint.
+    `stop_after` ends this process early after that many steps (used to test resumption)."""
+    cfg.validate()
+    info = distributed.setup(cfg.device)
+    closed = cfg.mode == "segmenter"
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model.to(info.device)
+    net: torch.nn.Module = ClosedSetNet(model) if closed else model
+    optimizer = torch.optim.Adam(param_groups(model, cfg, closed), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(cfg.steps, cfg.optim.min_lr_ratio))
+    use_amp = cfg.amp and info.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    start = 0
+    last = checkpoint_dir(cfg) / "last.pt"
+    if last.is_file():
+        state = load_checkpoint(last)
+        if state["config"].get("mode") != cfg.mode:
+            raise ValueError(f"{last} was written by a {state['config'].get('mode')!r} run, this is {cfg.mode!r}; "
+                             f"use another --out or remove it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+    train_net = DDP(net, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else net
+    stop = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, stop, cfg.seed, info.rank, info.world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                        pin_memory=info.device.type == "cuda")
+    writer = _tensorboard(cfg) if info.is_main else None
+    config_dict = asdict(cfg)
+    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.mode, unit="step", disable=not info.is_main)
+    model.train()
+    step = start
+    for step, (x, labels, d_out) in enumerate(loader, start=start):
+        x, labels, d_out = (t.to(info.device, non_blocking=True) for t in (x, labels, d_out))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            terms = compute_loss(cfg, train_net, x, labels, d_out)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(terms["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms["total"].backward()
+            optimizer.step()
+        scheduler.step()
+        done = step + 1
+        bar.update(1)
+        if writer is not None and (done % cfg.log_every == 0 or done == stop):
+            for name, value in terms.items():  # rank 0's own batch
+                writer.add_scalar(f"loss/{name}", float(value), done)
+            for group in optimizer.param_groups:
+                writer.add_scalar(f"lr/{group['name']}", group["lr"], done)
+            bar.set_postfix(loss=f"{float(terms['total']):.4f}")
+        if writer is not None and done % cfg.image_every == 0:
+            _log_images(writer, x, labels, d_out, done)
+        if done % cfg.checkpoint_every == 0 or done == stop:
+            if info.is_main:
+                extra = dict(meta or {})
+                path = save_checkpoint(checkpoint_dir(cfg) / f"step_{done:07d}.pt", step=done, model=model,
+                                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config_dict,
+                                       extra=extra)
+                shutil.copyfile(path, checkpoint_dir(cfg) / "last.pt.tmp")
+                (checkpoint_dir(cfg) / "last.pt.tmp").replace(last)
+            distributed.barrier(info)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    distributed.teardown()
+    return last
+
+
+def _tensorboard(cfg: TrainConfig):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(cfg.out) / "tensorboard"))
+
+
+def _log_images(writer, x: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, step: int) -> None:
+    img = x[0].detach().float().cpu()
+    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
+    writer.add_image("sample/image", img, step)
+    lab = labels[0].detach().cpu().float()
+    writer.add_image("sample/labels", (lab.masked_fill(lab == 255, -1) + 1)[None] / 256.0, step)
+    writer.add_image("sample/d_out", d_out[0].detach().cpu().float()[None], step)

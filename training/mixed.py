@@ -1,0 +1,94 @@
+"""Training samples: augmented inlier crops, optionally turned into mixed-content images (thesis 4.17).
+
+Every random choice of sample (epoch, index) comes from its own generator seeded by (seed, epoch, index),
+so a batch depends only on the step that draws it: runs resume exactly, with any number of loader workers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from training.paste import paste_negative, random_position
+
+AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def fit_negative(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a negative (and its mask, nearest) so that its longer side is `side` pixels."""
+    h, w = mask.shape
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return img, m
+
+
+class MixedContentDataset(Dataset):
+    """Yields (x float32 (3, H, W) normalised, labels int64 (H, W) with 255 = void, d_out bool (H, W)).
+
+    `inliers[i]` -> (uint8 RGB image, uint8 labels); `negatives[j]` -> (uint8 RGB image, bool mask) or None.
+    Items are addressed as (index, epoch) pairs by `StepBatchSampler`.
+    """
+
+    def __init__(self, inliers, augment: AugmentFn, mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                 negatives=None, paste_prob: float = 1.0, negative_side: tuple[int, int] = (16, 128)) -> None:
+        if len(inliers) == 0:
+            raise ValueError("the inlier training dataset is empty")
+        if negatives is not None and len(negatives) == 0:
+            raise ValueError("the negative dataset is empty")
+        self.inliers, self.negatives, self.augment = inliers, negatives, augment
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.seed, self.paste_prob, self.negative_side = seed, paste_prob, negative_side
+
+    def __len__(self) -> int:
+        return len(self.inliers)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index, epoch = key
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image, labels = self.inliers[index]
+        image, labels = self.augment(image, labels, rng)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        y = torch.from_numpy(np.ascontiguousarray(labels)).long()
+        d_out = torch.zeros(y.shape, dtype=torch.bool)
+        if self.negatives is not None and rng.random() < self.paste_prob:
+            neg_img, neg_mask = self.negatives[int(rng.integers(len(self.negatives)))]
+            H, W = y.shape
+            side = int(rng.integers(self.negative_side[0], min(self.negative_side[1], H, W) + 1))
+            neg_img, neg_mask = fit_negative(neg_img, neg_mask, side)
+            top, left = random_position(rng, H, W, *neg_mask.shape)
+            patch = torch.from_numpy(np.ascontiguousarray(neg_img)).permute(2, 0, 1).float() / 255.0
+            x, y, d_out = paste_negative(x, y, d_out, patch, torch.from_numpy(neg_mask), top, left)
+        return (x - self.mean) / self.std, y, d_out
+
+
+class StepBatchSampler(Sampler):
+    """Batches for steps [start, stop) of one rank: epoch e visits a permutation seeded by (seed, e); rank r
+    of `world` takes every world-th index of it. Batch b of an epoch is the same however the run is split."""
+
+    def __init__(self, num_items: int, batch_size: int, start: int, stop: int, seed: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        self.per_rank = num_items // world
+        if self.per_rank < batch_size:
+            raise ValueError(f"{num_items} training images are too few for batch size {batch_size} x {world} process(es)")
+        self.num_items, self.batch_size, self.start, self.stop = num_items, batch_size, start, stop
+        self.seed, self.rank, self.world = seed, rank, world
+        self.steps_per_epoch = self.per_rank // batch_size
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.seed, 7919, epoch]).permutation(self.num_items)
+        mine = perm[self.rank :: self.world][: self.per_rank]
+        return [(int(i), epoch) for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
