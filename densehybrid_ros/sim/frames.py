@@ -13,7 +13,7 @@ import numpy as np
 
 from densehybrid_ros.sim.anomalies import SPLIT_POOL
 from densehybrid_ros.sim.camera import CameraMount
-from densehybrid_ros.sim.world import SimConfig, SimFrame, SimWorld
+from densehybrid_ros.sim.world import SimFrame, SimWorld
 
 SPLIT_CODE = {"train": 11, "val": 23, "test": 37}
 
@@ -54,8 +54,7 @@ def driving_sequence(world: SimWorld, seed: int, split: str, frames: int, rate_h
     code = SPLIT_CODE[check_split(split)]
     rng = np.random.default_rng([seed, code, 1_000_003])
     route = speed_mps * frames / rate_hz
-    world.config = dataclasses.replace(world.config, street_length=max(world.config.street_length, route + 80.0))
-    world.build_scene(rng, ego_lane_traffic=False)
+    world.build_scene(rng, ego_lane_traffic=False, length=max(world.config.street_length, route + 80.0))
     camera, mount = world.sample_camera(rng)
     y = -world.street.road_width / 4
     x0 = 5.0

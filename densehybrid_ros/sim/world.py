@@ -185,9 +185,9 @@ class SimWorld:
         rgb = np.clip(np.asarray(base) * rng.uniform(1 - spread, 1 + spread, 3), 0, 1)
         return (float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
 
-    def build_scene(self, rng: np.random.Generator, ego_lane_traffic: bool = True) -> None:
-        """Reset the client and build a new random street along +x (no vehicles in the ego lane when a
-        driving sequence will pass through it)."""
+    def build_scene(self, rng: np.random.Generator, ego_lane_traffic: bool = True, length: float | None = None) -> None:
+        """Reset the client and build a new random street along +x, `length` metres of it furnished (default
+        `config.street_length`); no vehicles in the ego lane when a driving sequence will pass through it."""
         c = self.config
         pb.resetSimulation(physicsClientId=self.client)
         self.textures = {name: pb.loadTexture(str(path), physicsClientId=self.client)
@@ -198,7 +198,7 @@ class SimWorld:
         self.look = Look.sample(rng)
         road_w = rng.uniform(6.5, 10.0)
         side_w = rng.uniform(1.5, 4.0)
-        L = c.street_length
+        L = c.street_length if length is None else length
         x0, x1 = -40.0, L + 200.0
         self.street = _Street(road_w, side_w, [])
         t = self.textures
