@@ -1,0 +1,222 @@
+"""Parameters of the `densehybrid_perception` node: one specification, ROS-free.
+
+The node turns every `ParamSpec` into a typed `declare_parameter` with a `ParameterDescriptor`
+(description, range, constraints); `config/perception.yaml` holds the same defaults (a test checks
+that they agree). Validation lives here so that it is unit-testable and identical at configure time
+and in the on-set-parameters callback:
+
+- `runtime=True` parameters may change while the node runs (threshold, obstacle and publish settings,
+  camera pose); the new value applies from the next frame.
+- the others are read at configure/activate (weights, device, QoS, topics): they can only be set while
+  the node is unconfigured (`cleanup`, set, `configure`), otherwise the set is rejected with that reason.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+Value = Union[bool, int, float, str]
+
+OUTPUTS = ("semantic", "semantic_color", "anomaly_score", "open_set", "overlay", "obstacles")
+RELIABILITIES = ("best_effort", "reliable")
+DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+class SettingsError(ValueError):
+    """One or more parameters are invalid; the message names each parameter and why."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Value
+    description: str
+    runtime: bool = False  # may change while configured/active
+    low: float | None = None  # inclusive range (IntegerRange / FloatingPointRange)
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    allow_nan: bool = False  # doubles: NaN is a legal value (means "unset")
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    @property
+    def constraints(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"range [{self.low}, {self.high}]")
+        if self.choices:
+            parts.append("one of " + ", ".join(self.choices))
+        if self.allow_nan:
+            parts.append("NaN = unset")
+        parts.append("changeable at runtime" if self.runtime else "set while unconfigured; read at configure")
+        return "; ".join(parts)
+
+
+_TOGGLE = "publish ~/{0} (visual outputs are computed only while someone subscribes)"
+
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", True, "configure and activate at startup (a plain `ros2 run` serves at once); "
+              "false = wait for lifecycle transitions"),
+    ParamSpec("weights", "", "DenseHybrid weights file (.safetensors, densehybrid_ros format): absolute, relative "
+              "to the working directory, or relative to share/densehybrid_ros"),
+    ParamSpec("device", "cpu", "inference device: cpu, cuda or cuda:N"),
+    ParamSpec("fp16", False, "float16 autocast (CUDA only); scores are always computed in float32"),
+    ParamSpec("threshold", math.nan, "open-set threshold on the hybrid score s_H (higher = more anomalous); "
+              "NaN = the calibrated threshold stored in the weights. Without either, ~/open_set and "
+              "~/obstacles are off", runtime=True, allow_nan=True),
+    ParamSpec("min_obstacle_area", 50, "smallest anomaly component (pixels at camera resolution) reported as an "
+              "obstacle", runtime=True, low=1, high=100_000_000),
+    ParamSpec("max_obstacles", 32, "at most this many obstacles (largest first) per frame", runtime=True, low=1, high=1000),
+    *(ParamSpec(f"publish_{name}", True, _TOGGLE.format(name), runtime=True) for name in OUTPUTS),
+    ParamSpec("overlay_alpha", 0.5, "opacity of the class colours in ~/overlay", runtime=True, low=0.0, high=1.0),
+    ParamSpec("camera_height", 1.5, "height of the camera's optical centre above the ground plane [m]",
+              runtime=True, low=0.01, high=100.0),
+    ParamSpec("camera_pitch", 0.0, "camera pitch [rad] relative to the ground plane; POSITIVE = optical axis tilted "
+              "DOWN towards the ground", runtime=True, low=-math.pi / 2, high=math.pi / 2),
+    ParamSpec("camera_roll", 0.0, "camera roll [rad] about the optical axis; positive turns the image x axis towards "
+              "its y (down) axis, i.e. clockwise seen from behind the camera", runtime=True,
+              low=-math.pi / 2, high=math.pi / 2),
+    ParamSpec("obstacle_max_distance", 60.0, "obstacles farther than this range from the camera [m] are dropped",
+              runtime=True, low=0.1, high=10000.0),
+    ParamSpec("track_match_distance", 2.0, "an obstacle keeps the id of the nearest last-frame obstacle within this "
+              "distance [m]", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("marker_lifetime", 0.5, "lifetime of obstacle markers [s] (0 = until deleted)", runtime=True,
+              low=0.0, high=3600.0),
+    ParamSpec("use_compressed", False, "subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
+              "instead of <image>"),
+    ParamSpec("qos_reliability", "best_effort", "reliability of the input subscriptions (sensor data default)",
+              choices=RELIABILITIES),
+    ParamSpec("qos_depth", 1, "history depth of the input subscriptions", low=1, high=1000),
+    ParamSpec("output_reliability", "reliable", "reliability of the output publishers (reliable serves both "
+              "kinds of subscribers)", choices=RELIABILITIES),
+    ParamSpec("depth_topic", "", "optional depth image (32FC1 metres or 16UC1 millimetres, registered to the camera) "
+              "to place obstacles; empty = ground-plane intersection"),
+    ParamSpec("depth_sync_tolerance", 0.02, "largest |stamp difference| [s] between an image and the depth image used "
+              "for it", runtime=True, low=0.0, high=10.0),
+    ParamSpec("diagnostics_period", 1.0, "period of the /diagnostics report [s]", low=0.05, high=60.0),
+    ParamSpec("latency_warn", 0.5, "diagnostics WARN when the mean stamp-to-publish latency exceeds this [s]",
+              runtime=True, low=0.0, high=3600.0),
+)
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
+DEFAULTS: dict[str, Value] = {spec.name: spec.default for spec in PARAMS}
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why `value` is not acceptable for parameter `name`, or None if it is."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    expected = spec.type
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        return f"{name} must be a {expected.__name__}, got {type(value).__name__} {value!r}"
+    if expected is float and math.isnan(value):
+        return None if spec.allow_nan else f"{name} must not be NaN"
+    if expected is float and not math.isfinite(value):
+        return f"{name} must be finite, got {value}"
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        return f"{name} must be in [{spec.low}, {spec.high}], got {value}"
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {list(spec.choices)}, got {value!r}"
+    if name == "device" and not DEVICE_RE.match(value):
+        return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
+    return None
+
+
+def check_update(name: str, value: Any, configured: bool) -> str | None:
+    """Why a runtime set of `name` to `value` must be rejected, or None. `configured`: the node is
+    inactive or active (configure-time parameters are then frozen)."""
+    reason = check_value(name, value)
+    if reason is None and configured and not SPECS[name].runtime:
+        reason = (f"{name} is read at configure; deactivate and clean up the node (lifecycle 'cleanup'), set it, "
+                  "then configure again")
+    return reason
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated parameter values. `threshold` is None when unset (NaN): use the weights' calibration."""
+
+    autostart: bool
+    weights: str
+    device: str
+    fp16: bool
+    threshold: float | None
+    min_obstacle_area: int
+    max_obstacles: int
+    publish_semantic: bool
+    publish_semantic_color: bool
+    publish_anomaly_score: bool
+    publish_open_set: bool
+    publish_overlay: bool
+    publish_obstacles: bool
+    overlay_alpha: float
+    camera_height: float
+    camera_pitch: float
+    camera_roll: float
+    obstacle_max_distance: float
+    track_match_distance: float
+    marker_lifetime: float
+    use_compressed: bool
+    qos_reliability: str
+    qos_depth: int
+    output_reliability: str
+    depth_topic: str
+    depth_sync_tolerance: float
+    diagnostics_period: float
+    latency_warn: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "Settings":
+        """All parameters at once; every problem is reported (one per line), not only the first."""
+        merged = {**DEFAULTS, **values}
+        errors = [reason for name in merged if (reason := check_value(name, merged[name])) is not None]
+        if merged.get("fp16") and not str(merged.get("device", "")).startswith("cuda"):
+            errors.append("fp16 needs device cuda or cuda:N")
+        if errors:
+            raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
+        kwargs = {}
+        for f in fields(cls):
+            value = merged[f.name]
+            if SPECS[f.name].type is float:
+                value = float(value)
+            kwargs[f.name] = value
+        if math.isnan(kwargs["threshold"]):
+            kwargs["threshold"] = None
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["threshold"] = math.nan if values["threshold"] is None else values["threshold"]
+        values.update(changes)
+        return Settings.from_values(values)
+
+    def publishes(self, output: str) -> bool:
+        return bool(getattr(self, f"publish_{output}"))
+
+
+def resolve_weights(path: str) -> Path:
+    """The weights file named by the `weights` parameter: absolute, relative to the working directory, or
+    relative to the package's share directory. FileNotFoundError says where it looked."""
+    if not path:
+        raise FileNotFoundError("parameter 'weights' is empty: pass a weights file, e.g. "
+                                "--ros-args -p weights:=/path/to/model.safetensors")
+    given = Path(path).expanduser()
+    candidates = [given] if given.is_absolute() else [Path.cwd() / given]
+    if not given.is_absolute():
+        try:
+            from densehybrid_ros.paths import share_dir
+
+            candidates.append(share_dir() / given)
+        except FileNotFoundError:
+            pass
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"weights file not found: {path!r} (looked at {', '.join(str(c) for c in candidates)})")

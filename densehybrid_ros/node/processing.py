@@ -1,0 +1,124 @@
+"""One camera frame through the shared `Predictor`, and what the node publishes from it. ROS-free.
+
+The node decodes a message to RGB, asks `FrameProcessor.process` for the outputs that have subscribers, and
+turns the arrays into messages. All inference is `Predictor.predict` (one pipeline); this module adds only
+the presentation (colours, overlay) and the obstacle geometry on top of its outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from densehybrid_ros.node.obstacles import (
+    CameraModel,
+    Obstacle,
+    ObstacleTracker,
+    extract_components,
+    locate_on_ground,
+    locate_with_depth,
+)
+from densehybrid_ros.node.params import Settings
+from densehybrid_ros.predictor import Prediction, Predictor
+from densehybrid_ros.visualize import colorize, overlay, palette
+
+BOX_COLOR = (255, 64, 0)  # RGB, obstacle boxes in ~/overlay
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which outputs to compute for this frame (publish toggle on and, for visual ones, a subscriber)."""
+
+    semantic: bool = False
+    semantic_color: bool = False
+    anomaly_score: bool = False
+    open_set: bool = False
+    overlay: bool = False
+    obstacles: bool = False  # markers
+
+
+@dataclass
+class FrameResult:
+    prediction: Prediction
+    threshold: float | None
+    semantic_color: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    obstacles: list[Obstacle] = field(default_factory=list)
+    removed_ids: set[int] = field(default_factory=set)  # obstacle ids of earlier frames that are gone
+    located: bool = False  # obstacles carry 3D positions/ids (camera model known)
+
+
+class FrameProcessor:
+    """Holds the Predictor, the class palette and the obstacle tracker of one node."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.num_classes = predictor.num_classes
+        self.calibrated_threshold = predictor.metadata.threshold
+        self.palette = palette([c.color for c in predictor.metadata.classes])
+        self.tracker = ObstacleTracker()
+
+    def threshold(self, settings: Settings) -> float | None:
+        """The threshold in force: the parameter if set, else the weights' calibration, else None."""
+        return settings.threshold if settings.threshold is not None else self.calibrated_threshold
+
+    def process(self, rgb: np.ndarray, settings: Settings, wanted: Wanted, camera: CameraModel | None = None,
+                depth: np.ndarray | None = None) -> FrameResult:
+        threshold = self.threshold(settings)
+        self.predictor.threshold = threshold  # Predictor fuses the open-set map with it (called from one thread)
+        prediction = self.predictor.predict(rgb)
+        result = FrameResult(prediction=prediction, threshold=threshold)
+        if wanted.semantic_color:
+            result.semantic_color = colorize(prediction.class_ids, self.palette)
+        need_obstacles = (wanted.obstacles or wanted.overlay) and prediction.open_set is not None
+        if need_obstacles:
+            self._obstacles(result, settings, camera, depth, rgb.shape[:2])
+        if wanted.overlay:
+            result.overlay = self.render_overlay(rgb, result, settings.overlay_alpha)
+        return result
+
+    def _obstacles(self, result: FrameResult, settings: Settings, camera: CameraModel | None,
+                   depth: np.ndarray | None, shape: tuple[int, int]) -> None:
+        prediction = result.prediction
+        components, labels = extract_components(
+            prediction.open_set == self.num_classes, prediction.hybrid, settings.min_obstacle_area, settings.max_obstacles)
+        if camera is None:
+            # No intrinsics: boxes for the overlay only, no 3D and no ids.
+            result.obstacles = [Obstacle(c, np.zeros(3), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), np.zeros(3), float("nan"),
+                                         "image") for c in components]
+            return
+        camera = camera.for_image(shape[1], shape[0])
+        if depth is not None and depth.shape != shape:
+            depth = cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        obstacles = []
+        for component in components:
+            located = None
+            if depth is not None:
+                located = locate_with_depth(component, labels, depth, camera, settings.obstacle_max_distance)
+            else:
+                located = locate_on_ground(component, camera, settings.camera_height, settings.camera_pitch,
+                                           settings.camera_roll, settings.obstacle_max_distance)
+            if located is not None:
+                obstacles.append(located)
+        result.removed_ids = self.tracker.update(obstacles, settings.track_match_distance)
+        result.obstacles = obstacles
+        result.located = True
+
+    def render_overlay(self, rgb: np.ndarray, result: FrameResult, alpha: float) -> np.ndarray:
+        """Class colours blended over the image; unknown pixels (open-set class K) in the unknown colour at full
+        strength with their outline; a box per obstacle labelled with id, mean score and distance."""
+        prediction = result.prediction
+        ids = prediction.open_set if prediction.open_set is not None else prediction.class_ids
+        image = overlay(rgb, ids, self.palette, alpha)
+        if prediction.open_set is not None:
+            unknown = prediction.open_set == self.num_classes
+            image[unknown] = self.palette[self.num_classes]
+            contours, _ = cv2.findContours(unknown.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(image, contours, -1, (255, 255, 255), 1)
+        for ob in result.obstacles:
+            c = ob.component
+            cv2.rectangle(image, (c.x0, c.y0), (c.x1 - 1, c.y1 - 1), BOX_COLOR, 2)
+            label = f"{c.mean_score:.2f}" if ob.id < 0 else f"#{ob.id} {c.mean_score:.2f} {ob.distance:.1f}m"
+            cv2.putText(image, label, (c.x0, max(c.y0 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, BOX_COLOR, 1, cv2.LINE_AA)
+        return image

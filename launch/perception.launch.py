@@ -1,0 +1,66 @@
+"""Launch the DenseHybrid open-set segmentation node (densehybrid_perception).
+
+    ros2 launch densehybrid_ros perception.launch.py weights:=/path/model.safetensors \
+        image:=/camera/image_raw camera_info:=/camera/camera_info [namespace:=front] [device:=cuda] \
+        [params_file:=my_perception.yaml] [use_sim_time:=true]
+
+The node is a lifecycle node; with the parameter `autostart` (default true in config/perception.yaml) it
+configures and activates itself. Set autostart: false in a params file to drive it with a lifecycle manager.
+`weights` and `device` override the params file only when given (empty = keep the file's value).
+Only long-stable launch / launch_ros APIs are used (Humble, Jazzy, Kilted).
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = "densehybrid_ros"
+EXECUTABLE = "densehybrid_perception"
+NODE_NAME = "densehybrid_perception"
+
+
+def _node(context, *args, **kwargs):
+    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")}
+    for name in ("weights", "device"):
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    return [
+        Node(
+            package=PACKAGE,
+            executable=EXECUTABLE,
+            name=NODE_NAME,
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file"), overrides],
+            remappings=[
+                ("image", LaunchConfiguration("image")),
+                ("camera_info", LaunchConfiguration("camera_info")),
+            ],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "perception.yaml")
+    return LaunchDescription([
+        DeclareLaunchArgument("weights", default_value="",
+                              description="weights file (.safetensors); empty = the params file's value"),
+        DeclareLaunchArgument("image", default_value="image",
+                              description="input image topic (sensor_msgs/Image; <image>/compressed with use_compressed)"),
+        DeclareLaunchArgument("camera_info", default_value="camera_info",
+                              description="sensor_msgs/CameraInfo topic of the camera"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
+                              description="ROS parameters file for the node"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay, simulator)"),
+        DeclareLaunchArgument("device", default_value="",
+                              description="cpu, cuda or cuda:N; empty = the params file's value"),
+        DeclareLaunchArgument("log_level", default_value="info", description="node log level"),
+        OpaqueFunction(function=_node),
+    ])

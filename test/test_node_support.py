@@ -1,0 +1,231 @@
+"""Shared harness of the node tests (no tests here): real DDS between processes, isolated per test run.
+
+Isolation: a ROS_DOMAIN_ID derived from the pid (1..100), ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, and a
+per-run namespace for every topic, so parallel runs on one host never see each other's traffic.
+"""
+from __future__ import annotations
+
+import array
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN_ID = 1 + os.getpid() % 100
+NAMESPACE = f"/dhtest{os.getpid()}"
+NODE = f"{NAMESPACE}/densehybrid_perception"
+
+
+def ros_env() -> dict[str, str]:
+    return dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process (module run with .venv's python) with its output in a log file; stop() = SIGINT, then kill."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self._file = log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ros_env(), stdout=self._file,
+                                     stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._file.close()
+        return self.proc.returncode
+
+
+def node_process(tmp: Path, *params: str, name: str = "node", params_file: Path | None = None) -> Process:
+    """The perception node in the test namespace with `-p` overrides `params` ("name:=value")."""
+    args = ["-m", "densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+    if params_file is not None:
+        args += ["--params-file", str(params_file)]
+    for p in params:
+        args += ["-p", p]
+    return Process(args, tmp / f"{name}.log")
+
+
+class Harness:
+    """A test-side rclpy node spun in a background thread, with collectors, publishers and service calls."""
+
+    def __init__(self, name: str = "harness"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001  (context shut down while closing)
+                if self._stop.is_set():
+                    return
+                raise
+
+    def close(self) -> None:
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(5)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        if self._saved_env is None:
+            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        else:
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = self._saved_env
+
+    def collector(self, msg_type: type, topic: str, reliable: bool = True) -> "Collector":
+        return Collector(self.node, msg_type, topic, reliable)
+
+    def publisher(self, msg_type: type, topic: str, reliable: bool = True, depth: int = 10):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 20.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {name} not available")
+            future = client.call_async(request)
+            wait_until(future.done, timeout, message=f"reply of {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    # lifecycle and parameters through the standard services
+    def change_state(self, transition: str, node: str = NODE) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.label = transition
+        return self.call(ChangeState, f"{node}/change_state", request).success
+
+    def get_state(self, node: str = NODE) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self.call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
+
+    def set_parameters(self, node: str = NODE, **values: Any) -> list[Any]:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request()
+        request.parameters = [Parameter(name, value=value).to_parameter_msg() for name, value in values.items()]
+        return self.call(SetParameters, f"{node}/set_parameters", request).results
+
+
+class Collector:
+    """Thread-safe store of the messages of one topic."""
+
+    def __init__(self, node: Any, msg_type: type, topic: str, reliable: bool):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        self.messages: list[Any] = []
+        self._lock = threading.Lock()
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        self.subscription = node.create_subscription(msg_type, topic, self._add, qos)
+        self.topic = topic
+
+    def _add(self, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
+        with self._lock:
+            return [m for m in self.messages if predicate(m)]
+
+    def with_stamp(self, sec: int, nanosec: int = 0) -> list[Any]:
+        return self.matching(lambda m: m.header.stamp.sec == sec and m.header.stamp.nanosec == nanosec)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.messages.clear()
+
+
+def image_message(rgb: np.ndarray, sec: int, frame_id: str = "camera_optical_frame", encoding: str = "rgb8",
+                  nanosec: int = 0, **overrides: Any):
+    """sensor_msgs/Image of an (H, W, 3) uint8 RGB array (or any field overrides for malformed ones)."""
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = sec, nanosec, frame_id
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding = encoding
+    msg.step = rgb.shape[1] * (rgb.shape[2] if rgb.ndim == 3 else 1) * rgb.itemsize
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(rgb).tobytes())
+    msg.data = data
+    for key, value in overrides.items():
+        setattr(msg, key, value)
+    return msg
+
+
+def camera_info_message(width: int, height: int, f: float, sec: int = 0, frame_id: str = "camera_optical_frame"):
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    msg.header.stamp.sec, msg.header.frame_id = sec, frame_id
+    msg.width, msg.height = width, height
+    msg.k = [f, 0.0, (width - 1) / 2, 0.0, f, (height - 1) / 2, 0.0, 0.0, 1.0]
+    msg.p = [f, 0.0, (width - 1) / 2, 0.0, 0.0, f, (height - 1) / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    return msg
+
+
+def publish_until(publish: Callable[[], None], answered: Callable[[], Any], timeout: float, period: float = 0.3) -> Any:
+    """Republish every `period` s until `answered()` is truthy (best-effort inputs may lose a frame)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        publish()
+        end = min(time.monotonic() + period, deadline)
+        while time.monotonic() < end:
+            value = answered()
+            if value:
+                return value
+            time.sleep(0.02)
+        if time.monotonic() >= deadline:
+            raise TimeoutError("no answer to the published message")
