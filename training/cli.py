@@ -61,6 +61,8 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
 
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
+    if command == "finetune" and not cfg.data.negatives:
+        raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim)")
     inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
     classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
     arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))

@@ -19,7 +19,7 @@ class DataConfig:
     split: str = "train"
     negatives: str | None = None  # negative dataset kind; None = no real negatives
     negatives_root: str = ""
-    negative_mode: str = "mask"  # "mask" (union of object masks) or "rectangle"
+    negative_mode: str = "mixed"  # "mask" (union of object masks), "rectangle", or "mixed" (each with p = 0.5)
     crop: tuple[int, int] = (256, 512)  # (H, W) training crop
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
@@ -29,8 +29,8 @@ class DataConfig:
     workers: int = 0
 
     def validate(self) -> None:
-        if self.negative_mode not in ("mask", "rectangle"):
-            raise ValueError(f"negative_mode must be 'mask' or 'rectangle', got {self.negative_mode!r}")
+        if self.negative_mode not in ("mask", "rectangle", "mixed"):
+            raise ValueError(f"negative_mode must be 'mask', 'rectangle' or 'mixed', got {self.negative_mode!r}")
         if min(self.crop) < 32 or self.crop[0] % 32 or self.crop[1] % 32:
             raise ValueError(f"crop must be multiples of 32 and >= 32, got {self.crop}")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:

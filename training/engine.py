@@ -126,10 +126,10 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
         bar.update(1)
         if writer is not None and (done % cfg.log_every == 0 or done == stop):
             for name, value in terms.items():  # rank 0's own batch
-                writer.add_scalar(f"loss/{name}", float(value), done)
+                writer.add_scalar(f"loss/{name}", value.item(), done)
             for group in optimizer.param_groups:
                 writer.add_scalar(f"lr/{group['name']}", group["lr"], done)
-            bar.set_postfix(loss=f"{float(terms['total']):.4f}")
+            bar.set_postfix(loss=f"{terms['total'].item():.4f}")
         if writer is not None and done % cfg.image_every == 0:
             _log_images(writer, x, labels, d_out, done)
         if done % cfg.checkpoint_every == 0 or done == stop:

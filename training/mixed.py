@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -15,16 +14,6 @@ from torch.utils.data import Dataset, Sampler
 from training.paste import paste_negative, random_position
 
 AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-
-
-def fit_negative(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a negative (and its mask, nearest) so that its longer side is `side` pixels."""
-    h, w = mask.shape
-    scale = side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return img, m
 
 
 class MixedContentDataset(Dataset):
@@ -36,6 +25,8 @@ class MixedContentDataset(Dataset):
 
     def __init__(self, inliers, augment: AugmentFn, mean: Sequence[float], std: Sequence[float], seed: int = 0,
                  negatives=None, paste_prob: float = 1.0, negative_side: tuple[int, int] = (16, 128)) -> None:
+        from training.data.augment import NegativeResize
+
         if len(inliers) == 0:
             raise ValueError("the inlier training dataset is empty")
         if negatives is not None and len(negatives) == 0:
@@ -43,7 +34,9 @@ class MixedContentDataset(Dataset):
         self.inliers, self.negatives, self.augment = inliers, negatives, augment
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.seed, self.paste_prob, self.negative_side = seed, paste_prob, negative_side
+        self.seed, self.paste_prob = seed, paste_prob
+        self.negative_side = negative_side
+        self.resize_negative = NegativeResize.resize
 
     def __len__(self) -> int:
         return len(self.inliers)
@@ -57,13 +50,15 @@ class MixedContentDataset(Dataset):
         y = torch.from_numpy(np.ascontiguousarray(labels)).long()
         d_out = torch.zeros(y.shape, dtype=torch.bool)
         if self.negatives is not None and rng.random() < self.paste_prob:
-            neg_img, neg_mask = self.negatives[int(rng.integers(len(self.negatives)))]
+            neg_img, neg_mask = self.negatives.sample(int(rng.integers(len(self.negatives))), rng)
             H, W = y.shape
             side = int(rng.integers(self.negative_side[0], min(self.negative_side[1], H, W) + 1))
-            neg_img, neg_mask = fit_negative(neg_img, neg_mask, side)
+            neg_img, neg_mask = self.resize_negative(neg_img, neg_mask, side)
+            if rng.random() < 0.5:
+                neg_img, neg_mask = neg_img[:, ::-1], neg_mask[:, ::-1]
             top, left = random_position(rng, H, W, *neg_mask.shape)
             patch = torch.from_numpy(np.ascontiguousarray(neg_img)).permute(2, 0, 1).float() / 255.0
-            x, y, d_out = paste_negative(x, y, d_out, patch, torch.from_numpy(neg_mask), top, left)
+            x, y, d_out = paste_negative(x, y, d_out, patch, torch.from_numpy(np.ascontiguousarray(neg_mask)), top, left)
         return (x - self.mean) / self.std, y, d_out
 
 

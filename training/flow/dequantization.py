@@ -1,0 +1,116 @@
+"""Dequantization of 8-bit images (thesis 3.3.1, equations 3.12-3.14).
+
+A discrete image ``x in {0..K-1}^D`` (K = 2^num_bits = 256) becomes continuous ``y = x + u`` with
+``u in [0, 1)^D`` (3.12). For a density ``p(y)`` on ``[0, K]^D``, ``P(x) = int_[0,1]^D p(x + u) du``, and
+for any ``q(u | x)`` on the unit cube
+
+    ln P(x) >= E_{u ~ q(.|x)} [ ln p(x + u) - ln q(u | x) ]                          (3.14)
+
+(uniform ``q``: ``ln q = 0``, eq. 3.13). Both dequantizers return ``(y, ln q(u | x))``; the caller adds
+``-ln q(u | x)`` to the bound (sign convention: contributions to ``ln P(x)``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from training.flow.bijections import InvConv1x1, Sigmoid, bounded_log_scale, split_sizes, squeeze2d, \
+    sum_per_sample, unsqueeze2d
+from training.flow.distributions import log_standard_normal, standard_noise
+
+
+class UniformDequantization(nn.Module):
+    """``u ~ U[0, 1)^D`` (3.12); ``ln q(u | x) = 0`` (3.13)."""
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        u = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        return x + u, x.new_zeros(x.shape[0])
+
+
+class ConditionalAffineCoupling(nn.Module):
+    """Affine coupling (3.9-3.11) whose network also reads a context tensor (here: features of x).
+
+    ``(raw, t) = net([x1, context])``, ``y2 = exp(2 tanh(raw/2)) * x2 + t``; net = 3x3 conv - ReLU -
+    1x1 conv - ReLU - zero-initialised 3x3 conv.
+    """
+
+    def __init__(self, channels: int, context_channels: int, width: int):
+        super().__init__()
+        self.c1, self.c2 = split_sizes(channels)
+        self.net = nn.Sequential(
+            nn.Conv2d(self.c1 + context_channels, width, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, kernel_size=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * self.c2, kernel_size=3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _params(self, x1, context):
+        h = self.net(torch.cat([x1, context], dim=1))
+        return bounded_log_scale(h[:, : self.c2]), h[:, self.c2:]
+
+    def forward(self, x, context):
+        x1, x2 = x[:, : self.c1], x[:, self.c1:]
+        log_s, t = self._params(x1, context)
+        return torch.cat([x1, x2 * torch.exp(log_s) + t], dim=1), sum_per_sample(log_s)
+
+    def inverse(self, z, context):
+        y1, y2 = z[:, : self.c1], z[:, self.c1:]
+        log_s, t = self._params(y1, context)
+        return torch.cat([y1, (y2 - t) * torch.exp(-log_s)], dim=1)
+
+
+class VariationalDequantization(nn.Module):
+    """Variational dequantization (3.14, Flow++ [100]): ``q(u | x)`` is a small conditional flow.
+
+    ``eps ~ N(0, I)`` of shape ``(4C, H/2, W/2)`` -> `steps` x [invertible 1x1 conv, conditional affine
+    coupling on features of x] -> 1x1 conv -> unsqueeze -> sigmoid -> ``u in (0, 1)^(C, H, W)``;
+    ``ln q(u | x) = ln N(eps) - ln |det du/deps|``. Context: x scaled to [-1, 1] -> 3x3 conv - ReLU - 3x3
+    conv - ReLU at full resolution -> squeeze -> 1x1 conv to `context_channels`. Needs even H, W.
+    """
+
+    def __init__(self, in_channels: int = 3, num_bits: int = 8, steps: int = 4, width: int = 64,
+                 context_channels: int = 32, lu: bool = False):
+        super().__init__()
+        self.levels = 2 ** num_bits
+        channels = 4 * in_channels
+        self.context_net = nn.Sequential(
+            nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1), nn.ReLU())
+        self.context_proj = nn.Conv2d(4 * width, context_channels, kernel_size=1)
+        self.convs = nn.ModuleList([InvConv1x1(channels, lu) for _ in range(steps + 1)])
+        self.couplings = nn.ModuleList(
+            [ConditionalAffineCoupling(channels, context_channels, width) for _ in range(steps)])
+        self.sigmoid = Sigmoid()
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = 2.0 * x / (self.levels - 1) - 1.0
+        return self.context_proj(squeeze2d(self.context_net(scaled)))
+
+    def transform(self, eps: torch.Tensor, context: torch.Tensor):
+        """The conditional bijection ``eps (4C, H/2, W/2) -> u (C, H, W)``; returns ``(u, logdet)``."""
+        logdet = eps.new_zeros(eps.shape[0])
+        h = eps
+        for conv, coupling in zip(self.convs[:-1], self.couplings):
+            h, ld = conv(h)
+            logdet = logdet + ld
+            h, ld = coupling(h, context)
+            logdet = logdet + ld
+        h, ld = self.convs[-1](h)
+        u, ld_sig = self.sigmoid(unsqueeze2d(h))
+        return u, logdet + ld + ld_sig
+
+    def transform_inverse(self, u: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = squeeze2d(self.sigmoid.inverse(u))
+        h = self.convs[-1].inverse(h)
+        for conv, coupling in zip(reversed(self.convs[:-1]), reversed(self.couplings)):
+            h = conv.inverse(coupling.inverse(h, context))
+        return h
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """``x`` holds integer levels (as floats). Returns ``(x + u, ln q(u | x))``."""
+        b, c, h, w = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"variational dequantization needs even height and width, got {h}x{w}")
+        eps = standard_noise((b, 4 * c, h // 2, w // 2), x, generator)
+        u, logdet = self.transform(eps, self.context(x))
+        return x + u, log_standard_normal(eps) - logdet
