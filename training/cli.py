@@ -49,23 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:
+def build_model_and_dataset(command: str, cfg):
+    """The model (initialised per `cfg.init`) and the training dataset of a `segmenter`/`finetune` run."""
     from densehybrid_ros.models import ModelConfig, build_model
     from densehybrid_ros.paths import model_config_path
     from densehybrid_ros.weights import Normalization, load_weights
     from training.checkpoint import load_checkpoint
-    from training.config import load_train_config
     from training.data_setup import build_training_data
-    from training.engine import train
     from training.mixed import MixedContentDataset
 
-    cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
-    cfg.validate()
     if command == "finetune" and not cfg.data.negatives:
         raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim)")
     inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
     classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
     arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))
+    torch_seed(cfg.seed)
     model = build_model(arch)
     if command == "segmenter" and cfg.init:
         from training.imagenet import load_imagenet_backbone, read_state_dict
@@ -88,6 +86,22 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     dataset = MixedContentDataset(inliers, augment, norm.mean, norm.std, cfg.seed, negatives, cfg.data.paste_prob,
                                   cfg.data.negative_side)
     meta = {"architecture": dataclasses.asdict(arch), "classes": classes}
+    return model, dataset, meta
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:
+    from training.config import load_train_config
+    from training.engine import train
+
+    cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
+    cfg.validate()
+    model, dataset, meta = build_model_and_dataset(command, cfg)
     return train(cfg, model, dataset, meta, stop_after=stop_after)
 
 

@@ -1,0 +1,145 @@
+"""Training engine: exact resume after SIGKILL, DDP (2 gloo processes) gradients = the mean of per-rank
+gradients computed in one process, the step-seeded batch sampler, export/calibrate/CLI errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from densehybrid_ros.sim.dataset import render_dataset
+from densehybrid_ros.sim.world import SimConfig
+from training.checkpoint import load_checkpoint
+from training.cli import build_model_and_dataset, main as train_main
+from training.config import load_train_config
+from training.engine import ClosedSetNet, compute_loss
+from training.mixed import StepBatchSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sim_train(tmp_path_factory):
+    root = tmp_path_factory.mktemp("simtrain")
+    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=4, anomaly_frame_prob=1.0)
+    render_dataset(root, "train", 8, seed=4, config=cfg, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text("num_classes: 15\nbackbone: resnet18\nbackbone_width: 8\ndecoder_width: 16\nspp_grids: [4, 2, 1]\n")
+    return path
+
+
+def _overrides(sim_train, model_yaml, out, **extra) -> list[str]:
+    items = {"model": str(model_yaml), "data.root": str(sim_train), "data.crop": "[64,96]", "batch_size": 2,
+             "checkpoint_every": 3, "log_every": 1, "image_every": 5, "out": str(out), "seed": 3, **extra}
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def _train_cmd(mode: str, overrides: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "training", mode]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_sampler_batches_depend_only_on_the_step():
+    a = StepBatchSampler(10, 2, 0, 12, seed=1)
+    b = StepBatchSampler(10, 2, 7, 12, seed=1)
+    assert list(a)[7:] == list(b)
+    epoch0 = [i for batch in list(a)[:5] for i, _ in batch]
+    assert sorted(epoch0) == list(range(10))  # one epoch visits every image once
+    r0, r1 = StepBatchSampler(10, 2, 0, 2, seed=1, rank=0, world=2), StepBatchSampler(10, 2, 0, 2, seed=1, rank=1, world=2)
+    assert not {i for b in r0 for i, _ in b} & {i for b in r1 for i, _ in b}
+
+
+def test_kill_and_resume_gives_the_same_weights(sim_train, tiny_model_yaml, tmp_path):
+    steps = 12
+    full = subprocess.run(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, tmp_path / "full", steps=steps)),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, out, steps=steps)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_0000003.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert killed_at < steps, "the run finished before it could be killed; make it longer"
+    resumed = subprocess.run(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, out, steps=steps)),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert a["config"] == {**b["config"], "out": a["config"]["out"]}
+    assert (tmp_path / "full" / "tensorboard").is_dir()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["segmenter", "finetune"])
+def test_ddp_two_processes_average_the_per_rank_gradients(sim_train, tiny_model_yaml, tmp_path, mode):
+    extra = {"steps": 1}
+    if mode == "finetune":
+        # a closed-set checkpoint to start from
+        seg = subprocess.run(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, tmp_path / "seg", steps=1)),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+        assert seg.returncode == 0, seg.stderr
+        extra.update({"data.negatives": "sim", "init": str(tmp_path / "seg" / "checkpoints" / "last.pt")})
+    overrides = [f"mode={mode}"] + _overrides(sim_train, tiny_model_yaml, tmp_path / "ddp", **extra)
+    (tmp_path / "overrides.txt").write_text("\n".join(overrides))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), str(ROOT / "test" / "ddp_grad_worker.py"), str(tmp_path / "overrides.txt"),
+                          str(tmp_path / "ddp_grads.pt")], env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)
+    # the same two batches, one process, no DDP: gradients of each, then their mean
+    cfg = load_train_config(None, overrides)
+    grads = []
+    for rank in (0, 1):
+        model, dataset, _ = build_model_and_dataset(mode, cfg)
+        model.train()
+        net = ClosedSetNet(model) if mode == "segmenter" else model
+        batch = StepBatchSampler(len(dataset), cfg.batch_size, 0, 1, cfg.seed, rank, 2).batch(0)
+        x, y, d = (torch.stack(t) for t in zip(*[dataset[k] for k in batch]))
+        if mode == "finetune":
+            assert d.any(), "finetune batches must contain pasted negatives"
+        compute_loss(cfg, net, x, y, d)["total"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(ddp) == set(grads[0])
+    for name, g in ddp.items():
+        torch.testing.assert_close(g, (grads[0][name] + grads[1][name]) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_errors_are_clear(sim_train, tiny_model_yaml, tmp_path, capsys):
+    assert train_main(["finetune", "--set", f"data.root={sim_train}", "--set", f"model={tiny_model_yaml}"]) == 2
+    assert "finetune needs negatives" in capsys.readouterr().err
+    assert train_main(["segmenter", "--set", "optim.lrr=1"]) == 2
+    assert "unknown field(s) ['lrr']" in capsys.readouterr().err
+    assert train_main(["segmenter", "--set", f"data.root={tmp_path / 'nope'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
