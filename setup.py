@@ -28,6 +28,7 @@ setup(
             "densehybrid-bench = densehybrid_ros.bench:main",
             "densehybrid-sim = densehybrid_ros.sim.cli:main",
             "densehybrid-eval = densehybrid_ros.evaluation.cli:main",
+            "densehybrid-train = training.cli:main",
             "densehybrid_perception = densehybrid_ros.node.perception_node:main",
             "densehybrid-replay = densehybrid_ros.node.replay:main",
             "densehybrid-record = densehybrid_ros.node.record:main",

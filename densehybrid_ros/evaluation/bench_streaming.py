@@ -13,6 +13,7 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -66,8 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=float, default=2e6)
     parser.add_argument("--max-buffer-pixels", type=float, default=float(1 << 22))
     parser.add_argument("--tmp-dir", default=None)
+    parser.add_argument("--json", action="store_true", help="indented JSON (the default output is one line)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    print(json.dumps(run(int(args.pixels), int(args.batch), int(args.max_buffer_pixels), tmp_dir=args.tmp_dir)))
+    result = run(int(args.pixels), int(args.batch), int(args.max_buffer_pixels), tmp_dir=args.tmp_dir)
+    text = json.dumps(result, indent=2 if args.json else None)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
