@@ -106,6 +106,13 @@ class VariationalDequantization(nn.Module):
             h = conv.inverse(coupling.inverse(h, context))
         return h
 
+    def log_q(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``ln q(u | x)`` of given noise ``u in (0, 1)^D`` (change of variables through the inverse)."""
+        context = self.context(x)
+        eps = self.transform_inverse(u, context)
+        _, logdet = self.transform(eps, context)
+        return log_standard_normal(eps) - logdet
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """``x`` holds integer levels (as floats). Returns ``(x + u, ln q(u | x))``."""
         b, c, h, w = x.shape
