@@ -3,6 +3,8 @@
     densehybrid-train segmenter --config C.yaml [--set key=value ...]      closed-set cross-entropy
     densehybrid-train finetune  --config C.yaml [--set key=value ...]      DenseHybrid with pasted negatives (4.16)
     densehybrid-train calibrate --weights W --dataset KIND:PATH [--split S] --out W2   threshold at TPR 95%
+    densehybrid-train flow-pretrain --config F.yaml [--set key=value ...]  DenseFlow MLE on inlier crops
+    densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
 
 Multi-process / multi-GPU: `torchrun --nproc_per_node N -m training segmenter --config C.yaml`.
@@ -34,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", type=Path, default=None, help="YAML TrainConfig")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    for name, text in (("flow-pretrain", "DenseFlow MLE on random inlier crops"),):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", type=Path, default=None, help="YAML FlowTrainConfig")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    f = sub.add_parser("flow-eval", help="bits/dim (ELBO, IWBO) on held-out crops and a PNG grid of samples")
+    f.add_argument("--checkpoint", type=Path, required=True)
+    f.add_argument("--config", type=Path, default=None, help="YAML FlowTrainConfig (data to evaluate on)")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--images", type=int, default=64)
+    f.add_argument("--k", type=int, default=16, help="importance samples of the IWBO")
+    f.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("calibrate", help="threshold at TPR 95%% written into the weights")
     c.add_argument("--weights", type=Path, required=True)
     c.add_argument("--dataset", required=True, help="held-out data with anomalies, KIND:PATH (e.g. sim:data/val)")
@@ -58,8 +71,9 @@ def build_model_and_dataset(command: str, cfg):
     from training.data_setup import build_training_data
     from training.mixed import MixedContentDataset
 
-    if command == "finetune" and not cfg.data.negatives:
-        raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim)")
+    if command == "finetune" and not cfg.data.negatives and cfg.synthetic is None:
+        raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim) and/or "
+                          "synthetic.flow_checkpoint (a flow-pretrain checkpoint)")
     inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
     classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
     arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))
@@ -83,7 +97,9 @@ def build_model_and_dataset(command: str, cfg):
         if missing.unexpected_keys or any(k.startswith("segmenter.") for k in missing.missing_keys):
             raise ConfigError(f"init {cfg.init} does not match model {cfg.model} with {len(classes)} classes")
     norm = Normalization()
-    dataset = MixedContentDataset(inliers, augment, norm.mean, norm.std, cfg.seed, negatives, cfg.data.paste_prob,
+    # with a flow, an image gets a real negative with probability b = synthetic.real_prob (4.21)
+    paste_prob = cfg.data.paste_prob if cfg.synthetic is None else cfg.synthetic.real_prob
+    dataset = MixedContentDataset(inliers, augment, norm.mean, norm.std, cfg.seed, negatives, paste_prob,
                                   cfg.data.negative_side)
     meta = {"architecture": dataclasses.asdict(arch), "classes": classes}
     return model, dataset, meta
@@ -102,7 +118,17 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
     model, dataset, meta = build_model_and_dataset(command, cfg)
-    return train(cfg, model, dataset, meta, stop_after=stop_after)
+    joint = None
+    if command == "finetune" and cfg.synthetic is not None:
+        from densehybrid_ros.weights import Normalization
+        from training.distributed import setup
+        from training.flow_train import load_flow
+        from training.synthetic import JointFlowTraining
+
+        norm = Normalization()
+        joint = JointFlowTraining(load_flow(cfg.synthetic.flow_checkpoint), cfg.synthetic, norm.mean, norm.std,
+                                  cfg.seed, setup(cfg.device).device)
+    return train(cfg, model, dataset, meta, stop_after=stop_after, joint=joint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("segmenter", "finetune"):
             last = run_training(args.command, args.config, args.overrides)
             print(f"checkpoint: {last}")
+        elif args.command in ("flow-pretrain", "flow-eval"):
+            from training.config import load_train_config
+            from training.flow_train import FlowTrainConfig, evaluate_flow, pretrain
+
+            fcfg = load_train_config(args.config, args.overrides, cls=FlowTrainConfig)
+            if args.command == "flow-pretrain":
+                print(f"checkpoint: {pretrain(fcfg)}")
+            else:
+                import json
+
+                print(json.dumps(evaluate_flow(args.checkpoint, fcfg, args.images, args.k, args.out), indent=1))
         elif args.command == "calibrate":
             from training.calibrate import calibrate
 

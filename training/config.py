@@ -10,6 +10,7 @@ import yaml
 
 from densehybrid_ros.config import ConfigError, from_dict
 from training.losses import LossWeights
+from training.synthetic import SyntheticConfig
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,11 @@ class TrainConfig:
     loss_variant: str = "thesis"  # "thesis" (4.16) or "authors" (public code, for comparison)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    synthetic: SyntheticConfig | None = None  # finetune with negatives sampled from a jointly trained flow
 
     def validate(self) -> None:
+        if self.synthetic is not None:
+            self.synthetic.validate()
         if self.mode not in ("segmenter", "finetune"):
             raise ValueError(f"mode must be 'segmenter' or 'finetune', got {self.mode!r}")
         if self.loss_variant not in ("thesis", "authors"):
@@ -115,7 +119,7 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+def load_train_config(path: str | Path | None, overrides: list[str] = (), cls: type = None):
     data: dict = {}
     if path is not None:
         try:
@@ -128,6 +132,6 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
             raise ConfigError(f"{path}: top level must be a mapping")
     data = _merge(data, parse_overrides(list(overrides)))
     try:
-        return from_dict(TrainConfig, data)
+        return from_dict(cls or TrainConfig, data)
     except ConfigError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None

@@ -71,9 +71,10 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, meta: dict | None = None,
-          stop_after: int | None = None) -> Path:
+          stop_after: int | None = None, joint=None) -> Path:
     """Train until `cfg.steps` (resuming from out/checkpoints/last.pt if present); returns the last checkpoint.
-    `stop_after` ends this process early after that many steps (used to test resumption)."""
+    `stop_after` ends this process early after that many steps (used to test resumption). `joint` (a
+    `training.synthetic.JointFlowTraining`) adds synthetic negatives from a jointly trained flow."""
     cfg.validate()
     info = distributed.setup(cfg.device)
     closed = cfg.mode == "segmenter"
@@ -83,7 +84,9 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     net: torch.nn.Module = ClosedSetNet(model) if closed else model
     optimizer = torch.optim.Adam(param_groups(model, cfg, closed), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(cfg.steps, cfg.optim.min_lr_ratio))
-    use_amp = cfg.amp and info.device.type == "cuda"
+    if joint is not None and info.enabled:
+        raise ValueError("fine-tuning with a jointly trained flow runs in one process (no DDP) in this version")
+    use_amp = cfg.amp and info.device.type == "cuda" and joint is None
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     start = 0
     last = checkpoint_dir(cfg) / "last.pt"
@@ -98,6 +101,8 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if joint is not None:
+            joint.load_state_dict(state["extra"]["joint"])
         start = int(state["step"])
     train_net = DDP(net, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else net
     stop = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -111,14 +116,17 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     step = start
     for step, (x, labels, d_out) in enumerate(loader, start=start):
         x, labels, d_out = (t.to(info.device, non_blocking=True) for t in (x, labels, d_out))
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            terms = compute_loss(cfg, train_net, x, labels, d_out)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
+        if joint is not None:
+            terms = _joint_step(cfg, model, joint, optimizer, x, labels, d_out, step)
+        elif scaler is not None:
+            with torch.autocast("cuda", dtype=torch.float16):
+                terms = compute_loss(cfg, train_net, x, labels, d_out)
             scaler.scale(terms["total"]).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
+            terms = compute_loss(cfg, train_net, x, labels, d_out)
             terms["total"].backward()
             optimizer.step()
         scheduler.step()
@@ -135,6 +143,8 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
         if done % cfg.checkpoint_every == 0 or done == stop:
             if info.is_main:
                 extra = dict(meta or {})
+                if joint is not None:
+                    extra["joint"] = joint.state_dict()
                 path = save_checkpoint(checkpoint_dir(cfg) / f"step_{done:07d}.pt", step=done, model=model,
                                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, config=config_dict,
                                        extra=extra)
@@ -146,6 +156,22 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
         writer.close()
     distributed.teardown()
     return last
+
+
+def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, labels, d_out, step: int) -> dict:
+    """One SynDenseHybrid step: paste flow samples, one segmenter forward, gradients routed by
+    `training.synthetic.route_gradients`, both optimizers step."""
+    from training.synthetic import route_gradients
+
+    mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
+    out = model(mixed)
+    terms = densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss)
+    flow_terms = joint.flow_loss(out.logits, synthetic, replaced, step)
+    seg_params = [p for p in model.parameters() if p.requires_grad]
+    route_gradients(terms["total"], flow_terms["flow_total"], seg_params, list(joint.flow.parameters()))
+    optimizer.step()
+    joint.step()
+    return {**terms, **{f"flow/{k}": v for k, v in flow_terms.items()}}
 
 
 def _tensorboard(cfg: TrainConfig):
