@@ -233,3 +233,23 @@ def test_cli_rejects_bad_arguments(tmp_path):
     (tmp_path / "exists").mkdir()
     again = run("bag", "--out", str(tmp_path / "exists"), "--frames", "1", "--size", "64x32")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_mount_sign_conventions():
+    """pitch > 0 looks down (the horizon moves up in the image); roll > 0 turns the camera clockwise seen from
+    behind (its right side dips, so the scene turns counter-clockwise in the image); yaw > 0 looks left."""
+    cam = CameraModel(320, 240, 45.0)
+    far_ahead = np.array([[1000.0, 0.0, 1.5]])  # on the horizon, at camera height
+    level = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.0, 0.0))
+    down = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.1, 0.0, 0.0))
+    assert abs(cam.project(level.world_to_optical(far_ahead))[0][1] - cam.cy) < 1e-6
+    assert cam.project(down.world_to_optical(far_ahead))[0][1] < cam.cy - 20  # horizon above the centre
+    # looking down, the optical axis meets the road ahead at height / tan(pitch)
+    axis = down.rotation[:, 2]
+    assert axis[2] < 0 and abs(-1.5 / axis[2] * axis[0] - 1.5 / np.tan(0.1)) < 1e-6
+    left = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.0, 0.2))
+    assert left.rotation[1, 2] > 0  # optical axis towards +y (left of the road direction)
+    rolled = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.2, 0.0))
+    right_point = np.array([[10.0, -3.0, 1.5]])  # to the right, at camera height
+    u, v = cam.project(rolled.world_to_optical(right_point))[0]
+    assert u > cam.cx and v < cam.cy  # the camera's right side dips: right-hand points move up in the image

@@ -2,8 +2,9 @@
 
 Frames: the world is z-up with the road running along +x. The camera optical frame is the ROS/OpenCV
 one (x right, y down, z forward). Mounting: `height` above the road (m), `pitch` > 0 tilts the optical
-axis DOWN towards the road, `roll` > 0 rotates the image clockwise as seen from behind the camera,
-`yaw` > 0 turns left (towards +y).
+axis DOWN towards the road, `roll` > 0 turns the camera clockwise as seen from behind it (its right side
+dips, so the scene turns counter-clockwise in the image), `yaw` > 0 turns left (towards +y). These are
+the perception node's conventions (densehybrid_ros/node/obstacles.py).
 
 Intrinsics were measured for pybullet's TinyRenderer (../shared/docs/sim-notes.md, re-checked in
 test/test_sim_world.py): fy = H / (2 tan(fov_v/2)), fx = fy (square pixels), cx = W/2, cy = H/2 - 1,
@@ -97,7 +98,8 @@ def rotation_world_from_optical(mount: CameraMount) -> np.ndarray:
     cr, sr = math.cos(mount.roll), math.sin(mount.roll)
     roll = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
     cp, sp = math.cos(mount.pitch), math.sin(mount.pitch)
-    pitch = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
+    # +pitch turns the optical axis (z) towards +y (image down), i.e. the camera looks down at the road
+    pitch = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])
     cyw, syw = math.cos(mount.yaw), math.sin(mount.yaw)
     yaw = np.array([[cyw, -syw, 0.0], [syw, cyw, 0.0], [0.0, 0.0, 1.0]])
     return yaw @ base @ pitch @ roll
