@@ -32,6 +32,8 @@ setup(
             "densehybrid_perception = densehybrid_ros.node.perception_node:main",
             "densehybrid-replay = densehybrid_ros.node.replay:main",
             "densehybrid-record = densehybrid_ros.node.record:main",
+            "densehybrid-sim-camera = densehybrid_ros.node.sim_camera:main",
+            "densehybrid-eval-bag = densehybrid_ros.node.eval_bag:main",
         ],
     },
 )

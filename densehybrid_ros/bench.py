@@ -173,7 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--frames", type=int, default=128)
     s.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
     s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    n = sub.add_parser("node", parents=[output], help="perception node end to end over DDS vs the bare Predictor")
+    n.add_argument("--weights", type=Path, default=None, help="node weights (default: random weights of --model)")
+    n.add_argument("--model", default="swiftnet_r18_cpu")
+    n.add_argument("--frames", type=int, default=30)
+    n.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    n.add_argument("--device", default="cpu")
+    n.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.command == "node":
+        from densehybrid_ros.node.bench_node import bench_node, table
+
+        h, w = args.size
+        _emit(bench_node(args.weights, args.frames, (w, h), args.device, model=args.model, threads=args.threads),
+              args, lambda r: print(table(r)))
+        return 0
     if args.command == "sim":
         if args.frames < 1 or min(args.workers) < 1:
             parser.error("--frames and --workers must be >= 1")

@@ -176,7 +176,7 @@ def test_bag_reads_back(tmp_path, storage):
     msgs = _read_bag(tmp_path / "bag")
     expected = {"/camera/image_raw": ("sensor_msgs/msg/Image", "rgb8"), "/camera/labels": ("sensor_msgs/msg/Image", "mono8"),
                 "/camera/depth": ("sensor_msgs/msg/Image", "32FC1"), "/camera/camera_info": ("sensor_msgs/msg/CameraInfo", None),
-                "/sim/anomalies": ("visualization_msgs/msg/MarkerArray", None)}
+                "/sim/anomalies": ("visualization_msgs/msg/MarkerArray", None), "/tf": ("tf2_msgs/msg/TFMessage", None)}
     assert set(msgs) == set(expected)
     for topic, (msgtype, encoding) in expected.items():
         assert len(msgs[topic]) == 4 and all(m[0] == msgtype for m in msgs[topic])
@@ -184,8 +184,14 @@ def test_bag_reads_back(tmp_path, storage):
         assert np.all(np.diff(stamps) == 200_000_000)
         for (_, stamp, msg), frame in zip(msgs[topic], frames):
             header = msg.markers[0].header if topic == "/sim/anomalies" and msg.markers else getattr(msg, "header", None)
+            if topic == "/tf":
+                header = msg.transforms[0].header
+                assert header.frame_id == "base_footprint" and msg.transforms[0].child_frame_id == FRAME_ID
+                assert msg.transforms[0].transform.translation.z == pytest.approx(frame.mount.height, abs=0.02)
+            elif header is not None:
+                assert header.frame_id == FRAME_ID
             if header is not None:
-                assert header.stamp.sec * 10**9 + header.stamp.nanosec == stamp and header.frame_id == FRAME_ID
+                assert header.stamp.sec * 10**9 + header.stamp.nanosec == stamp
             if encoding:
                 assert (msg.encoding, msg.height, msg.width) == (encoding, 64, 128)
                 assert msg.step * msg.height == len(msg.data)

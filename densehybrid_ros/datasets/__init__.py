@@ -16,6 +16,8 @@ kind                   module                                           splits (
 ``smiyc-laf-noknown``  :mod:`.smiyc`                                    test
 ``road-anomaly``       :mod:`.road_anomaly`                             test
 ``lostandfound``       :mod:`.lostandfound`                             test, train
+``sim``                :mod:`.sim`                                      the rendered split (manifest)
+``bag``                :mod:`.rosbag`                                   a ROS 2 bag with image + label topics
 =====================  ===============================================  =========================================
 
 The Cityscapes label table (ids, trainIds, categories, colours, LUTs) lives in :mod:`.cityscapes_labels`.
@@ -39,6 +41,7 @@ from densehybrid_ros.datasets import (  # noqa: F401,E402
     fishyscapes,
     lostandfound,
     road_anomaly,
+    rosbag,
     sim,
     smiyc,
     streethazards,

@@ -67,6 +67,30 @@ def level_from_camera(pitch: float, roll: float) -> np.ndarray:
     return rx @ rz
 
 
+def pitch_roll_from_rotation(up_from_camera: np.ndarray) -> tuple[float, float]:
+    """(pitch, roll) in this module's convention from a rotation taking camera optical-frame vectors into any frame
+    whose z axis points up (a z-up world, REP 105 base_footprint, ...; its heading does not matter).
+
+    Gravity in the camera frame is d = R^T (0, 0, -1); `level_from_camera` maps d to (0, 1, 0), i.e. d is its second
+    row: (cos(pitch) sin(roll), cos(pitch) cos(roll), sin(pitch)). Valid for |pitch| < pi/2."""
+    down = np.asarray(up_from_camera, np.float64).reshape(3, 3).T @ np.array([0.0, 0.0, -1.0])
+    return float(math.asin(float(np.clip(down[2], -1.0, 1.0)))), float(math.atan2(down[0], down[1]))
+
+
+def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """Rotation matrix of a (normalised here) quaternion (x, y, z, w), e.g. a geometry_msgs/Transform rotation."""
+    q = np.array([x, y, z, w], np.float64)
+    norm = float(np.linalg.norm(q))
+    if not norm > 0 or not math.isfinite(norm):
+        raise ValueError(f"quaternion must be finite and non-zero, got {q.tolist()}")
+    x, y, z, w = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
 def ground_point(u: float, v: float, camera: CameraModel, height: float, pitch: float, roll: float) -> np.ndarray | None:
     """Where the ray through pixel (u, v) meets the ground plane, in the camera optical frame; None when the
     ray does not point below the horizon."""

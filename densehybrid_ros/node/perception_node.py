@@ -92,6 +92,39 @@ def descriptor(spec) -> ParameterDescriptor:
     return d
 
 
+class StageTimes:
+    """Wall time per stage of the processed frames (worker thread) for /diagnostics: the mean over the diagnostics
+    window and running totals since activation (densehybrid_ros/node/bench_node.py differences two reports).
+    decode = message -> RGB; process = FrameProcessor.process (Predictor.predict + colours/overlay/obstacles);
+    publish = arrays -> messages -> publish."""
+
+    STAGES = ("decode", "process", "publish")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.totals = dict.fromkeys(self.STAGES, 0.0)
+        self.frames = 0
+        self._window = dict.fromkeys(self.STAGES, 0.0)
+        self._window_frames = 0
+
+    def add(self, **ms: float) -> None:
+        with self._lock:
+            for stage in self.STAGES:
+                self.totals[stage] += ms[stage]
+                self._window[stage] += ms[stage]
+            self.frames += 1
+            self._window_frames += 1
+
+    def report(self) -> list[tuple[str, str]]:
+        with self._lock:
+            window, n = self._window, self._window_frames
+            self._window, self._window_frames = dict.fromkeys(self.STAGES, 0.0), 0
+            totals, frames = dict(self.totals), self.frames
+        means = [(f"stage {s} mean [ms]", f"{window[s] / n:.2f}" if n else "nan") for s in self.STAGES]
+        return [*means, *((f"stage {s} total [ms]", f"{totals[s]:.3f}") for s in self.STAGES),
+                ("stage frames (total)", str(frames))]
+
+
 class PerceptionNode(LifecycleNode):
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
@@ -107,6 +140,7 @@ class PerceptionNode(LifecycleNode):
         self.mailbox: Mailbox[Frame] | None = None
         self.worker: threading.Thread | None = None
         self.stats: diagnostics.FrameStats | None = None
+        self.stage_times: StageTimes | None = None
         self.camera: CameraModel | None = None
         self.depth_msgs: deque = deque(maxlen=30)
         self.depth_lock = threading.Lock()
@@ -160,6 +194,7 @@ class PerceptionNode(LifecycleNode):
         s = self.settings
         inputs = qos(s.qos_reliability, s.qos_depth)
         self.stats = diagnostics.FrameStats()
+        self.stage_times = StageTimes()
         self.mailbox = Mailbox()
         self.warned.clear()
         self.image_topic = self.resolve_topic_name("image")
@@ -288,6 +323,7 @@ class PerceptionNode(LifecycleNode):
                 f"rejected frame (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, frame_id "
                 f"{msg.header.frame_id!r}): {error}", throttle_duration_sec=THROTTLE_S)
             return
+        decoded = time.perf_counter()
         wanted = Wanted(**{name: self._has_subscribers(name) for name in (*IMAGE_OUTPUTS, "obstacles")})
         if not any(vars(wanted).values()):
             self.stats.frame_idle()  # nobody listens: no inference (lazy, like image_pipeline nodes)
@@ -302,7 +338,11 @@ class PerceptionNode(LifecycleNode):
         if settings.depth_topic and (wanted.obstacles or wanted.overlay) and camera is not None:
             depth = self._matching_depth(msg.header.stamp, settings)
         result = processor.process(rgb, settings, wanted, camera, depth)
+        processed = time.perf_counter()
         self._publish(msg.header, result, wanted, settings)
+        published = time.perf_counter()
+        self.stage_times.add(decode=(decoded - start) * 1e3, process=(processed - decoded) * 1e3,
+                             publish=(published - processed) * 1e3)
         latency_ms = math.nan
         if stamp_ns(msg.header.stamp) > 0:
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) / 1e6
@@ -410,8 +450,9 @@ class PerceptionNode(LifecycleNode):
                 warnings.append("no camera_info: obstacle markers off")
             if threshold is None and (settings.publish_open_set or settings.publish_obstacles):
                 warnings.append("no threshold: open_set and obstacles off")
+            stages = self.stage_times.report() if self.stage_times is not None else []
             report = stats.report(warnings, latency_warn_ms=settings.latency_warn * 1e3,
-                                  stale_after_s=max(3 * settings.diagnostics_period, 3.0), info=info)
+                                  stale_after_s=max(3 * settings.diagnostics_period, 3.0), info=[*info, *stages])
         status = DiagnosticStatus(level=bytes([report.level]), name=f"{self.get_fully_qualified_name()}: open-set segmentation",
                                   message=report.message, hardware_id=settings.device,
                                   values=[KeyValue(key=k, value=v) for k, v in report.values])

@@ -7,6 +7,8 @@ Topics (all stamped with the frame's time, frame_id = the camera optical frame):
     /camera/depth         sensor_msgs/msg/Image       32FC1 planar depth in metres (+inf = sky)
     /sim/anomalies        visualization_msgs/msg/MarkerArray  true anomaly boxes (optical frame), ns "anomaly",
                           id = instance id, text in the marker's `text`: pool and source
+    /tf                   tf2_msgs/msg/TFMessage      base_footprint -> camera optical frame per frame (the camera
+                          bounces): the mounting height/pitch/roll the obstacle geometry needs
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ TOPICS = {
     "/camera/labels": "sensor_msgs/msg/Image",
     "/camera/depth": "sensor_msgs/msg/Image",
     "/sim/anomalies": "visualization_msgs/msg/MarkerArray",
+    "/tf": "tf2_msgs/msg/TFMessage",
 }
+FOOTPRINT_FRAME = "base_footprint"
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
@@ -78,6 +82,17 @@ class SimBagMessages:
                 mesh_use_embedded_materials=False))
         return t["visualization_msgs/msg/MarkerArray"](markers=markers)
 
+    def transform(self, stamp_ns: int, frame: SimFrame):
+        t = self.t
+        (x, y, z), (qx, qy, qz, qw) = frame.pose.footprint_transform()
+        header = self.header(stamp_ns)
+        header = t["std_msgs/msg/Header"](stamp=header.stamp, frame_id=FOOTPRINT_FRAME)
+        tf = t["geometry_msgs/msg/TransformStamped"](
+            header=header, child_frame_id=self.frame_id,
+            transform=t["geometry_msgs/msg/Transform"](translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+                                                       rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+        return t["tf2_msgs/msg/TFMessage"](transforms=[tf])
+
     def frame_messages(self, stamp_ns: int, frame: SimFrame, period_ns: int) -> dict[str, object]:
         return {
             "/camera/image_raw": self.image(stamp_ns, frame.rgb, "rgb8"),
@@ -85,6 +100,7 @@ class SimBagMessages:
             "/camera/labels": self.image(stamp_ns, frame.labels, "mono8"),
             "/camera/depth": self.image(stamp_ns, frame.depth.astype("<f4"), "32FC1"),
             "/sim/anomalies": self.anomalies(stamp_ns, frame, 2 * period_ns),
+            "/tf": self.transform(stamp_ns, frame),
         }
 
 

@@ -124,6 +124,18 @@ class CameraPose:
         up = -self.rotation[:, 1]
         return list(pybullet.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), up.tolist()))
 
+    def footprint_transform(self) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+        """(translation, quaternion x y z w) of the optical frame in `base_footprint`: on the road under the
+        camera, x forward along the camera's heading, z up (REP 105). Sim bags publish it on /tf."""
+        from scipy.spatial.transform import Rotation
+
+        forward = self.rotation[:, 2]
+        heading = math.atan2(forward[1], forward[0])
+        c, s = math.cos(heading), math.sin(heading)
+        footprint_from_world = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+        q = Rotation.from_matrix(footprint_from_world @ self.rotation).as_quat()
+        return (0.0, 0.0, float(self.position[2])), tuple(float(v) for v in q)
+
     def world_to_optical(self, points_world: np.ndarray) -> np.ndarray:
         pts = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
         return (pts - np.asarray(self.position)) @ self.rotation

@@ -1,0 +1,604 @@
+"""densehybrid-eval-bag: deterministic scoring of a ground-truth bag, and obstacle localisation against true boxes.
+
+    densehybrid-eval-bag --bag BAG --weights W --out DIR [--max-frames N] [--threshold T] [--scores hybrid,msp]
+    densehybrid-eval-bag --bag BAG --outputs RECORDED_BAG --out DIR [--weights W] [--threshold T]
+    densehybrid-eval-bag --bag BAG --oracle --out DIR                   (geometry check on the true anomaly mask)
+    common: [--camera-height H] [--camera-pitch P] [--camera-roll R] [--locate ground|depth] [--min-area PX]
+            [--image-topic ...] [--labels-topic ...] [--depth-topic ...] [--camera-info-topic ...]
+            [--anomalies-topic ...]
+
+No DDS, no clock: the bag is read with rosbags (`bag` dataset, densehybrid_ros/datasets/rosbag.py) frame by frame
+in stamp order, so the numbers do not depend on the machine's speed (ros-notes: "deterministic scoring reads the
+bag directly").
+
+Modes
+- `--weights`: the shared `Predictor` runs through `densehybrid_ros.evaluation.evaluate` on the bag dataset
+  (pixel AP / AUROC / FPR95, distance bins, mIoU / open-mIoU when the classes agree): DIR/metrics.json and
+  DIR/report.md as densehybrid-eval writes them.
+- `--outputs RECORDED_BAG`: no model runs. The node's outputs recorded from a live run (densehybrid-record of
+  ~/anomaly_score 32FC1, ~/semantic mono8 and ~/obstacles; topic names configurable) are matched to the
+  ground-truth frames by header stamp and scored by the same `evaluate` (the recorded maps stand in for the
+  Predictor's). Ground-truth frames the node never answered are left out and counted (`missing_outputs`).
+  `--weights` (optional) supplies the class names (for mIoU) and the calibrated threshold.
+- `--oracle`: the ground-truth anomaly mask goes through the obstacle extraction; only "obstacles" is written.
+
+Obstacle localisation (metrics.json "obstacles"): per frame, the anomaly mask (open-set map == unknown at the
+threshold: `--threshold`, else the weights' calibrated one; the true mask with --oracle) goes through the node's
+ROS-free obstacle code (densehybrid_ros/node/obstacles.py: connected components, ground-plane intersection
+with the camera mount, or the bag's depth with --locate depth) with the bag's CameraInfo. In --outputs mode the
+recorded ~/obstacles markers are used when the recorded bag has them. Predicted boxes are matched to the true
+boxes of the anomalies topic (MarkerArray, ns "anomaly") greedily by increasing 3-D distance between box
+centres, each at most once, within a gate of `gate_m + gate_rel x true range`.
+- distance = range of the box centre from the optical centre; per match: absolute and relative distance error
+  and the 3-D centre error;
+- detection rate per true-range bin over the true boxes that count ("eligible": at least `--min-visible` visible
+  pixels by the sim's `visible_px=N` marker text, when present, and within `--max-distance`);
+- false obstacles: predicted boxes matched to no true box (a match to a box too small to be eligible is neither
+  a detection nor a false obstacle), per frame.
+
+Camera mount (height above the ground, pitch > 0 = looking down, roll; the node's convention): from
+--camera-height/--camera-pitch/--camera-roll when given, else from the bag's /tf at the image stamp or
+/tf_static (transform base_footprint -> the image frame, z up; see `sim_mount_transform` for the sim), else the
+node's defaults (1.5 m, 0, 0). metrics.json records which source each frame used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from densehybrid_ros.datasets.base import OOD_ANOMALY, DatasetError, EvalSample
+from densehybrid_ros.node import image_codec
+from densehybrid_ros.node.image_codec import ImageRejected
+from densehybrid_ros.node.obstacles import (
+    CameraModel,
+    Obstacle,
+    extract_components,
+    locate_on_ground,
+    locate_with_depth,
+    rotation_to_quaternion,
+)
+
+DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
+DEFAULT_MOUNT = (1.5, 0.0, 0.0)  # the node's camera_height / camera_pitch / camera_roll defaults
+OUTPUT_TOPICS = {"score": "/densehybrid_perception/anomaly_score", "semantic": "/densehybrid_perception/semantic",
+                 "obstacles": "/densehybrid_perception/obstacles"}
+
+
+@dataclass(frozen=True)
+class Mount:
+    height: float
+    pitch: float
+    roll: float
+    source: str = "default"
+
+
+@dataclass(frozen=True)
+class ObstacleOptions:
+    min_area: int = 50  # the node's min_obstacle_area
+    max_obstacles: int = 32
+    max_distance: float = 60.0  # the node's obstacle_max_distance; also bounds the eligible true boxes
+    locate: str = "ground"  # "ground" (the node's default) or "depth" (the bag's depth image, as depth_topic does)
+    gate_m: float = 2.0
+    gate_rel: float = 0.2
+    min_visible: int = 50  # true boxes with fewer visible pixels are not eligible for the detection rate
+    distance_edges: tuple[float, ...] = DISTANCE_EDGES
+    camera_height: float | None = None  # overrides /tf; None = from the bag, else DEFAULT_MOUNT
+    camera_pitch: float | None = None
+    camera_roll: float | None = None
+
+    def validate(self) -> None:
+        if self.locate not in ("ground", "depth"):
+            raise ValueError(f"locate must be 'ground' or 'depth', got {self.locate!r}")
+        if self.min_area < 1 or self.max_obstacles < 1 or not self.max_distance > 0:
+            raise ValueError("min_area and max_obstacles must be >= 1 and max_distance > 0")
+        if self.gate_m < 0 or self.gate_rel < 0 or self.min_visible < 0:
+            raise ValueError("gate_m, gate_rel and min_visible must be >= 0")
+        if self.camera_height is not None and not self.camera_height > 0:
+            raise ValueError(f"camera height must be > 0, got {self.camera_height}")
+
+    def mount(self, sample: EvalSample) -> Mount:
+        bag = sample.extras.get("mount")
+        base = (bag["height"], bag["pitch"], bag["roll"]) if bag else DEFAULT_MOUNT
+        given = (self.camera_height, self.camera_pitch, self.camera_roll)
+        values = [g if g is not None else b for g, b in zip(given, base)]
+        if all(g is not None for g in given):
+            source = "arguments"
+        elif bag:
+            source = bag.get("source", "tf") + ("+arguments" if any(g is not None for g in given) else "")
+        else:
+            source = "default" + ("+arguments" if any(g is not None for g in given) else "")
+        return Mount(*values, source=source)
+
+
+def camera_model(sample: EvalSample) -> CameraModel | None:
+    info = sample.extras.get("camera_info")
+    if not info:
+        return None
+    h, w = sample.image.shape[:2]
+    return CameraModel.from_k(info["k"], info["width"], info["height"]).for_image(w, h)
+
+
+def locate_obstacles(mask: np.ndarray, score: np.ndarray | None, camera: CameraModel, mount: Mount,
+                     options: ObstacleOptions, depth: np.ndarray | None = None) -> list[Obstacle]:
+    """One frame as the node's FrameProcessor places obstacles (densehybrid_ros/node/processing.py), without the id
+    tracker: 8-connected components of `mask` (>= min_area pixels, largest max_obstacles), each placed with the depth
+    image when given, else on the ground plane of the mount; those beyond max_distance dropped."""
+    components, labels = extract_components(mask, score, options.min_area, options.max_obstacles)
+    out = []
+    for component in components:
+        if depth is not None:
+            located = locate_with_depth(component, labels, depth, camera, options.max_distance)
+        else:
+            located = locate_on_ground(component, camera, mount.height, mount.pitch, mount.roll, options.max_distance)
+        if located is not None:
+            out.append(located)
+    return out
+
+
+def match_greedy(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], gate_m: float,
+                 gate_rel: float) -> list[tuple[int, int, float]]:
+    """(predicted index, true index, centre distance) pairs: all pairs within the gate (gate_m + gate_rel x the true
+    box's range) taken in order of increasing distance, each box at most once (ties: lower indices first)."""
+    pairs = []
+    for i, p in enumerate(predicted):
+        for j, t in enumerate(truth):
+            d = float(np.linalg.norm(np.asarray(p, np.float64) - np.asarray(t, np.float64)))
+            if d <= gate_m + gate_rel * float(np.linalg.norm(t)):
+                pairs.append((d, i, j))
+    pairs.sort()
+    used_p, used_t, out = set(), set(), []
+    for d, i, j in pairs:
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        out.append((i, j, d))
+    return out
+
+
+@dataclass
+class ObstacleScorer:
+    """Accumulates obstacle localisation over frames; `compute()` gives the "obstacles" entry of metrics.json."""
+
+    options: ObstacleOptions = field(default_factory=ObstacleOptions)
+    frames: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> frames
+    mount_sources: dict = field(default_factory=dict)
+    predicted: int = 0
+    false_obstacles: int = 0
+    matches: list = field(default_factory=list)
+    eligible: list = field(default_factory=list)  # (true range, detected)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def update(self, sample: EvalSample, centres: Sequence[np.ndarray], mount: Mount | None = None) -> list[dict]:
+        """Score the predicted box centres of one frame against its true boxes; returns this frame's match rows."""
+        truth = sample.extras.get("anomalies")
+        if truth is None:
+            self.skip("no true boxes (anomalies topic) for the frame")
+            return []
+        self.frames += 1
+        if mount is not None:
+            self.mount_sources[mount.source] = self.mount_sources.get(mount.source, 0) + 1
+        self.predicted += len(centres)
+        positions = [np.asarray(t["position"], np.float64) for t in truth]
+        pairs = match_greedy(centres, positions, self.options.gate_m, self.options.gate_rel)
+        self.false_obstacles += len(centres) - len(pairs)
+        matched = {j: (i, d) for i, j, d in pairs}
+        rows = []
+        for j, t in enumerate(truth):
+            true_range = float(np.linalg.norm(positions[j]))
+            visible = t.get("visible_pixels")
+            eligible = (visible is None or visible >= self.options.min_visible) and true_range <= self.options.max_distance
+            if eligible:
+                self.eligible.append((true_range, j in matched))
+            if j not in matched:
+                continue
+            i, d = matched[j]
+            predicted_range = float(np.linalg.norm(centres[i]))
+            row = {"frame": sample.name, "truth_id": t["id"], "visible_pixels": visible, "eligible": bool(eligible),
+                   "true_distance": true_range, "predicted_distance": predicted_range,
+                   "abs_error": abs(predicted_range - true_range), "rel_error": abs(predicted_range - true_range) / true_range,
+                   "signed_rel_error": (predicted_range - true_range) / true_range, "position_error": d,
+                   "true_position": positions[j].tolist(), "predicted_position": np.asarray(centres[i], float).tolist()}
+            rows.append(row)
+        self.matches.extend(rows)
+        return rows
+
+    def compute(self) -> dict:
+        rel = np.array([m["rel_error"] for m in self.matches], np.float64)
+        absolute = np.array([m["abs_error"] for m in self.matches], np.float64)
+        stat = lambda f, a: float(f(a)) if a.size else None  # noqa: E731
+        edges = self.options.distance_edges
+        bins = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inside = [det for r, det in self.eligible if lo <= r < hi]
+            errors = [m["rel_error"] for m in self.matches if m["eligible"] and lo <= m["true_distance"] < hi]
+            bins.append({"lower": lo, "upper": hi if math.isfinite(hi) else None, "eligible": len(inside),
+                         "detected": int(sum(inside)), "detection_rate": sum(inside) / len(inside) if inside else None,
+                         "mean_rel_error": float(np.mean(errors)) if errors else None})
+        detected = sum(d for _, d in self.eligible)
+        options = asdict(self.options)
+        options["distance_edges"] = [e if math.isfinite(e) else None for e in edges]
+        return {
+            "options": options, "frames": self.frames, "frames_skipped": dict(self.skipped),
+            "mount_sources": dict(self.mount_sources), "predicted": self.predicted, "matched": len(self.matches),
+            "eligible": len(self.eligible), "detected": int(detected),
+            "detection_rate": detected / len(self.eligible) if self.eligible else None,
+            "false_obstacles": self.false_obstacles,
+            "false_obstacles_per_frame": self.false_obstacles / self.frames if self.frames else None,
+            "distance_error": {"mean_abs_m": stat(np.mean, absolute), "median_abs_m": stat(np.median, absolute),
+                               "mean_rel": stat(np.mean, rel), "median_rel": stat(np.median, rel),
+                               "max_rel": stat(np.max, rel)},
+            "detection_by_distance": bins,
+            "matches": self.matches,
+        }
+
+
+def score_frame_obstacles(scorer: ObstacleScorer, sample: EvalSample, mask: np.ndarray | None,
+                          score: np.ndarray | None) -> None:
+    """Locate the obstacles of `mask` (None: nothing to place, e.g. no threshold) in one frame and score them."""
+    options = scorer.options
+    if mask is None:
+        scorer.skip("no threshold: no anomaly mask")
+        return
+    camera = camera_model(sample)
+    if camera is None:
+        scorer.skip("no camera_info")
+        return
+    depth = None
+    if options.locate == "depth":
+        if sample.depth is None:
+            scorer.skip("no depth image")
+            return
+        depth = sample.depth
+    mount = options.mount(sample)
+    obstacles = locate_obstacles(mask, score, camera, mount, options, depth)
+    scorer.update(sample, [ob.center for ob in obstacles], mount)
+
+
+# ------------------------------------------------------------------ evaluate() with a tap for the obstacle pass
+class _Tap:
+    """Between evaluate() and the dataset / predictor: remembers the sample just handed out and the prediction made
+    for it, so that the obstacle pass (evaluate's on_image callback) needs no second forward pass."""
+
+    def __init__(self, dataset: Any, predict: Callable[[EvalSample], Any], predictor: Any):
+        self.sample: EvalSample | None = None
+        self.prediction = None
+        self.dataset = _TapDataset(dataset, self)
+        self.predictor = _TapPredictor(predictor, predict, self)
+
+
+class _TapDataset:
+    def __init__(self, dataset: Any, tap: _Tap):
+        self._dataset, self._tap = dataset, tap
+        self.kind, self.root, self.split = dataset.kind, dataset.root, dataset.split
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index: int) -> EvalSample:
+        sample = self._dataset[index]
+        self._tap.sample, self._tap.prediction = sample, None
+        return sample
+
+
+class _TapPredictor:
+    def __init__(self, predictor: Any, predict: Callable[[EvalSample], Any], tap: _Tap):
+        self._predictor, self._predict, self._tap = predictor, predict, tap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict(self, image: np.ndarray):
+        sample = self._tap.sample
+        if sample is None or image is not sample.image:
+            raise RuntimeError("evaluate() asked for a prediction of an image it did not just read from the dataset")
+        self._tap.prediction = self._predict(sample)
+        return self._tap.prediction
+
+
+class _Subset:
+    """The frames of a dataset at `indices` (ground-truth frames that have recorded outputs)."""
+
+    def __init__(self, dataset: Any, indices: list[int]):
+        self._dataset, self.indices = dataset, indices
+        self.kind, self.root, self.split, self.classes = dataset.kind, dataset.root, dataset.split, dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> EvalSample:
+        return self._dataset[self.indices[index]]
+
+
+def decode_float_image(msg: Any) -> np.ndarray:
+    """A 32FC1 image (the node's ~/anomaly_score) as (H, W) float32, values as published (negative ones too)."""
+    if msg.encoding != "32FC1":
+        raise ImageRejected(f"score images must be 32FC1, got {msg.encoding!r}")
+    rows = image_codec._rows(msg.encoding, int(msg.width), int(msg.height), int(msg.step), msg.data, 4)
+    dtype = np.dtype(np.float32).newbyteorder(">" if msg.is_bigendian else "<")
+    return np.ascontiguousarray(rows).view(dtype).reshape(int(msg.height), int(msg.width)).astype(np.float32)
+
+
+class RecordedOutputs:
+    """The node's outputs in a recorded bag, by header stamp: a stand-in for the Predictor in evaluate()."""
+
+    def __init__(self, path: Path, topics: dict[str, str], threshold: float | None, metadata: Any | None):
+        from densehybrid_ros.datasets.rosbag import StampIndexedBag
+        from densehybrid_ros.predictor import PredictorConfig
+
+        self.topics = topics
+        self.bag = StampIndexedBag(Path(path), [t for t in topics.values() if t])
+        if topics["score"] not in self.bag.topics:
+            self.bag.close()
+            raise DatasetError(f"outputs bag {self.bag.path} has no anomaly score topic {topics['score']!r}; its topics: "
+                               f"{', '.join(self.bag.available)} (see --score-topic)")
+        self.has_semantic = bool(topics.get("semantic")) and topics["semantic"] in self.bag.topics
+        self.has_obstacles = bool(topics.get("obstacles")) and topics["obstacles"] in self.bag.topics
+        self.stamps = set(self.bag.topics[topics["score"]].index)
+        self.config = PredictorConfig()
+        self.threshold = threshold
+        classes = list(metadata.classes) if metadata is not None and self.has_semantic else []
+        self.metadata = metadata if classes else SimpleNamespace(classes=[])
+        self.num_classes = metadata.num_classes if metadata is not None else 1
+
+    def predict(self, sample: EvalSample):
+        from densehybrid_ros.predictor import Prediction
+
+        stamp = sample.extras["stamp_ns"]
+        try:
+            score = decode_float_image(self.bag.read(self.topics["score"], stamp))
+            if self.has_semantic and stamp in self.bag.topics[self.topics["semantic"]].index:
+                from densehybrid_ros.datasets.rosbag import decode_labels
+
+                class_ids = decode_labels(self.bag.read(self.topics["semantic"], stamp))
+            else:
+                class_ids = np.zeros(score.shape, np.uint8)
+        except ImageRejected as exc:
+            raise DatasetError(f"outputs bag {self.bag.path}: at {sample.name}: {exc}") from None
+        if score.shape != sample.image.shape[:2] or class_ids.shape != score.shape:
+            raise DatasetError(f"outputs bag {self.bag.path}: at {sample.name} the recorded maps are "
+                               f"{score.shape[1]}x{score.shape[0]}, the ground truth {sample.image.shape[1]}x"
+                               f"{sample.image.shape[0]} (the node publishes at camera resolution)")
+        open_set = None
+        if self.threshold is not None:
+            open_set = np.where(score > self.threshold, self.num_classes, class_ids).astype(np.uint8)
+        return Prediction(class_ids=class_ids, hybrid=score, open_set=open_set)
+
+    def recorded_centres(self, sample: EvalSample) -> list[np.ndarray]:
+        from densehybrid_ros.datasets.rosbag import parse_markers
+
+        msg = self.bag.lookup(self.topics["obstacles"], sample.extras["stamp_ns"], receive_ns=-1)
+        if msg is None:
+            return []
+        return [np.asarray(m["position"]) for m in parse_markers(msg, "obstacles")]
+
+    def close(self) -> None:
+        self.bag.close()
+
+
+# ------------------------------------------------------------------ runs
+def _open_dataset(args: argparse.Namespace):
+    from densehybrid_ros.datasets.rosbag import open_bag
+
+    overrides = {}
+    for key in ("image", "labels", "depth", "camera_info", "anomalies"):
+        value = getattr(args, f"{key}_topic")
+        if value is not None:
+            overrides[key] = value or None
+    if args.anomaly_id is not None:
+        overrides["anomaly_id"] = args.anomaly_id
+    return open_bag(args.bag, **overrides)
+
+
+def obstacle_options(args: argparse.Namespace) -> ObstacleOptions:
+    options = ObstacleOptions(min_area=args.min_area, max_obstacles=args.max_obstacles, max_distance=args.max_distance,
+                              locate=args.locate, gate_m=args.gate, gate_rel=args.gate_rel,
+                              min_visible=args.min_visible if args.min_visible is not None else args.min_area,
+                              camera_height=args.camera_height, camera_pitch=args.camera_pitch,
+                              camera_roll=args.camera_roll)
+    options.validate()
+    return options
+
+
+def run_oracle(dataset: Any, options: ObstacleOptions, max_frames: int | None = None) -> dict:
+    """Obstacle localisation on the ground-truth anomaly masks (no model): the geometry's own accuracy."""
+    scorer = ObstacleScorer(options)
+    n = len(dataset) if max_frames is None else min(max_frames, len(dataset))
+    for i in range(n):
+        sample = dataset[i]
+        score_frame_obstacles(scorer, sample, sample.ood == OOD_ANOMALY, None)
+    return {"mode": "oracle", "dataset": {"kind": dataset.kind, "root": str(dataset.root), "images": n},
+            "obstacles": scorer.compute()}
+
+
+def run_predictor(dataset: Any, predictor: Any, options: ObstacleOptions, eval_options: Any, progress: bool = False):
+    """evaluate() with the shared Predictor; the obstacle pass rides on its predictions. Returns the EvalResult with
+    metrics["obstacles"] added."""
+    from densehybrid_ros.evaluation.evaluate import evaluate
+
+    threshold = eval_options.threshold if eval_options.threshold is not None else predictor.threshold
+    predictor.threshold = threshold  # the open-set map (and so the obstacle mask) at this threshold, as the node does
+    scorer = ObstacleScorer(options)
+    tap = _Tap(dataset, lambda sample: predictor.predict(sample.image), predictor)
+    K = predictor.num_classes
+
+    def on_image(_: int) -> None:
+        pred = tap.prediction
+        mask = pred.open_set == K if pred.open_set is not None else None
+        score_frame_obstacles(scorer, tap.sample, mask, pred.hybrid)
+
+    result = evaluate(tap.predictor, tap.dataset, replace(eval_options, threshold=threshold), progress=progress,
+                      on_image=on_image)
+    result.metrics["mode"] = "predictor"
+    result.metrics["obstacles"] = scorer.compute()
+    return result
+
+
+def run_outputs(dataset: Any, recorded: RecordedOutputs, options: ObstacleOptions, eval_options: Any,
+                recompute_obstacles: bool = False, progress: bool = False):
+    """evaluate() on the recorded node outputs (no model), over the ground-truth frames that have them."""
+    from densehybrid_ros.evaluation.evaluate import evaluate
+
+    stamps = dataset.stamps
+    indices = [i for i, s in enumerate(stamps) if s in recorded.stamps]
+    if not indices:
+        raise DatasetError(f"no recorded output on {recorded.topics['score']} has the header stamp of a ground-truth "
+                           f"frame of {dataset.root} (were the outputs recorded while this bag was replayed?)")
+    subset = _Subset(dataset, indices)
+    scorer = ObstacleScorer(options)
+    tap = _Tap(subset, recorded.predict, recorded)
+    use_markers = recorded.has_obstacles and not recompute_obstacles
+
+    def on_image(_: int) -> None:
+        sample, pred = tap.sample, tap.prediction
+        if use_markers:
+            scorer.update(sample, recorded.recorded_centres(sample))
+        else:
+            mask = pred.hybrid > recorded.threshold if recorded.threshold is not None else None
+            score_frame_obstacles(scorer, sample, mask, pred.hybrid)
+
+    result = evaluate(tap.predictor, tap.dataset, replace(eval_options, threshold=recorded.threshold), progress=progress,
+                      on_image=on_image)
+    result.metrics["mode"] = "outputs"
+    result.metrics["outputs"] = {"bag": str(recorded.bag.path), "topics": recorded.topics,
+                                 "ground_truth_frames": len(stamps), "scored_frames": len(indices),
+                                 "missing_outputs": len(stamps) - len(indices),
+                                 "obstacles_from": "recorded markers" if use_markers else "recorded anomaly score"}
+    result.metrics["obstacles"] = scorer.compute()
+    return result
+
+
+def obstacle_summary(obstacles: dict) -> str:
+    e = obstacles["distance_error"]
+    fmt = lambda v, s="{:.3f}": "n/a" if v is None else s.format(v)  # noqa: E731
+    lines = [f"obstacles: {obstacles['frames']} frames, {obstacles['predicted']} predicted, {obstacles['matched']} matched, "
+             f"detection {fmt(obstacles['detection_rate'])} ({obstacles['detected']}/{obstacles['eligible']} eligible), "
+             f"false/frame {fmt(obstacles['false_obstacles_per_frame'])}",
+             f"  distance error: mean {fmt(e['mean_abs_m'], '{:.2f}')} m, median {fmt(e['median_abs_m'], '{:.2f}')} m; "
+             f"relative mean {fmt(e['mean_rel'])}, median {fmt(e['median_rel'])}, max {fmt(e['max_rel'])}"]
+    for b in obstacles["detection_by_distance"]:
+        upper = "inf" if b["upper"] is None else f"{b['upper']:g}"
+        lines.append(f"  {b['lower']:>4g}-{upper:<4} m: detected {b['detected']}/{b['eligible']}"
+                     f"  rate {fmt(b['detection_rate'])}  mean rel error {fmt(b['mean_rel_error'])}")
+    if obstacles["frames_skipped"]:
+        lines.append(f"  skipped: {obstacles['frames_skipped']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from densehybrid_ros.evaluation.cli import _scores
+
+    ap = argparse.ArgumentParser(prog="densehybrid-eval-bag", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--bag", type=Path, required=True, help="ground-truth bag (or a YAML spec, see datasets/rosbag.py)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--outputs", type=Path, help="bag recorded from the node's outputs: score it, run no model")
+    mode.add_argument("--oracle", action="store_true", help="obstacles from the true anomaly mask (geometry check)")
+    ap.add_argument("--weights", type=Path, help="node weights (required unless --outputs or --oracle)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--threshold", type=float, default=None, help="open-set threshold (default: the calibrated one)")
+    ap.add_argument("--scores", type=_scores, default=("hybrid",))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = ap.add_argument_group("ground-truth topics (defaults: the sim bag's)")
+    for key in ("image", "labels", "depth", "camera_info", "anomalies"):
+        g.add_argument(f"--{key.replace('_', '-')}-topic", default=None, help="'' = none" if key != "image" else None)
+    g.add_argument("--anomaly-id", type=int, default=None, help="label value of anomaly pixels (default 15)")
+    o = ap.add_argument_group("recorded outputs (--outputs)")
+    o.add_argument("--score-topic", default=OUTPUT_TOPICS["score"])
+    o.add_argument("--semantic-topic", default=OUTPUT_TOPICS["semantic"])
+    o.add_argument("--obstacles-topic", default=OUTPUT_TOPICS["obstacles"])
+    o.add_argument("--recompute-obstacles", action="store_true",
+                   help="place obstacles from the recorded score map even when the recorded markers exist")
+    b = ap.add_argument_group("obstacles")
+    b.add_argument("--camera-height", type=float, default=None, help="[m] (default: /tf of the bag, else 1.5)")
+    b.add_argument("--camera-pitch", type=float, default=None, help="[rad], > 0 = looking down (default: /tf, else 0)")
+    b.add_argument("--camera-roll", type=float, default=None, help="[rad] (default: /tf, else 0)")
+    b.add_argument("--locate", choices=("ground", "depth"), default="ground")
+    b.add_argument("--min-area", type=int, default=50, help="smallest component [px] (the node's min_obstacle_area)")
+    b.add_argument("--max-obstacles", type=int, default=32)
+    b.add_argument("--max-distance", type=float, default=60.0)
+    b.add_argument("--min-visible", type=int, default=None, help="eligible true boxes: visible pixels (default --min-area)")
+    b.add_argument("--gate", type=float, default=2.0, help="matching gate [m] ...")
+    b.add_argument("--gate-rel", type=float, default=0.2, help="... plus this fraction of the true range")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from densehybrid_ros.evaluation.evaluate import EvalOptions
+    from densehybrid_ros.evaluation.report import summary_table, write_report
+    from densehybrid_ros.weights import WeightsError
+
+    dataset = recorded = None
+    try:
+        if args.max_frames is not None and args.max_frames < 1:
+            raise ValueError("--max-frames must be >= 1")
+        if not (args.outputs or args.oracle or args.weights):
+            raise ValueError("give --weights (run the model), --outputs RECORDED_BAG or --oracle")
+        options = obstacle_options(args)
+        dataset = _open_dataset(args)
+        if args.oracle:
+            metrics = run_oracle(dataset, options, args.max_frames)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+            print(obstacle_summary(metrics["obstacles"]))
+            return 0
+        from densehybrid_ros.predictor import Predictor, PredictorConfig
+
+        scores = tuple(dict.fromkeys(("hybrid",) + tuple(args.scores)))
+        eval_options = EvalOptions(scores=scores, max_images=args.max_frames, threshold=args.threshold)
+        if args.outputs:
+            metadata = None
+            if args.weights:
+                from densehybrid_ros.weights import load_weights
+
+                _, metadata = load_weights(args.weights)
+            if scores != ("hybrid",):
+                raise ValueError("--outputs scores the recorded hybrid score only (--scores hybrid)")
+            threshold = args.threshold if args.threshold is not None else (metadata.threshold if metadata else None)
+            topics = {"score": args.score_topic, "semantic": args.semantic_topic, "obstacles": args.obstacles_topic}
+            recorded = RecordedOutputs(args.outputs, topics, threshold, metadata)
+            result = run_outputs(dataset, recorded, options, eval_options, args.recompute_obstacles, not args.quiet)
+            colors = [c.color for c in metadata.classes] if metadata else [(128, 128, 128)]
+        else:
+            extra = tuple(s for s in scores if s != "hybrid")
+            predictor = Predictor.from_weights(args.weights, PredictorConfig(device=args.device, extra_scores=extra))
+            result = run_predictor(dataset, predictor, options, eval_options, not args.quiet)
+            colors = [c.color for c in predictor.metadata.classes]
+        report = write_report(result, args.out, colors, title="densehybrid_ros bag evaluation")
+    except (DatasetError, WeightsError, ValueError, OSError) as exc:
+        print(f"densehybrid-eval-bag: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for closable in (dataset, recorded):
+            if closable is not None:
+                closable.close()
+    print(summary_table(result.metrics))
+    print(obstacle_summary(result.metrics["obstacles"]))
+    print(f"report: {report}")
+    return 0
+
+
+# ------------------------------------------------------------------ the sim's mount as a transform (proposal)
+def sim_mount_transform(pose: Any) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
+    """(translation, quaternion x y z w) of the sim camera's optical frame in `base_footprint` (what sim bags
+    carry on /tf); see densehybrid_ros.sim.camera.CameraPose.footprint_transform."""
+    return pose.footprint_transform()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""densehybrid-eval-bag on sim bags: metrics equal to evaluate() on the same frames, obstacles equal to the node's
+FrameProcessor, recorded-output scoring, and the ground-plane geometry against the sim's true boxes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rosbags.rosbag2 import Writer
+
+from conftest import TINY, randomize_batchnorm
+from densehybrid_ros.datasets.base import EvalSample
+from densehybrid_ros.node import eval_bag
+from densehybrid_ros.node.eval_bag import main as eval_bag_main
+from densehybrid_ros.node.eval_bag import match_greedy
+
+W, H, N, RATE, SEED = 160, 80, 6, 5.0, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small tensors: one intra-op thread is faster, and far steadier on shared 2-core machines (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    from densehybrid_ros.sim.frames import driving_sequence
+    from densehybrid_ros.sim.world import SimConfig, SimWorld
+
+    with SimWorld(dataclasses.replace(SimConfig(), width=W, height=H)) as world:
+        out = list(driving_sequence(world, SEED, "test", N, RATE, 8.0))
+    assert sum(int((f.labels == 15).sum()) for f in out) > 50  # anomalies in view
+    return out
+
+
+@pytest.fixture(scope="module")
+def sim_bag(frames, tmp_path_factory):
+    from densehybrid_ros.sim.bag import write_bag
+
+    path = tmp_path_factory.mktemp("evalbag") / "sim"
+    write_bag(path, frames, RATE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sim_weights(tmp_path_factory):
+    from densehybrid_ros.models import build_model
+    from densehybrid_ros.sim.taxonomy import SIM_CLASSES
+    from densehybrid_ros.weights import Calibration, ClassInfo, default_metadata, save_weights
+
+    arch = dataclasses.replace(TINY, num_classes=len(SIM_CLASSES))
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(arch)).eval()
+    meta = default_metadata(arch, classes=tuple(ClassInfo(n, c) for n, c in SIM_CLASSES),
+                            calibration=Calibration(threshold=0.0, method="manual"))
+    return save_weights(tmp_path_factory.mktemp("w") / "sim.safetensors", model, meta)
+
+
+class FramesDataset:
+    """The rendered frames themselves (not through any bag), as evaluate() wants them."""
+
+    kind, split = "frames", "test"
+
+    def __init__(self, frames):
+        from densehybrid_ros.sim.taxonomy import CLASS_NAMES
+
+        self.frames, self.root, self.classes = frames, Path("."), list(CLASS_NAMES)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        f = self.frames[i]
+        ood = np.where(f.labels == 15, 1, np.where(f.labels == 255, 255, 0)).astype(np.uint8)
+        return EvalSample(name=str(i), image=f.rgb, ood=ood, semantic=f.labels, depth=f.depth)
+
+
+def frame_name(i: int, rate: float) -> str:
+    """The bag dataset's sample name of frame i of a sim bag (stamp = START_NS + i / rate)."""
+    from densehybrid_ros.sim.bag import START_NS
+
+    stamp = START_NS + i * int(round(1e9 / rate))
+    return f"{stamp // 10**9}.{stamp % 10**9:09d}"
+
+
+def mount_of(frame):
+    from densehybrid_ros.node.sim_camera import node_mount
+
+    return node_mount(frame.pose)
+
+
+def threshold_for(weights, frames) -> float:
+    from densehybrid_ros.predictor import Predictor
+
+    predictor = Predictor.from_weights(weights)
+    return float(np.quantile(np.concatenate([predictor.predict(f.rgb).hybrid.ravel() for f in frames]), 0.97))
+
+
+def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_node(sim_bag, sim_weights, frames,
+                                                                                      tmp_path, capsys):
+    from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
+    from densehybrid_ros.node.obstacles import CameraModel
+    from densehybrid_ros.node.params import Settings
+    from densehybrid_ros.node.processing import FrameProcessor, Wanted
+    from densehybrid_ros.predictor import Predictor, PredictorConfig
+
+    threshold = threshold_for(sim_weights, frames)
+    height, pitch, roll = mount_of(frames[0])
+    out = tmp_path / "out"
+    rc = eval_bag_main(["--bag", str(sim_bag), "--weights", str(sim_weights), "--out", str(out), "--quiet",
+                        "--scores", "hybrid,msp", "--threshold", repr(threshold), "--min-area", "3", "--min-visible", "3",
+                        "--camera-height", repr(height), "--camera-pitch", repr(pitch), "--camera-roll", repr(roll)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "obstacles:" in printed and "hybrid" in printed and (out / "report.md").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "predictor" and metrics["dataset"]["kind"] == "bag" and metrics["dataset"]["images"] == N
+
+    predictor = Predictor.from_weights(sim_weights, PredictorConfig(extra_scores=("msp",)))
+    reference = evaluate(predictor, FramesDataset(frames), EvalOptions(scores=("hybrid", "msp"), threshold=threshold),
+                         progress=False).metrics
+    for score in ("hybrid", "msp"):
+        assert metrics["scores"][score]["anomaly"] == pytest.approx(reference["scores"][score]["anomaly"], rel=1e-12)
+        assert metrics["scores"][score]["distance_bins"] == reference["scores"][score]["distance_bins"]
+    assert metrics["closed_set"] == reference["closed_set"]
+    assert metrics["open_set"] == reference["open_set"]
+
+    # obstacles: exactly what the node's FrameProcessor places, matched to the sim's true boxes
+    obstacles = metrics["obstacles"]
+    settings = Settings.from_values({"threshold": threshold, "min_obstacle_area": 3, "camera_height": height,
+                                     "camera_pitch": pitch, "camera_roll": roll})
+    processor = FrameProcessor(Predictor.from_weights(sim_weights))
+    total = 0
+    for i, frame in enumerate(frames):
+        camera = CameraModel.from_k(frame.camera.K().ravel(), W, H)
+        result = processor.process(frame.rgb, settings, Wanted(obstacles=True), camera)
+        centres = [ob.center for ob in result.obstacles]
+        total += len(centres)
+        name = frame_name(i, RATE)
+        rows = [m for m in obstacles["matches"] if m["frame"] == name]
+        expected = match_greedy(centres, [np.asarray(a.position) for a in frame.anomalies], 2.0, 0.2)
+        assert len(rows) == len(expected)
+        got = {(tuple(np.round(r["predicted_position"], 9)), r["truth_id"]) for r in rows}
+        want = {(tuple(np.round(centres[p], 9)), frame.anomalies[t].instance_id) for p, t, _ in expected}
+        assert got == want
+    assert obstacles["predicted"] == total > 0
+    assert obstacles["frames"] == N and obstacles["mount_sources"] == {"arguments": N}
+    assert obstacles["false_obstacles"] == total - obstacles["matched"]
+
+
+def test_match_greedy_takes_nearest_pairs_first_within_the_gate():
+    truth = [np.array([0.0, 0.0, 10.0]), np.array([0.0, 0.0, 12.0]), np.array([0.0, 0.0, 40.0])]
+    predicted = [np.array([0.0, 0.0, 11.9]), np.array([0.0, 0.0, 10.5]), np.array([0.0, 0.0, 30.0])]
+    # 11.9 is nearest to 12 (0.1), then 10.5 to 10 (0.5); 30 is 10 m from 40: outside 2 + 0.2 * 40 = 10? no: 10 <= 10
+    assert match_greedy(predicted, truth, 2.0, 0.2) == [(0, 1, pytest.approx(0.1)), (1, 0, pytest.approx(0.5)),
+                                                         (2, 2, pytest.approx(10.0))]
+    assert match_greedy(predicted, truth, 2.0, 0.19) == [(0, 1, pytest.approx(0.1)), (1, 0, pytest.approx(0.5))]
+    assert match_greedy([], truth, 2.0, 0.2) == [] and match_greedy(predicted, [], 2.0, 0.2) == []
+
+
+@pytest.mark.parametrize("pitch,roll", [(0.0, 0.0), (0.05, -0.02), (-0.3, 0.4), (1.2, -1.0)])
+def test_pitch_roll_from_a_z_up_frame_and_quaternions(pitch, roll):
+    from densehybrid_ros.node.obstacles import (
+        level_from_camera,
+        pitch_roll_from_rotation,
+        quaternion_to_rotation,
+        rotation_to_quaternion,
+    )
+
+    # level frame (x right, y down, z forward) -> a z-up frame (x forward, y left, z up), any heading about z
+    up_from_level = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    for heading in (0.0, 0.7, -2.5):
+        c, s = math.cos(heading), math.sin(heading)
+        rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        rotation = rz @ up_from_level @ level_from_camera(pitch, roll)
+        assert pitch_roll_from_rotation(rotation) == pytest.approx((pitch, roll), abs=1e-12)
+        np.testing.assert_allclose(quaternion_to_rotation(*rotation_to_quaternion(rotation)), rotation, atol=1e-12)
+    with pytest.raises(ValueError):
+        quaternion_to_rotation(0.0, 0.0, 0.0, 0.0)
+
+
+def write_bag_with_tf(path: Path, frames, rate: float) -> Path:
+    """A sim bag as densehybrid-sim bag writes it plus /tf base_footprint -> camera_optical_frame per frame (the
+    proposed extension, eval_bag.sim_mount_transform)."""
+    from densehybrid_ros.sim.bag import START_NS, TOPICS, SimBagMessages
+
+    msgs = SimBagMessages()
+    t, store = msgs.t, msgs.store
+    period = int(round(1e9 / rate))
+    with Writer(path, version=9) as writer:
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TOPICS.items()}
+        tf_conn = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=store)
+        for i, frame in enumerate(frames):
+            stamp = START_NS + i * period
+            for topic, msg in msgs.frame_messages(stamp, frame, period).items():
+                writer.write(conns[topic], stamp, store.serialize_cdr(msg, TOPICS[topic]))
+            (x, y, z), q = eval_bag.sim_mount_transform(frame.pose)
+            transform = t["geometry_msgs/msg/TransformStamped"](
+                header=t["std_msgs/msg/Header"](stamp=msgs.header(stamp).stamp, frame_id="base_footprint"),
+                child_frame_id="camera_optical_frame", transform=t["geometry_msgs/msg/Transform"](
+                    translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+                    rotation=t["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
+            writer.write(tf_conn, stamp, store.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=[transform]),
+                                                            "tf2_msgs/msg/TFMessage"))
+    return path
+
+
+def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_30_m(tmp_path, capsys):
+    """The true anomaly mask through the node's obstacle extraction, with the sim's true mount (from /tf) and
+    CameraInfo: every anomaly standing on the road, fully in view as one component of >= 20 pixels, <= 30 m away, is
+    found with its distance within 10%. Anomalies on the sidewalk stand on the 0.15 m kerb, not on the road plane
+    the node assumes: their bottom ray meets the road plane ~h / (h - 0.15) farther away (~+11% at h = 1.4 m), so they
+    are left out of the 10% check and instead checked to be biased far."""
+    from densehybrid_ros.sim.frames import driving_sequence
+    from densehybrid_ros.sim.world import SimConfig, SimWorld
+
+    frames, on_road = [], {}
+    with SimWorld(dataclasses.replace(SimConfig(), width=512, height=256)) as world:
+        for seed in (0, 1, 2):
+            for frame in driving_sequence(world, seed, "test", 6, 2.0, 8.0):
+                frames.append(frame)
+                for a in frame.anomalies:
+                    on_road[(len(frames) - 1, a.instance_id)] = abs(a.world_position[1]) <= world.street.road_width / 2
+    bag = write_bag_with_tf(tmp_path / "tf_bag", frames, 2.0)
+    assert eval_bag_main(["--bag", str(bag), "--oracle", "--out", str(tmp_path / "oracle"), "--min-area", "20"]) == 0
+    assert "obstacles:" in capsys.readouterr().out
+    obstacles = json.loads((tmp_path / "oracle" / "metrics.json").read_text())["obstacles"]
+    assert obstacles["mount_sources"] == {"tf": len(frames)}
+    matches = {(m["frame"], m["truth_id"]): m for m in obstacles["matches"]}
+    from densehybrid_ros.node.obstacles import extract_components
+
+    checked, sidewalk = 0, []
+    for i, frame in enumerate(frames):
+        name = frame_name(i, 2.0)
+        components, labels = extract_components(frame.labels == 15, None, 20)
+        for a in frame.anomalies:
+            mine = frame.instances == a.instance_id
+            whole = [c for c in components if (labels == c.label)[mine].all() and c.area == a.visible_pixels]
+            if a.visible_pixels < 20 or not whole or np.linalg.norm(a.position) > 30.0:
+                continue
+            c = whole[0]
+            if c.x0 == 0 or c.y0 == 0 or c.x1 == 512 or c.y1 == 256:
+                continue  # cut by the image border: its bottom (the ground contact) may be out of view
+            match = matches.get((name, a.instance_id))
+            assert match is not None, (name, a.instance_id, a.source)
+            if not on_road[(i, a.instance_id)]:
+                sidewalk.append(match)
+                continue
+            assert match["rel_error"] <= 0.10, match
+            checked += 1
+    assert checked >= 12, checked
+    assert all(m["signed_rel_error"] > 0.03 for m in sidewalk), sidewalk  # placed too far, as explained above
+    # the same with the mount as arguments (first frame's), the source recorded
+    height, pitch, roll = mount_of(frames[0])
+    assert eval_bag_main(["--bag", str(bag), "--oracle", "--out", str(tmp_path / "args"), "--max-frames", "2",
+                          "--camera-height", repr(height), "--camera-pitch", repr(pitch), "--camera-roll", repr(roll)]) == 0
+    assert json.loads((tmp_path / "args" / "metrics.json").read_text())["obstacles"]["mount_sources"] == {"arguments": 2}
+
+
+def test_sim_mount_transform_gives_the_node_mount(frames):
+    from densehybrid_ros.datasets.rosbag import mount_from_transform
+
+    for frame in frames[:3]:
+        translation, quaternion = eval_bag.sim_mount_transform(frame.pose)
+        mount = mount_from_transform((*translation, *quaternion))
+        assert (mount["height"], mount["pitch"], mount["roll"]) == pytest.approx(mount_of(frame), abs=1e-12)
+
+
+def test_cli_errors_are_named(tmp_path, sim_bag, capsys):
+    assert eval_bag_main(["--bag", str(sim_bag), "--out", str(tmp_path / "o")]) == 2
+    assert "give --weights" in capsys.readouterr().err
+    assert eval_bag_main(["--bag", str(tmp_path / "none"), "--oracle", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert eval_bag_main(["--bag", str(sim_bag), "--oracle", "--out", str(tmp_path / "o"), "--image-topic", "/x"]) == 2
+    assert "no image topic '/x'" in capsys.readouterr().err
+    assert eval_bag_main(["--bag", str(sim_bag), "--outputs", str(sim_bag), "--out", str(tmp_path / "o")]) == 2
+    assert "no anomaly score topic" in capsys.readouterr().err
