@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ran the Predictor on a generated {width}x{height} road image in {elapsed_ms:.0f} ms (CPU)")
     print(f"  outputs: class ids, hybrid score in [{summary['hybrid_score_range'][0]:.2f}, "
           f"{summary['hybrid_score_range'][1]:.2f}], scores {', '.join(summary['scores'])}")
-    print(f"  open-set overlay marks the image's top 5% hybrid scores (uncalibrated weights have no threshold)")
+    print("  open-set overlay marks the image's top 5% hybrid scores (uncalibrated weights have no threshold)")
     print(f"  wrote {', '.join(panels)}, panels.png and summary.json to {out}/")
     return 0
 

@@ -33,3 +33,27 @@ def tiny_model():
 @pytest.fixture
 def tiny_weights(tmp_path, tiny_model):
     return save_weights(tmp_path / "tiny.safetensors", tiny_model, default_metadata(TINY))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensor ops run far faster single-threaded on this shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_sim_weights(path, threshold: float = 0.0):
+    """Random TINY-sized weights with the sim world's 15 classes and a manual threshold."""
+    import dataclasses
+
+    from densehybrid_ros.sim.taxonomy import SIM_CLASSES
+    from densehybrid_ros.weights import Calibration, ClassInfo
+
+    arch = dataclasses.replace(TINY, num_classes=len(SIM_CLASSES))
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(arch)).eval()
+    meta = default_metadata(arch, classes=tuple(ClassInfo(n, c) for n, c in SIM_CLASSES),
+                            calibration=Calibration(threshold=threshold, method="manual"))
+    return save_weights(path, model, meta)

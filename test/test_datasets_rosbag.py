@@ -130,7 +130,7 @@ def test_yaml_spec_other_topics_encodings_padding_and_stamp_matching(tmp_path):
         if i != 2:  # frame 2 has no label image: skipped
             msgs.append(("/front/gt", "sensor_msgs/msg/Image", receive + 10, image(stamp, labels, "mono8", step=16)))
     msgs.append(("/front/image", "sensor_msgs/msg/Image", 9_500_000_000, image(5_000_000_000, rgb_and_labels(9)[0], "rgb8")))
-    bag = write(tmp_path / "front", sorted(msgs, key=lambda m: m[2]))
+    write(tmp_path / "front", sorted(msgs, key=lambda m: m[2]))
     spec = tmp_path / "front.yaml"
     spec.write_text("bag: front\nimage: /front/image\nlabels: /front/gt\nanomaly_id: 7\nclasses: [a, b]\n")
     dataset = open_dataset(f"bag:{spec}")

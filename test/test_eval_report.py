@@ -6,20 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import TINY, randomize_batchnorm
+from conftest import make_sim_weights
 from densehybrid_ros.datasets import open_dataset
 from densehybrid_ros.evaluation.cli import main as eval_main
 from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
 from densehybrid_ros.evaluation.report import write_report
-from densehybrid_ros.models import build_model
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.sim.dataset import render_dataset
 from densehybrid_ros.sim.taxonomy import SIM_CLASSES
 from densehybrid_ros.sim.world import SimConfig
-from densehybrid_ros.weights import Calibration, ClassInfo, default_metadata, save_weights
 
 SCORES = ("hybrid", "generative", "discriminative", "msp")
 
@@ -34,12 +31,7 @@ def sim_split(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sim_weights(tmp_path_factory):
-    arch = dataclasses.replace(TINY, num_classes=len(SIM_CLASSES))
-    torch.manual_seed(0)
-    model = randomize_batchnorm(build_model(arch)).eval()
-    meta = default_metadata(arch, classes=tuple(ClassInfo(n, c) for n, c in SIM_CLASSES),
-                            calibration=Calibration(threshold=0.0, method="manual"))
-    return save_weights(tmp_path_factory.mktemp("w") / "sim.safetensors", model, meta)
+    return make_sim_weights(tmp_path_factory.mktemp("w") / "sim.safetensors")
 
 
 def test_evaluate_matches_sklearn_on_the_same_predictions(sim_split, sim_weights, tmp_path):

@@ -15,11 +15,8 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_torch_thread):
+    """Every test here runs single-threaded (see conftest.one_torch_thread)."""
 
 
 def naive_attention(module: NystromAttention, x: torch.Tensor) -> np.ndarray:

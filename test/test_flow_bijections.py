@@ -16,12 +16,8 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead on a shared 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_torch_thread):
+    """Every test here runs single-threaded (see conftest.one_torch_thread)."""
 
 
 def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:

@@ -18,11 +18,8 @@ NORMAL = torch.distributions.Normal(0.0, 1.0)
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_torch_thread):
+    """Every test here runs single-threaded (see conftest.one_torch_thread)."""
 
 
 def randomize(module: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from rosbags.rosbag2 import Writer
 
-from conftest import TINY, randomize_batchnorm
+from conftest import make_sim_weights
 from densehybrid_ros.datasets.base import EvalSample
 from densehybrid_ros.node import eval_bag
 from densehybrid_ros.node.eval_bag import main as eval_bag_main
@@ -21,13 +19,9 @@ from densehybrid_ros.node.eval_bag import match_greedy
 W, H, N, RATE, SEED = 160, 80, 6, 5.0, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far steadier on shared 2-core machines (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _single_thread(one_torch_thread):
+    """Small tensors: one intra-op thread is faster and far steadier on shared 2-core machines."""
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +46,7 @@ def sim_bag(frames, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sim_weights(tmp_path_factory):
-    from densehybrid_ros.models import build_model
-    from densehybrid_ros.sim.taxonomy import SIM_CLASSES
-    from densehybrid_ros.weights import Calibration, ClassInfo, default_metadata, save_weights
-
-    arch = dataclasses.replace(TINY, num_classes=len(SIM_CLASSES))
-    torch.manual_seed(0)
-    model = randomize_batchnorm(build_model(arch)).eval()
-    meta = default_metadata(arch, classes=tuple(ClassInfo(n, c) for n, c in SIM_CLASSES),
-                            calibration=Calibration(threshold=0.0, method="manual"))
-    return save_weights(tmp_path_factory.mktemp("w") / "sim.safetensors", model, meta)
+    return make_sim_weights(tmp_path_factory.mktemp("w") / "sim.safetensors")
 
 
 class FramesDataset:
@@ -187,32 +172,6 @@ def test_pitch_roll_from_a_z_up_frame_and_quaternions(pitch, roll):
         quaternion_to_rotation(0.0, 0.0, 0.0, 0.0)
 
 
-def write_bag_with_tf(path: Path, frames, rate: float) -> Path:
-    """A sim bag as densehybrid-sim bag writes it plus /tf base_footprint -> camera_optical_frame per frame (the
-    proposed extension, eval_bag.sim_mount_transform)."""
-    from densehybrid_ros.sim.bag import START_NS, TOPICS, SimBagMessages
-
-    msgs = SimBagMessages()
-    t, store = msgs.t, msgs.store
-    period = int(round(1e9 / rate))
-    with Writer(path, version=9) as writer:
-        conns = {topic: writer.add_connection(topic, msgtype, typestore=store) for topic, msgtype in TOPICS.items()}
-        tf_conn = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=store)
-        for i, frame in enumerate(frames):
-            stamp = START_NS + i * period
-            for topic, msg in msgs.frame_messages(stamp, frame, period).items():
-                writer.write(conns[topic], stamp, store.serialize_cdr(msg, TOPICS[topic]))
-            (x, y, z), q = eval_bag.sim_mount_transform(frame.pose)
-            transform = t["geometry_msgs/msg/TransformStamped"](
-                header=t["std_msgs/msg/Header"](stamp=msgs.header(stamp).stamp, frame_id="base_footprint"),
-                child_frame_id="camera_optical_frame", transform=t["geometry_msgs/msg/Transform"](
-                    translation=t["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
-                    rotation=t["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3])))
-            writer.write(tf_conn, stamp, store.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=[transform]),
-                                                            "tf2_msgs/msg/TFMessage"))
-    return path
-
-
 def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_30_m(tmp_path, capsys):
     """The true anomaly mask through the node's obstacle extraction, with the sim's true mount (from /tf) and
     CameraInfo: every anomaly standing on the road, fully in view as one component of >= 20 pixels, <= 30 m away, is
@@ -229,7 +188,10 @@ def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_
                 frames.append(frame)
                 for a in frame.anomalies:
                     on_road[(len(frames) - 1, a.instance_id)] = abs(a.world_position[1]) <= world.street.road_width / 2
-    bag = write_bag_with_tf(tmp_path / "tf_bag", frames, 2.0)
+    from densehybrid_ros.sim.bag import write_bag
+
+    bag = tmp_path / "tf_bag"
+    write_bag(bag, frames, 2.0)
     assert eval_bag_main(["--bag", str(bag), "--oracle", "--out", str(tmp_path / "oracle"), "--min-area", "20"]) == 0
     assert "obstacles:" in capsys.readouterr().out
     obstacles = json.loads((tmp_path / "oracle" / "metrics.json").read_text())["obstacles"]

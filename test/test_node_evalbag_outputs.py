@@ -11,9 +11,10 @@ import pytest
 from rosbags.rosbag2 import Writer
 
 from test_node_evalbag import RATE, FramesDataset, frame_name, mount_of, threshold_for
-from test_node_evalbag import frames, one_torch_thread, sim_bag, sim_weights  # noqa: F401  (module fixtures)
+from test_node_evalbag import _single_thread, frames, sim_bag, sim_weights  # noqa: F401  (module fixtures)
 from test_node_support import NAMESPACE, NODE, Harness, Process, node_process, wait_until
 from densehybrid_ros.node.eval_bag import main as eval_bag_main
+from densehybrid_ros.predictor import Predictor
 
 
 def write_outputs_bag(path, frames, predictor, skip: int):
@@ -42,7 +43,6 @@ def write_outputs_bag(path, frames, predictor, skip: int):
 
 def test_recorded_maps_score_like_evaluate_on_the_answered_frames(sim_bag, sim_weights, frames, tmp_path, capsys):
     from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
-    from densehybrid_ros.predictor import Predictor
 
     threshold = threshold_for(sim_weights, frames)
     predictor = Predictor.from_weights(sim_weights)
@@ -71,7 +71,6 @@ def test_recorded_maps_score_like_evaluate_on_the_answered_frames(sim_bag, sim_w
 
 def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tmp_path):
     """The whole live path: stamps survive the node, and the recorded scores and markers score as the model does."""
-    from densehybrid_ros.predictor import Predictor
     from sensor_msgs.msg import Image
 
     threshold = threshold_for(sim_weights, frames)

@@ -61,7 +61,7 @@ def test_same_seed_identical_bytes_any_worker_count(tmp_path):
     a = render_dataset(tmp_path / "a", "test", 3, seed=5, config=cfg, workers=1, progress=False)
     b = render_dataset(tmp_path / "b", "test", 3, seed=5, config=cfg, workers=2, progress=False)
     c = render_dataset(tmp_path / "c", "test", 3, seed=6, config=cfg, workers=1, progress=False)
-    assert a == b
+    assert a == b and a != c
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 1 + 3 * 5
     for rel in files:

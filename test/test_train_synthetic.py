@@ -14,11 +14,8 @@ from training.synthetic import JointFlowTraining, SyntheticConfig, jsd_to_unifor
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(one_torch_thread):
+    """Every test here runs single-threaded (see conftest.one_torch_thread)."""
 
 
 def _jsd_by_hand(p: list[float]) -> float:

@@ -1,7 +1,6 @@
 """`flow-pretrain` (MLE of DenseFlow on random inlier crops, thesis 4.4) and `flow-eval` (bits/dim, samples)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any

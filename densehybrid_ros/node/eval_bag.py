@@ -63,7 +63,6 @@ from densehybrid_ros.node.obstacles import (
     extract_components,
     locate_on_ground,
     locate_with_depth,
-    rotation_to_quaternion,
 )
 
 DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pybullet as pb
 
 from densehybrid_ros.sim.meshes import Mesh
