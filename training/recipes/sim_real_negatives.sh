@@ -12,4 +12,4 @@ $PY -m training finetune --config config/train/sim_finetune_real.yaml
 $PY -m training export --checkpoint runs/sim_finetune_real/checkpoints/last.pt --out runs/sim_real.safetensors --input-size 512x256
 $PY -m training calibrate --weights runs/sim_real.safetensors --dataset sim:data/sim_val --out runs/sim_real_calibrated.safetensors
 $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_calibrated.safetensors --dataset sim:data/sim_test \
-    --scores hybrid,generative,discriminative,msp,max_logit,energy --out runs/eval_sim_real_test --quiet
+    --scores hybrid,generative,discriminative,msp,max_logit,entropy --out runs/eval_sim_real_test --quiet
