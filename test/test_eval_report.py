@@ -77,3 +77,27 @@ def test_cli_writes_report_and_rejects_bad_input(sim_split, sim_weights, tmp_pat
     assert "unknown dataset kind 'nosuchkind'" in capsys.readouterr().err
     assert eval_main(["--weights", str(tmp_path / "missing.safetensors"), "--dataset", f"sim:{sim_split}",
                       "--out", str(tmp_path / "o3")]) == 2
+
+
+def test_cli_two_fold_protocol_matches_the_protocol_on_the_same_predictions(sim_split, sim_weights, tmp_path):
+    from densehybrid_ros.evaluation.thresholds import cross_fold_open_set
+
+    fold_b = tmp_path / "simtest"
+    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=3, anomaly_frame_prob=1.0)
+    render_dataset(fold_b, "test", 3, seed=5, config=cfg, workers=1, progress=False)
+    rc = eval_main(["--weights", str(sim_weights), "--dataset", f"sim:{sim_split}", "--fold-b", f"sim:{fold_b}",
+                    "--scores", "hybrid", "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 0
+    got = json.loads((tmp_path / "out" / "metrics.json").read_text())["cross_fold"]
+    predictor = Predictor.from_weights(sim_weights)
+
+    def fold(root):
+        ds = open_dataset(f"sim:{root}")
+        preds = [(predictor.predict(ds[i].image), ds[i].semantic) for i in range(len(ds))]
+        return [(p.hybrid, sem, p.class_ids) for p, sem in preds]
+
+    ref = cross_fold_open_set(fold(sim_split), fold(fold_b), len(SIM_CLASSES))
+    assert got["open_miou"] == pytest.approx(ref.open_miou, abs=1e-12)
+    assert got["mean_f1"] == pytest.approx(ref.mean_f1, abs=1e-12)
+    assert got["fold_a"]["images"] == 5 and got["fold_b"]["images"] == 3
+    assert got["fold_b"]["applied_threshold"] == pytest.approx(ref.fold_b.applied_threshold)

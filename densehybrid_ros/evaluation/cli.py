@@ -2,6 +2,7 @@
 
     densehybrid-eval --weights W.safetensors --dataset KIND:PATH [--split S] [--scores hybrid,msp,max_logit]
                      --out DIR [--max-images N] [--per-image] [--threshold T] [--device cpu|cuda]
+                     [--fold-b KIND:PATH [--fold-b-split S]]   two-fold threshold protocol (open-mIoU)
 
 Writes DIR/metrics.json and DIR/report.md (+ curves, histograms, examples) and prints a summary table.
 """
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--per-image", action="store_true", help="also the StreetHazards per-image-averaged metrics")
     ap.add_argument("--threshold", type=float, default=None, help="open-set threshold (default: the calibrated one)")
+    ap.add_argument("--fold-b", default=None, metavar="KIND:PATH",
+                    help="second fold for the two-fold threshold protocol (the --dataset is fold A)")
+    ap.add_argument("--fold-b-split", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -54,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = open_dataset(args.dataset, args.split)
         options = EvalOptions(scores=scores, max_images=args.max_images, per_image=args.per_image, threshold=args.threshold)
         result = evaluate(predictor, dataset, options, progress=not args.quiet)
+        if args.fold_b:
+            from densehybrid_ros.evaluation.evaluate import cross_fold
+
+            result.metrics["cross_fold"] = cross_fold(predictor, dataset, open_dataset(args.fold_b, args.fold_b_split),
+                                                      args.max_images)
         report = write_report(result, args.out, [c.color for c in predictor.metadata.classes])
     except (DatasetError, WeightsError, ValueError, OSError) as exc:
         print(f"densehybrid-eval: error: {exc}", file=sys.stderr)

@@ -174,3 +174,36 @@ def _jsonable(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
+
+
+def predicted_fold(predictor: Predictor, dataset: EvalDataset, max_images: int | None = None):
+    """A re-iterable fold source (thresholds.FoldSource): each pass re-runs the predictor on the dataset."""
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+
+    def images():
+        for i in range(n):
+            sample = dataset[i]
+            if sample.semantic is None:
+                raise ValueError(f"{dataset.kind}: image {sample.name} has no semantic labels (needed for open-mIoU)")
+            pred = predictor.predict(sample.image)
+            yield pred.hybrid, sample.semantic, pred.class_ids
+
+    return images
+
+
+def cross_fold(predictor: Predictor, fold_a: EvalDataset, fold_b: EvalDataset, max_images: int | None = None) -> dict:
+    """The two-fold protocol (StreetHazards t5/t6, or sim val/test): threshold at TPR 95% on one fold, open-mIoU
+    and mean F1 on the other, then swapped; weighted by image counts (thresholds.cross_fold_open_set)."""
+    from densehybrid_ros.evaluation.thresholds import cross_fold_open_set
+
+    for ds in (fold_a, fold_b):
+        if not _same_taxonomy(ds, predictor):
+            raise ValueError(f"{ds.kind}:{ds.root}: dataset classes differ from the model's; no open-mIoU")
+    r = cross_fold_open_set(predicted_fold(predictor, fold_a, max_images), predicted_fold(predictor, fold_b, max_images),
+                            predictor.num_classes)
+    fold = lambda f, ds: {"dataset": f"{ds.kind}:{ds.root} split={ds.split}", "images": f.num_images,  # noqa: E731
+                          "own_threshold95": f.anomaly.threshold95, "applied_threshold": f.applied_threshold,
+                          "open_miou": f.segmentation.open_miou, "mean_f1": f.segmentation.mean_f1,
+                          "miou": f.segmentation.miou}
+    return _jsonable({"open_miou": r.open_miou, "mean_f1": r.mean_f1, "miou": r.miou,
+                      "fold_a": fold(r.fold_a, fold_a), "fold_b": fold(r.fold_b, fold_b)})

@@ -36,6 +36,10 @@ def summary_table(metrics: dict) -> str:
     if "open_set" in metrics:
         o = metrics["open_set"]
         rows.append(f"open-mIoU {100 * o['open_miou']:.2f}  mean F1 {100 * o['mean_f1']:.2f}  (threshold {o['threshold']:.4g})")
+    if "cross_fold" in metrics:
+        c = metrics["cross_fold"]
+        rows.append(f"two-fold protocol: open-mIoU {100 * c['open_miou']:.2f}  mean F1 {100 * c['mean_f1']:.2f}  "
+                    f"mIoU {100 * c['miou']:.2f}")
     if "components" in metrics:
         c = metrics["components"]
         rows.append(f"components: sIoU {100 * (c['siou'] or 0):.2f}  PPV {100 * (c['ppv'] or 0):.2f}  mean F1 {100 * (c['mean_f1'] or 0):.2f}")
