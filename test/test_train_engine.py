@@ -76,12 +76,14 @@ def test_kill_and_resume_gives_the_same_weights(sim_train, tiny_model_yaml, tmp_
     proc = subprocess.Popen(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, out, steps=steps)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "checkpoints" / "step_0000003.pt").exists() and proc.poll() is None and time.time() < deadline:
+    # last.pt appears (atomically) after the first checkpoint, at step 3; kill the run right then
+    while not (out / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; make it longer"
     killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
-    assert killed_at < steps, "the run finished before it could be killed; make it longer"
+    assert 3 <= killed_at < steps and not (out / "checkpoints" / f"step_{steps:07d}.pt").exists()
     resumed = subprocess.run(_train_cmd("segmenter", _overrides(sim_train, tiny_model_yaml, out, steps=steps)),
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
