@@ -57,3 +57,16 @@ def make_sim_weights(path, threshold: float = 0.0):
     meta = default_metadata(arch, classes=tuple(ClassInfo(n, c) for n, c in SIM_CLASSES),
                             calibration=Calibration(threshold=threshold, method="manual"))
     return save_weights(path, model, meta)
+
+
+def render_small_sim(root, split: str, frames: int, seed: int, frames_per_scene: int):
+    """A 128x64 sim split in which every frame gets anomalies (small and fast, for tests)."""
+    import dataclasses
+
+    from densehybrid_ros.sim.dataset import render_dataset
+    from densehybrid_ros.sim.world import SimConfig
+
+    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=frames_per_scene,
+                              anomaly_frame_prob=1.0)
+    render_dataset(root, split, frames, seed=seed, config=cfg, workers=1, progress=False)
+    return root

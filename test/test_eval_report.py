@@ -1,32 +1,26 @@
 """densehybrid-eval end to end on a small sim split: metrics vs sklearn on the same predictions, report files."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import make_sim_weights
+from conftest import make_sim_weights, render_small_sim
 from densehybrid_ros.datasets import open_dataset
 from densehybrid_ros.evaluation.cli import main as eval_main
 from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
 from densehybrid_ros.evaluation.report import write_report
 from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.sim.dataset import render_dataset
 from densehybrid_ros.sim.taxonomy import SIM_CLASSES
-from densehybrid_ros.sim.world import SimConfig
 
 SCORES = ("hybrid", "generative", "discriminative", "msp")
 
 
 @pytest.fixture(scope="module")
 def sim_split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("simval")
-    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=5, anomaly_frame_prob=1.0)
-    render_dataset(root, "val", 5, seed=2, config=cfg, workers=1, progress=False)
-    return root
+    return render_small_sim(tmp_path_factory.mktemp("simval"), "val", 5, seed=2, frames_per_scene=5)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +76,7 @@ def test_cli_writes_report_and_rejects_bad_input(sim_split, sim_weights, tmp_pat
 def test_cli_two_fold_protocol_matches_the_protocol_on_the_same_predictions(sim_split, sim_weights, tmp_path):
     from densehybrid_ros.evaluation.thresholds import cross_fold_open_set
 
-    fold_b = tmp_path / "simtest"
-    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=3, anomaly_frame_prob=1.0)
-    render_dataset(fold_b, "test", 3, seed=5, config=cfg, workers=1, progress=False)
+    fold_b = render_small_sim(tmp_path / "simtest", "test", 3, seed=5, frames_per_scene=3)
     rc = eval_main(["--weights", str(sim_weights), "--dataset", f"sim:{sim_split}", "--fold-b", f"sim:{fold_b}",
                     "--scores", "hybrid", "--out", str(tmp_path / "out"), "--quiet"])
     assert rc == 0

@@ -2,7 +2,6 @@
 gradients computed in one process, the step-seeded batch sampler, export/calibrate/CLI errors."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from densehybrid_ros.sim.dataset import render_dataset
-from densehybrid_ros.sim.world import SimConfig
+from conftest import render_small_sim
 from training.checkpoint import load_checkpoint
 from training.cli import build_model_and_dataset, main as train_main
 from training.config import load_train_config
@@ -27,10 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sim_train(tmp_path_factory):
-    root = tmp_path_factory.mktemp("simtrain")
-    cfg = dataclasses.replace(SimConfig(), width=128, height=64, frames_per_scene=4, anomaly_frame_prob=1.0)
-    render_dataset(root, "train", 8, seed=4, config=cfg, workers=1, progress=False)
-    return root
+    return render_small_sim(tmp_path_factory.mktemp("simtrain"), "train", 8, seed=4, frames_per_scene=4)
 
 
 @pytest.fixture(scope="module")
