@@ -77,7 +77,9 @@ def build_model_and_dataset(command: str, cfg):
     inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
     classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
     arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))
-    torch_seed(cfg.seed)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process of a run
     model = build_model(arch)
     if command == "segmenter" and cfg.init:
         from training.imagenet import load_imagenet_backbone, read_state_dict
@@ -103,12 +105,6 @@ def build_model_and_dataset(command: str, cfg):
                                   cfg.data.negative_side)
     meta = {"architecture": dataclasses.asdict(arch), "classes": classes}
     return model, dataset, meta
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:

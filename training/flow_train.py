@@ -1,6 +1,7 @@
 """`flow-pretrain` (MLE of DenseFlow on random inlier crops, thesis 4.4) and `flow-eval` (bits/dim, samples)."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
             path = save_checkpoint(ckpt_dir / f"step_{done:07d}.pt", step=done, model=flow, optimizer=optimizer,
                                    scheduler=scheduler, scaler=None, config=asdict(cfg),
                                    extra={"flow_config": asdict(fcfg)})
-            torch.save(torch.load(path, weights_only=True), last.with_suffix(".pt.tmp"))
+            shutil.copyfile(path, last.with_suffix(".pt.tmp"))  # then an atomic rename
             last.with_suffix(".pt.tmp").replace(last)
     bar.close()
     writer.close()

@@ -335,10 +335,10 @@ class SimWorld:
         self._anomaly_footprints = []
 
     def add_anomaly(self, spec: AnomalySpec, x: float, y: float, yaw: float) -> int:
-        body = self._add(spec.parts, (x, y, self._ground_height(y)), yaw, ANOMALY_ID)
+        offset = np.array([x, y, self._ground_height(y)])
+        body = self._add(spec.parts, offset, yaw, ANOMALY_ID)
         c, s = math.cos(yaw), math.sin(yaw)
         rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-        offset = np.array([x, y, self._ground_height(y)])
         self._anomaly_bodies[body] = (spec, spec.points @ rot.T + offset, rot @ spec.centre + offset)
         return body
 
