@@ -41,7 +41,11 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def teardown() -> None:
+    """Leave the process group. All ranks meet at a barrier first: a rank that destroys its gloo group while a
+    peer is still writing (rank 0 saving a checkpoint) can abort the peer ("terminate called without an active
+    exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
