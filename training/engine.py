@@ -166,7 +166,7 @@ def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, label
     mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
     out = model(mixed)
     terms = densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss)
-    flow_terms = joint.flow_loss(out.logits, synthetic, replaced, step)
+    flow_terms = joint.flow_loss(out.logits, synthetic, replaced, step, out.inlier_logit)
     seg_params = [p for p in model.parameters() if p.requires_grad]
     route_gradients(terms["total"], flow_terms["flow_total"], seg_params, list(joint.flow.parameters()))
     optimizer.step()

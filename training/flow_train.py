@@ -27,7 +27,7 @@ class FlowDataConfig(DataConfig):
 
 @dataclass(frozen=True)
 class FlowTrainConfig:
-    flow: str = "45-6"  # preset: 74-10, 45-6, tiny
+    flow: str = "45-6"  # preset: 74-10, 45-6, cpu, tiny
     flow_overrides: dict[str, Any] = field(default_factory=dict)  # DenseFlowConfig fields
     out: str = "runs/flow"
     steps: int = 2000
@@ -100,7 +100,7 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
     writer = SummaryWriter(str(Path(cfg.out) / "tensorboard"))
     bar = tqdm(total=cfg.steps, initial=start, desc="flow-pretrain", unit="step")
     flow.train()
-    history = []
+    log = (Path(cfg.out) / "bits_per_dim.csv").open("a")  # step,bpd; appended across resumes
     for step, batch in enumerate(sampler, start=start):
         x = torch.stack([dataset[k][0] for k in batch]).to(device)
         bpd = flow.bits_per_dim(x).mean()
@@ -114,7 +114,8 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
         if done % cfg.log_every == 0 or done == cfg.steps:
             writer.add_scalar("flow/bits_per_dim", bpd.item(), done)
             bar.set_postfix(bpd=f"{bpd.item():.3f}")
-            history.append((done, round(bpd.item(), 4)))
+            log.write(f"{done},{bpd.item():.4f}\n")
+            log.flush()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             path = save_checkpoint(ckpt_dir / f"step_{done:07d}.pt", step=done, model=flow, optimizer=optimizer,
                                    scheduler=scheduler, scaler=None, config=asdict(cfg),
@@ -123,6 +124,7 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
             last.with_suffix(".pt.tmp").replace(last)
     bar.close()
     writer.close()
+    log.close()
     return last
 
 

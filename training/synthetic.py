@@ -27,12 +27,17 @@ class SyntheticConfig:
     jsd_weight: float = 0.03  # lambda of (4.20)
     flow_lr: float = 1e-5
     mle_every: int = 1  # accumulate L_mle on the replaced patches every N steps
+    # the flow's boundary term: 'jsd' (4.19, the thesis's choice) or 'detector' (the Tab. 6.10 ablation:
+    # L_d + L_x^UB of the generated pixels, the segmenter's own negative-data terms, also weighted by lambda)
+    boundary: str = "jsd"
 
     def validate(self) -> None:
         if not 0.0 <= self.real_prob <= 1.0:
             raise ValueError(f"real_prob must be in [0, 1], got {self.real_prob}")
         if not 8 <= self.side_range[0] <= self.side_range[1] or self.side_range[0] % 8 or self.side_range[1] % 8:
             raise ValueError(f"side_range must be multiples of 8 with 8 <= lo <= hi, got {self.side_range}")
+        if self.boundary not in ("jsd", "detector"):
+            raise ValueError(f"boundary must be 'jsd' or 'detector', got {self.boundary!r}")
         if self.jsd_weight < 0 or self.flow_lr <= 0 or self.temperature < 0 or self.mle_every < 1:
             raise ValueError("jsd_weight >= 0, flow_lr > 0, temperature >= 0 and mle_every >= 1 are required")
 
@@ -50,6 +55,15 @@ def jsd_to_uniform(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     jsd = 0.5 * (u * (math.log(1.0 / k) - log_m)).sum(1) + 0.5 * (p * (log_p - log_m)).sum(1)
     m = mask.to(jsd.dtype)
     return (jsd * m).sum() / m.sum().clamp(min=1)
+
+
+def detector_boundary_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The ablation's boundary term (thesis Tab. 6.10, row L_mle + L_d + L_x^UB): the DenseHybrid outlier terms
+    (4.15 outlier part + 4.14 outlier part) over generated pixels, so the flow seeks samples the hybrid detector
+    already rejects instead of samples with a uniform class posterior."""
+    from training.losses import outlier_likelihood_loss, outlier_posterior_loss
+
+    return outlier_posterior_loss(inlier_logit, mask) + outlier_likelihood_loss(logits, mask)
 
 
 def flow_mle_loss(flow, patches: torch.Tensor) -> torch.Tensor:
@@ -130,11 +144,15 @@ class JointFlowTraining:
         return mixed, torch.stack(labs), torch.stack(douts), synthetic, torch.stack(replaced)
 
     def flow_loss(self, logits: torch.Tensor, synthetic: torch.Tensor, replaced: torch.Tensor | None,
-                  step: int) -> dict[str, torch.Tensor]:
-        """L(zeta) = L_mle + lambda * L_jsd (4.20)."""
-        jsd = jsd_to_uniform(logits, synthetic)
-        terms = {"jsd": jsd}
-        total = self.cfg.jsd_weight * jsd
+                  step: int, inlier_logit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """L(zeta) = L_mle + lambda * L_jsd (4.20); with boundary='detector', lambda * (L_d + L_x^UB) instead."""
+        if self.cfg.boundary == "jsd":
+            terms = {"jsd": jsd_to_uniform(logits, synthetic)}
+        else:
+            if inlier_logit is None:
+                raise ValueError("boundary='detector' needs the segmenter's inlier logit")
+            terms = {"detector": detector_boundary_loss(logits, inlier_logit, synthetic)}
+        total = self.cfg.jsd_weight * next(iter(terms.values()))
         if replaced is not None and step % self.cfg.mle_every == 0:
             # un-normalising can leave values a rounding error outside [0, 1]
             terms["mle_bpd"] = flow_mle_loss(self.flow, replaced.detach().clamp(0.0, 1.0))
