@@ -15,6 +15,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
         (f"share/{PACKAGE}/config/model", glob("config/model/*.yaml")),
+        (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from densehybrid_ros.node.dds import use_large_image_transport
+
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN_ID = 1 + os.getpid() % 100
 NAMESPACE = f"/dhtest{os.getpid()}"
@@ -85,6 +87,7 @@ class Harness:
 
         self._saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        use_large_image_transport()  # as the project's processes do
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
         self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)

@@ -230,6 +230,9 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
     predictor = Predictor.from_weights(weights, PredictorConfig(device=device))
     if outputs is None:
         outputs = ("semantic", "anomaly_score") + (("open_set",) if predictor.threshold is not None else ())
+    from densehybrid_ros.node.dds import use_large_image_transport
+
+    use_large_image_transport()  # here and, through the environment, in the node
     domain = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
     namespace = f"/dhbench{os.getpid()}"
     node_name = f"{namespace}/densehybrid_perception"

@@ -26,6 +26,7 @@ from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from densehybrid_ros.node.dds import use_large_image_transport
 from densehybrid_ros.node.messages import message_class
 from densehybrid_ros.node.replay import split_ros_args
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"densehybrid-record: {args.out} exists already; not overwriting", file=sys.stderr)
         return 2
     stop = threading.Event()
+    use_large_image_transport()
     rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.NO)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -30,6 +30,7 @@ from rosgraph_msgs.msg import Clock
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
+from densehybrid_ros.node.dds import use_large_image_transport
 from densehybrid_ros.node.messages import message_class, to_rclpy
 
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"densehybrid-replay: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
+    use_large_image_transport()
     rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.NO)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -47,6 +47,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
+from densehybrid_ros.node.dds import use_large_image_transport
 from densehybrid_ros.node.messages import to_rclpy
 from densehybrid_ros.node.obstacles import pitch_roll_from_rotation
 
@@ -250,6 +251,7 @@ class SimCameraNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_large_image_transport()
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
