@@ -6,6 +6,8 @@ so that machine drift hits both alike:
 - hybrid: the same plus the inlier head, the hybrid score upsampled to input size and the open-set map
   (`DenseHybrid.dense_outputs` + `open_set_fusion`, the path the Predictor runs).
 On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed_memory`).
+
+`densehybrid-bench cameras`: multi-camera serving, batched vs one-by-one (see `cameras_throughput`).
 """
 from __future__ import annotations
 
@@ -134,6 +136,140 @@ def sim_throughput(frames: int, size: tuple[int, int], workers: list[int], seed:
             "frames_per_scene": config.frames_per_scene, "runs": rows}
 
 
+def cameras_throughput(weights: str | Path | None = None, counts: tuple[int, ...] = (1, 2, 4), cycles: int = 20,
+                       size: tuple[int, int] = (512, 256), device: str = "cpu", backend: str = "torch",
+                       model: str = "swiftnet_r18_cpu", threads: int | None = None) -> dict:
+    """Throughput and latency of N cameras, batched vs one-by-one, on the same sim frames (size = (width, height)).
+
+    Measured: `FrameProcessor.predict`, the call the perception node's worker makes once per cycle with the newest
+    frame of every camera (`Predictor.predict_many`: preprocessing, one forward per network grid size, postprocessing
+    with the open-set map, results as numpy arrays). Not measured: message decoding, colours/overlay/obstacles and
+    publishing (per camera and identical in both modes) and DDS. Per cycle camera c gets sim frame t + c.
+      batched:    one call with the N frames;
+      one_by_one: N calls with one frame each (what N single-camera nodes on one device would run, minus their
+                  contention).
+    fps = frames / time; cycle_ms = time until all N results of a cycle (median); frame_latency_ms = mean time from
+    the cycle start to each frame's result. The two modes alternate order every cycle (machine drift hits both);
+    one untimed warm-up cycle per mode and N. Runs in a worker thread like the node's."""
+    import tempfile
+    import threading
+
+    if cycles < 1 or not counts or min(counts) < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"need cycles >= 1, camera counts >= 1 and threads >= 1, got {cycles}, {counts}, {threads}")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    result: list = []
+    errors: list = []
+
+    def work() -> None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="densehybrid_bench_cameras_") as tmp:
+                result.append(_cameras(weights, counts, cycles, size, device, backend, model, Path(tmp)))
+        except BaseException as error:  # noqa: BLE001  re-raised below
+            errors.append(error)
+
+    try:
+        thread = threading.Thread(target=work, name="densehybrid_bench_cameras")
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(saved_threads)
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -> dict:
+    from densehybrid_ros.node.bench_node import random_weights, render_frames
+    from densehybrid_ros.node.params import Settings
+    from densehybrid_ros.node.processing import FrameProcessor
+    from densehybrid_ros.predictor import Predictor, PredictorConfig
+
+    if weights is None:
+        weights = random_weights(tmp / f"{model}_random.safetensors", model)
+    config = PredictorConfig(device=device, backend=backend)
+    if backend == "onnxruntime":
+        from densehybrid_ros.models.resnet import ResNet
+        from densehybrid_ros.onnx_export import export_onnx
+        from densehybrid_ros.weights import load_weights
+
+        net, metadata = load_weights(weights)
+        stride = ResNet.output_stride
+        width, height = metadata.input_size or (-(-size[0] // stride) * stride, -(-size[1] // stride) * stride)
+        predictor = Predictor.from_onnx(export_onnx(net, metadata, tmp / "model.onnx", height, width), config)
+    else:
+        predictor = Predictor.from_weights(weights, config)
+    processor = FrameProcessor(predictor)
+    settings = Settings.from_values({})
+    started = time.perf_counter()
+    frames = [rgb for rgb, _ in render_frames(cycles + max(counts) - 1, size)]
+    render_s = time.perf_counter() - started
+    dev = predictor.device
+
+    def batched(images: list) -> list[float]:
+        start = time.perf_counter()
+        processor.predict(images, settings)
+        _sync(dev)
+        return [time.perf_counter() - start] * len(images)
+
+    def one_by_one(images: list) -> list[float]:
+        start, done = time.perf_counter(), []
+        for image in images:
+            processor.predict([image], settings)
+            _sync(dev)
+            done.append(time.perf_counter() - start)
+        return done
+
+    modes = {"batched": batched, "one_by_one": one_by_one}
+    rows, speedups = [], {}
+    for n in counts:
+        for run in modes.values():  # warm-up (allocator, kernels at this batch size)
+            run(frames[:n])
+        latencies: dict[str, list[list[float]]] = {name: [] for name in modes}
+        for t in range(cycles):
+            images = frames[t:t + n]
+            for name in (list(modes) if t % 2 == 0 else list(reversed(modes))):
+                latencies[name].append(modes[name](images))
+        fps = {}
+        for name, per_cycle in latencies.items():
+            seconds = sum(max(c) for c in per_cycle)
+            fps[name] = n * cycles / seconds
+            rows.append({"cameras": n, "mode": name, "frames": n * cycles, "seconds": round(seconds, 4),
+                         "fps": round(fps[name], 3),
+                         "cycle_ms": round(statistics.median(max(c) for c in per_cycle) * 1e3, 2),
+                         "frame_latency_ms": round(statistics.fmean(x for c in per_cycle for x in c) * 1e3, 2)})
+        speedups[str(n)] = round(fps["batched"] / fps["one_by_one"], 3)
+    return {
+        "benchmark": "cameras",
+        "measured": "FrameProcessor.predict per cycle (the node's batched inference call: Predictor.predict_many = "
+                    "preprocess, one forward per grid size, postprocess incl. open-set map); excludes decode, "
+                    "presentation, publishing and DDS",
+        "weights": str(weights),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "backend": backend + (f" [{', '.join(predictor.model.providers)}]" if backend == "onnxruntime" else ""),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "size_hxw": f"{size[1]}x{size[0]}",
+        "network_grid": "input_size " + "x".join(map(str, predictor.metadata.input_size))
+                        if predictor.metadata.input_size else "image size (all cameras share it: one forward)",
+        "cycles": cycles,
+        "render_seconds": round(render_s, 3),
+        "runs": rows,
+        "speedup_batched_over_one_by_one": speedups,
+    }
+
+
+def _cameras_table(result: dict) -> None:
+    print(f"cameras {result['size_hxw']} (HxW), {result['backend']} on {result['device']} ({result['torch_threads']} threads), "
+          f"{result['cycles']} cycles; measured: {result['measured']}")
+    print(f"{'cameras':>7} {'mode':>10} {'fps':>8} {'cycle ms':>9} {'frame ms':>9}")
+    for r in result["runs"]:
+        print(f"{r['cameras']:>7} {r['mode']:>10} {r['fps']:>8.2f} {r['cycle_ms']:>9.1f} {r['frame_latency_ms']:>9.1f}")
+    print("speedup batched / one-by-one: " + ", ".join(f"{n} cameras {v:.2f}x"
+                                                       for n, v in result["speedup_batched_over_one_by_one"].items()))
+
+
 def _emit(result: dict, args, table) -> None:
     text = json.dumps(result, indent=2)
     if args.out:
@@ -180,7 +316,23 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
     n.add_argument("--device", default="cpu")
     n.add_argument("--threads", type=int, default=None)
+    c = sub.add_parser("cameras", parents=[output], help="multi-camera inference: batched vs one-by-one, 1/2/4 cameras")
+    c.add_argument("--weights", type=Path, default=None, help="weights (default: random weights of --model)")
+    c.add_argument("--model", default="swiftnet_r18_cpu")
+    c.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="camera counts")
+    c.add_argument("--cycles", type=int, default=20, help="timed cycles per camera count and mode")
+    c.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.command == "cameras":
+        if args.cycles < 1 or min(args.counts) < 1:
+            parser.error("--cycles and --counts must be >= 1")
+        h, w = args.size
+        _emit(cameras_throughput(args.weights, tuple(args.counts), args.cycles, (w, h), args.device, args.backend,
+                                 args.model, args.threads), args, _cameras_table)
+        return 0
     if args.command == "node":
         from densehybrid_ros.node.bench_node import bench_node, table
 

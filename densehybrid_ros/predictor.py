@@ -4,10 +4,18 @@ uint8 RGB (H, W, 3) in; resize to the network grid (the weights' `input_size`, i
 multiple of the output stride, normalise, one forward pass, then at input resolution by default:
 closed-set class ids (uint8), the hybrid score (float32), the open-set map (uint8, unknown = K) and
 any extra scores of `densehybrid_ros.scores.SCORES` from the same pass.
+
+Batching: `predict_batch` runs one forward for all images (padding mixed grid sizes to the largest);
+`predict_many` groups the images by network grid size and runs one forward per group, so that each result
+equals the one-by-one result (the multi-camera node and `densehybrid-bench cameras` use it).
+Backends: PyTorch (`backend="torch"`, CPU or CUDA, optional float16 autocast) or ONNX Runtime
+(`backend="onnxruntime"`, `densehybrid_ros.onnx_backend`: the exported graph at a fixed grid; pre/postprocessing
+stay here, on the CPU).
 """
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +27,12 @@ import torch.nn.functional as F
 from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid
 from densehybrid_ros.models.resnet import ResNet
+from densehybrid_ros.onnx_backend import OnnxBackend
 from densehybrid_ros.scores import SCORES, open_set_fusion
 from densehybrid_ros.weights import WeightsMetadata, load_weights
+
+BACKENDS = ("torch", "onnxruntime")
+DEFAULT_WARMUP_SIZE = (256, 512)  # (h, w) of the warm-up forward when the weights fix no grid
 
 
 @dataclass(frozen=True)
@@ -32,8 +44,13 @@ class PredictorConfig:
     extra_scores: tuple[str, ...] = ()  # any of SCORES besides "hybrid"
     threshold: float | None = None  # overrides the weights' calibrated threshold
     retain_host_memory: bool = True  # on CPU: reuse freed activation buffers (see cpu_memory.py)
+    backend: str = "torch"  # "torch" or "onnxruntime" (device then picks the ONNX Runtime providers)
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.fp16 and self.backend != "torch":
+            raise ValueError("fp16 needs backend 'torch' (ONNX Runtime runs the exported float32 graph)")
         if self.output_resolution not in ("input", "network"):
             raise ValueError(f"output_resolution must be 'input' or 'network', got {self.output_resolution!r}")
         unknown = [s for s in self.extra_scores if s not in SCORES]
@@ -72,36 +89,113 @@ class Predictor:
     """Runs a `DenseHybrid` model on uint8 RGB images."""
 
     def __init__(self, model: DenseHybrid, metadata: WeightsMetadata, config: PredictorConfig = PredictorConfig()):
+        """`model`: a DenseHybrid (backend torch) or an `onnx_backend.OnnxBackend` (backend onnxruntime)."""
         config.validate()
-        if config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {config.device!r} requested but CUDA is not available")
+        onnx = config.backend == "onnxruntime"
+        if onnx != isinstance(model, OnnxBackend):
+            raise ValueError(f"backend {config.backend!r} does not match the model given ({type(model).__name__}); "
+                             "use Predictor.from_weights / Predictor.from_onnx")
+        if config.device.startswith("cuda") and not onnx:
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {config.device!r} requested but CUDA is not available")
+            index = int(config.device.split(":", 1)[1]) if ":" in config.device else 0
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device {config.device!r} requested but only {torch.cuda.device_count()} CUDA "
+                                 "device(s) are visible")
         self.config = config
-        if config.retain_host_memory and not config.device.startswith("cuda"):
+        # ONNX Runtime takes host arrays: pre/postprocessing then run on the CPU (device picks its providers)
+        self.device = torch.device("cpu" if onnx else config.device)
+        if config.retain_host_memory and self.device.type == "cpu":
             retain_freed_memory()
         self.metadata = metadata
-        self.device = torch.device(config.device)
         self.num_classes = metadata.num_classes
         self.threshold = config.threshold if config.threshold is not None else metadata.threshold
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device).eval().to(memory_format=self.memory_format)
+        if onnx:
+            self.model = model
+            self._check_onnx_grid(model)
+        else:
+            self.model = model.to(self.device).eval().to(memory_format=self.memory_format)
         norm = metadata.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1) * 255.0
 
     @classmethod
     def from_weights(cls, path: str | Path, config: PredictorConfig = PredictorConfig()) -> "Predictor":
+        """Backend torch: the weights' model. Backend onnxruntime: their ONNX export at the weights' grid
+        (`input_size`), exported once into the cache (`onnx_backend.cached_export`)."""
+        if config.backend == "onnxruntime":
+            from densehybrid_ros.onnx_backend import cached_export
+            from densehybrid_ros.weights import read_metadata
+
+            metadata = read_metadata(path)
+            if metadata.input_size is None:
+                raise ValueError(f"backend onnxruntime needs a fixed network grid, and {Path(path).name} has no "
+                                 "input_size: export the model at your cameras' size (densehybrid_ros.onnx_export."
+                                 "export_onnx) and load that .onnx file")
+            width, height = metadata.input_size
+            return cls.from_onnx(cached_export(path, height, width), config)
         model, metadata = load_weights(path)
         return cls(model, metadata, config)
 
+    @classmethod
+    def from_onnx(cls, path: str | Path, config: PredictorConfig = PredictorConfig(backend="onnxruntime")) -> "Predictor":
+        """An exported graph (`onnx_export.export_onnx`, metadata embedded) run by ONNX Runtime."""
+        from dataclasses import replace
+
+        from densehybrid_ros.onnx_backend import read_onnx_metadata
+
+        config = replace(config, backend="onnxruntime")
+        config.validate()
+        return cls(OnnxBackend(path, config.device), read_onnx_metadata(path), config)
+
+    def _check_onnx_grid(self, backend) -> None:
+        unknown = [s for s in self.config.extra_scores if s not in backend.output_names]
+        if unknown:
+            raise ValueError(f"extra score(s) {unknown} are not outputs of the ONNX graph {backend.output_names}; "
+                             "use backend torch")
+        if self.metadata.input_size is not None:
+            stride = ResNet.output_stride
+            h, w = self.network_size(1, 1)
+            padded = (-(-h // stride) * stride, -(-w // stride) * stride)
+            if padded != backend.input_hw:
+                raise ValueError(f"the ONNX graph runs at {backend.input_hw}, but the weights' grid is {h}x{w}")
+
     def network_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) the image is resized to before padding: the weights' grid, or its own size."""
+        """(h, w) the image is resized to before padding: the weights' grid, else the ONNX graph's, else its own
+        size."""
         if self.metadata.input_size is None:
+            if self.config.backend == "onnxruntime":
+                return self.model.input_hw
             return height, width
         grid_w, grid_h = self.metadata.input_size
         return grid_h, grid_w
 
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_batch([image])[0]
+
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions in input order, one forward per network grid size: images that share a grid (all of them
+        for weights with an `input_size` or on ONNX Runtime; else same-size images) are batched together."""
+        images = [validate_image(im) for im in images]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            groups[self.network_size(*image.shape[:2])].append(index)
+        results: list[Prediction | None] = [None] * len(images)
+        for indices in groups.values():
+            for index, prediction in zip(indices, self.predict_batch([images[i] for i in indices])):
+                results[index] = prediction
+        return results
+
+    def warmup(self, batch: int = 1, size: tuple[int, int] | None = None) -> None:
+        """One forward of `batch` blank images (CUDA context and kernels, allocator, ONNX Runtime session), at
+        `size` (h, w), else the weights' (or the ONNX graph's) grid, else DEFAULT_WARMUP_SIZE."""
+        if size is None:
+            grid = self.network_size(0, 0)
+            size = grid if grid != (0, 0) else DEFAULT_WARMUP_SIZE
+        self.predict_batch([np.zeros((*size, 3), np.uint8)] * max(batch, 1))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
@@ -131,8 +225,13 @@ class Predictor:
         pad_h = -(-max(h for h, _ in sizes) // stride) * stride
         pad_w = -(-max(w for _, w in sizes) // stride) * stride
         batch = torch.zeros((len(images), 3, pad_h, pad_w), device=self.device)
+        cuda = self.device.type == "cuda"
         for index, (image, (h, w)) in enumerate(zip(images, sizes)):
-            x = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+            host = torch.from_numpy(image)
+            if cuda:
+                # page-locked staging copy: an asynchronous DMA to the GPU, uint8 (a quarter of float32's bytes)
+                host = host.pin_memory()
+            x = host.to(self.device, non_blocking=cuda).permute(2, 0, 1)[None].float()
             if (h, w) != image.shape[:2]:
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
             # Padding stays 0 after normalisation, i.e. the dataset's mean colour.

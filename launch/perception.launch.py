@@ -4,6 +4,16 @@
         image:=/camera/image_raw camera_info:=/camera/camera_info [namespace:=front] [device:=cuda] \
         [params_file:=my_perception.yaml] [use_sim_time:=true]
 
+Several cameras, one node, batched inference (outputs ~/<camera>/semantic, ...):
+
+    ros2 launch densehybrid_ros perception.launch.py weights:=/path/model.safetensors cameras:=front,left,right \
+        image:=/{camera}/image_raw camera_info:=/{camera}/camera_info \
+        params_file:=$(ros2 pkg prefix densehybrid_ros)/share/densehybrid_ros/config/perception_3cam.yaml
+
+`cameras` (comma-separated; empty = the params file's value) sets the `cameras` parameter. With several cameras,
+`image` and `camera_info` are patterns: `{camera}` is replaced by each camera's name to remap its
+`<camera>/image` and `<camera>/camera_info` (left at their defaults, the node reads `<namespace>/<camera>/image`).
+
 The node is a lifecycle node; with the parameter `autostart` (default true in config/perception.yaml) it
 configures and activates itself. Set autostart: false in a params file to drive it with a lifecycle manager.
 `weights` and `device` override the params file only when given (empty = keep the file's value).
@@ -22,12 +32,39 @@ EXECUTABLE = "densehybrid_perception"
 NODE_NAME = "densehybrid_perception"
 
 
+def _cameras(text):
+    """'front, left' -> ['front', 'left'] (empty names dropped)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _remappings(context, cameras):
+    """One camera: image and camera_info as given. Several: `{camera}` in them is each camera's name."""
+    topics = {name: LaunchConfiguration(name).perform(context) for name in ("image", "camera_info")}
+    if not cameras:
+        patterns = [f"{name}:={topic}" for name, topic in topics.items() if "{camera}" in topic]
+        if patterns:
+            raise RuntimeError(f"{', '.join(patterns)} name {{camera}}: pass the cameras too (cameras:=front,left)")
+        return [("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))]
+    remaps = []
+    for name, pattern in topics.items():
+        if pattern == name:  # the default: no remapping, <camera>/<name>
+            continue
+        if "{camera}" not in pattern:
+            raise RuntimeError(f"with several cameras, {name}:={pattern} must contain {{camera}} "
+                               f"(e.g. {name}:=/{{camera}}/{name}), else every camera would read one topic")
+        remaps += [(f"{camera}/{name}", pattern.replace("{camera}", camera)) for camera in cameras]
+    return remaps
+
+
 def _node(context, *args, **kwargs):
     overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")}
     for name in ("weights", "device"):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
+    cameras = _cameras(LaunchConfiguration("cameras").perform(context))
+    if cameras:
+        overrides["cameras"] = cameras
     return [
         Node(
             package=PACKAGE,
@@ -35,10 +72,7 @@ def _node(context, *args, **kwargs):
             name=NODE_NAME,
             namespace=LaunchConfiguration("namespace"),
             parameters=[LaunchConfiguration("params_file"), overrides],
-            remappings=[
-                ("image", LaunchConfiguration("image")),
-                ("camera_info", LaunchConfiguration("camera_info")),
-            ],
+            remappings=_remappings(context, cameras),
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
             output="screen",
             emulate_tty=True,
@@ -52,9 +86,14 @@ def generate_launch_description():
         DeclareLaunchArgument("weights", default_value="",
                               description="weights file (.safetensors); empty = the params file's value"),
         DeclareLaunchArgument("image", default_value="image",
-                              description="input image topic (sensor_msgs/Image; <image>/compressed with use_compressed)"),
+                              description="input image topic (sensor_msgs/Image; <image>/compressed with use_compressed); "
+                                          "with several cameras a pattern with {camera}, e.g. /{camera}/image_raw"),
         DeclareLaunchArgument("camera_info", default_value="camera_info",
-                              description="sensor_msgs/CameraInfo topic of the camera"),
+                              description="sensor_msgs/CameraInfo topic of the camera; with several cameras a pattern "
+                                          "with {camera}"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="comma-separated camera names (front,left,right): one node, batched "
+                                          "inference, outputs ~/<camera>/*; empty = the params file's value"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS parameters file for the node"),

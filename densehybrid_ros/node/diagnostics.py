@@ -115,3 +115,27 @@ class FrameStats:
         if problems_warn:
             return Report(WARN, "; ".join(problems_warn), values)
         return Report(OK, "running", values)
+
+
+class BatchStats:
+    """Batched forwards of the multi-camera worker: batch sizes and forward times (window means and totals)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.batches = self.frames = 0
+        self._window: list[tuple[int, float]] = []
+
+    def add(self, size: int, forward_ms: float) -> None:
+        with self._lock:
+            self.batches += 1
+            self.frames += size
+            self._window.append((size, forward_ms))
+
+    def report(self) -> list[tuple[str, str]]:
+        with self._lock:
+            window, self._window = self._window, []
+            batches, frames = self.batches, self.frames
+        mean = lambda xs: f"{sum(xs) / len(xs):.2f}" if xs else "nan"  # noqa: E731
+        return [("batch size mean", mean([s for s, _ in window])),
+                ("batched forward mean [ms]", mean([t for _, t in window])),
+                ("batches (total)", str(batches)), ("batched frames (total)", str(frames))]

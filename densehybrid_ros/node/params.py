@@ -9,20 +9,28 @@ and in the on-set-parameters callback:
   camera pose); the new value applies from the next frame.
 - the others are read at configure/activate (weights, device, QoS, topics): they can only be set while
   the node is unconfigured (`cleanup`, set, `configure`), otherwise the set is rejected with that reason.
+
+Cameras: `cameras` (string array) names the cameras of a multi-camera node; empty = one camera on the plain
+topics. Each named camera also gets the mounting parameters `<camera>.camera_height`, `<camera>.camera_pitch`
+and `<camera>.camera_roll` (declared by the node at configure, defaulting to the global ones; `MOUNT_PARAMS`).
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-Value = Union[bool, int, float, str]
+Value = Union[bool, int, float, str, list]
 
 OUTPUTS = ("semantic", "semantic_color", "anomaly_score", "open_set", "overlay", "obstacles")
 RELIABILITIES = ("best_effort", "reliable")
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+BACKENDS = ("torch", "onnxruntime")
+CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: used in topic and parameter names
+MAX_CAMERAS = 16
+MOUNT_PARAMS = ("camera_height", "camera_pitch", "camera_roll")  # per camera: <camera>.<name>
 
 
 class SettingsError(ValueError):
@@ -66,6 +74,18 @@ PARAMS: tuple[ParamSpec, ...] = (
               "to the working directory, or relative to share/densehybrid_ros"),
     ParamSpec("device", "cpu", "inference device: cpu, cuda or cuda:N"),
     ParamSpec("fp16", False, "float16 autocast (CUDA only); scores are always computed in float32"),
+    ParamSpec("backend", "torch", "inference runtime: torch, or onnxruntime (providers TensorRT/CUDA when device is "
+              "cuda and the onnxruntime build has them, else CPU)", choices=BACKENDS),
+    ParamSpec("onnx_model", "", "backend onnxruntime: exported model (.onnx from densehybrid_ros.onnx_export, "
+              "metadata embedded; absolute, relative to the working directory or to share/densehybrid_ros); "
+              "empty = export `weights` at their input_size at configure (cached)"),
+    ParamSpec("cameras", [], "camera names (string array) of a multi-camera node: per camera <camera>/image (or "
+              "<camera>/image/compressed) and <camera>/camera_info in, ~/<camera>/<output> out, mounting parameters "
+              "<camera>.camera_height/pitch/roll; frames of all cameras are batched. Empty = one camera on image, "
+              "camera_info -> ~/<output>"),
+    ParamSpec("batch_wait_ms", 10.0, "multi-camera: after the first frame of a cycle, wait at most this long [ms] "
+              "for the other live cameras' frames before the batched forward (0 = take what is there)",
+              runtime=True, low=0.0, high=1000.0),
     ParamSpec("threshold", math.nan, "open-set threshold on the hybrid score s_H (higher = more anomalous); "
               "NaN = the calibrated threshold stored in the weights. Without either, ~/open_set and "
               "~/obstacles are off", runtime=True, allow_nan=True),
@@ -114,6 +134,8 @@ def check_value(name: str, value: Any) -> str | None:
     expected = spec.type
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
     if type(value) is not expected:
         return f"{name} must be a {expected.__name__}, got {type(value).__name__} {value!r}"
     if expected is float and math.isnan(value):
@@ -126,7 +148,38 @@ def check_value(name: str, value: Any) -> str | None:
         return f"{name} must be one of {list(spec.choices)}, got {value!r}"
     if name == "device" and not DEVICE_RE.match(value):
         return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
+    if name == "cameras":
+        return check_cameras(value)
     return None
+
+
+def check_cameras(names: list) -> str | None:
+    """Why a `cameras` value is not acceptable (every problem), or None."""
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        return f"cameras must be strings, got {bad!r}"
+    problems = []
+    invalid = [n for n in names if not CAMERA_RE.match(n) or "__" in n]
+    if invalid:
+        problems.append(f"invalid camera name(s) {invalid!r}: each must start with a letter and contain only letters, "
+                        "digits and single underscores (it becomes a topic and parameter name component)")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"duplicate camera name(s) {duplicates!r}")
+    if len(names) > MAX_CAMERAS:
+        problems.append(f"at most {MAX_CAMERAS} cameras, got {len(names)}")
+    return "cameras: " + "; ".join(problems) if problems else None
+
+
+def mount_param(camera: str, name: str) -> str:
+    """The name of a camera's mounting parameter, e.g. front.camera_pitch."""
+    return f"{camera}.{name}"
+
+
+def split_mount_param(name: str) -> tuple[str, str] | None:
+    """(camera, mounting parameter) of a per-camera parameter name, or None."""
+    camera, _, base = name.rpartition(".")
+    return (camera, base) if camera and base in MOUNT_PARAMS else None
 
 
 def check_update(name: str, value: Any, configured: bool) -> str | None:
@@ -147,6 +200,10 @@ class Settings:
     weights: str
     device: str
     fp16: bool
+    backend: str
+    onnx_model: str
+    cameras: tuple[str, ...]
+    batch_wait_ms: float
     threshold: float | None
     min_obstacle_area: int
     max_obstacles: int
@@ -179,6 +236,13 @@ class Settings:
         errors = [reason for name in merged if (reason := check_value(name, merged[name])) is not None]
         if merged.get("fp16") and not str(merged.get("device", "")).startswith("cuda"):
             errors.append("fp16 needs device cuda or cuda:N")
+        if merged.get("fp16") and merged.get("backend") == "onnxruntime":
+            errors.append("fp16 needs backend torch (ONNX Runtime runs the exported float32 graph)")
+        cameras = merged.get("cameras")
+        if (isinstance(cameras, (list, tuple)) and len(cameras) > 1 and isinstance(merged.get("depth_topic"), str)
+                and merged["depth_topic"].startswith(("/", "~"))):
+            errors.append(f"depth_topic {merged['depth_topic']!r} is absolute, but there are {len(cameras)} cameras: "
+                          "give a relative name, subscribed per camera as <camera>/<depth_topic>")
         if errors:
             raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
         kwargs = {}
@@ -186,6 +250,8 @@ class Settings:
             value = merged[f.name]
             if SPECS[f.name].type is float:
                 value = float(value)
+            elif SPECS[f.name].type is list:
+                value = tuple(value)
             kwargs[f.name] = value
         if math.isnan(kwargs["threshold"]):
             kwargs["threshold"] = None
@@ -200,6 +266,14 @@ class Settings:
     def publishes(self, output: str) -> bool:
         return bool(getattr(self, f"publish_{output}"))
 
+    def with_mount(self, mount: Mapping[str, float]) -> "Settings":
+        """These settings with one camera's mounting values (MOUNT_PARAMS) in place of the global ones."""
+        changes = {name: float(mount[name]) for name in MOUNT_PARAMS if name in mount}
+        errors = [reason for name, value in changes.items() if (reason := check_value(name, value)) is not None]
+        if errors:
+            raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
+        return replace(self, **changes)
+
 
 def resolve_weights(path: str) -> Path:
     """The weights file named by the `weights` parameter: absolute, relative to the working directory, or
@@ -207,6 +281,15 @@ def resolve_weights(path: str) -> Path:
     if not path:
         raise FileNotFoundError("parameter 'weights' is empty: pass a weights file, e.g. "
                                 "--ros-args -p weights:=/path/to/model.safetensors")
+    return _resolve_file(path, "weights file")
+
+
+def resolve_onnx_model(path: str) -> Path:
+    """The .onnx file named by the `onnx_model` parameter (same search as `resolve_weights`)."""
+    return _resolve_file(path, "onnx_model file")
+
+
+def _resolve_file(path: str, what: str) -> Path:
     given = Path(path).expanduser()
     candidates = [given] if given.is_absolute() else [Path.cwd() / given]
     if not given.is_absolute():
@@ -219,4 +302,4 @@ def resolve_weights(path: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"weights file not found: {path!r} (looked at {', '.join(str(c) for c in candidates)})")
+    raise FileNotFoundError(f"{what} not found: {path!r} (looked at {', '.join(str(c) for c in candidates)})")

@@ -1,10 +1,11 @@
 """`densehybrid_perception`: the DenseHybrid open-set segmentation lifecycle node (a thin ROS shell).
 
 Lifecycle (managed node, yolo_ros style):
-  configure   validate all parameters (fail fast, every bad one named), load the weights into a `Predictor`,
-              create the (lifecycle) output publishers and the /diagnostics timer. Any problem: an error log and
-              a FAILURE result (the node stays unconfigured and alive; fix the parameters and configure again).
-  activate    subscribe to the inputs and start the worker thread.
+  configure   validate all parameters (fail fast, every bad one named), declare the per-camera mounting parameters,
+              load the weights into a `Predictor` (backend torch, or onnxruntime), create the (lifecycle) output
+              publishers and the /diagnostics timer. Any problem: an error log and a FAILURE result (the node stays
+              unconfigured and alive; fix the parameters and configure again).
+  activate    subscribe to the inputs and start the worker thread (its first act: a warm-up forward).
   deactivate  unsubscribe, stop the worker, delete live markers, free memory (torch.cuda.empty_cache on CUDA).
   cleanup     drop the publishers and the model.    shutdown: all of the above; the process then exits.
   With `autostart` (default true) the node configures and activates itself, so `ros2 run` serves at once.
@@ -12,8 +13,18 @@ Lifecycle (managed node, yolo_ros style):
 Inputs: `image` (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8, mono16, yuv422/uyvy, yuv422_yuy2/yuyv,
 bayer_*8/16, rgb16...) or, with use_compressed, `<image>/compressed` (CompressedImage jpeg/png); `camera_info`;
 optionally `depth_topic` (32FC1 m / 16UC1 mm). Sensor-data QoS by default (best effort, depth 1).
-The executor thread only posts frames into a one-slot mailbox; a worker thread decodes and runs the Predictor
-on the newest frame. A frame replaced before it was taken is counted as dropped; a malformed one as rejected.
+The executor thread only posts frames into a one-slot-per-camera mailbox; a worker thread decodes and runs the
+Predictor on the newest frame. A frame replaced before it was taken is counted as dropped; a malformed one as rejected.
+
+Several cameras (parameter `cameras`, e.g. [front, left]): per camera the inputs `<camera>/image` (or
+`<camera>/image/compressed`) and `<camera>/camera_info` (relative: namespaces and remaps apply; a relative
+`depth_topic` becomes `<camera>/<depth_topic>`), the outputs below under `~/<camera>/`, the mounting parameters
+`<camera>.camera_height|camera_pitch|camera_roll` (declared at configure, default = the global ones then), its own
+obstacle ids, counters and /diagnostics status. Per cycle the worker takes the newest frame of every camera
+(waiting at most `batch_wait_ms` after the first for the other cameras that sent a frame within the last
+LIVE_S s, so a slow or silent camera never stalls the others), runs them through the Predictor in one call (one
+forward per network grid size: one forward for all cameras when the weights have an input_size) and publishes
+each camera's results with its own header.
 
 Outputs (all with the input header, at camera resolution; each only while it has a subscriber and its
 publish_* toggle is on; a frame nobody listens to is not run through the model at all):
@@ -27,7 +38,13 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
   ~/obstacles       visualization_msgs/MarkerArray in the image's frame (optical frame): a CUBE (ns "obstacles")
                     and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per anomaly component;
                     ids are stable across frames, vanished ids get DELETE markers (no DELETEALL)
-  /diagnostics      diagnostic_msgs/DiagnosticArray every diagnostics_period
+  /diagnostics      diagnostic_msgs/DiagnosticArray every diagnostics_period: one status
+                    "<node>: open-set segmentation", or per camera "<node>: open-set segmentation (<camera>)" with
+                    its counters, mounting and the batch statistics (batch size, batched forward time)
+
+GPU: device cuda / cuda:N, fp16 (autocast; scores stay float32), uploads from page-locked memory, a warm-up forward
+at activation, torch.cuda.empty_cache on deactivate. backend onnxruntime: the model's ONNX export (onnx_model, or the
+weights exported at their input_size at configure, cached) on TensorRT/CUDA providers when present, else CPU.
 """
 from __future__ import annotations
 
@@ -46,17 +63,30 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from densehybrid_ros.node import diagnostics
+from densehybrid_ros.node.dds import use_large_image_transport
 from densehybrid_ros.node.image_codec import ImageRejected, decode_compressed_msg, decode_depth_msg, decode_image_msg
-from densehybrid_ros.node.mailbox import Mailbox
+from densehybrid_ros.node.mailbox import BatchMailbox
 from densehybrid_ros.node.messages import image_msg, stamp_ns
-from densehybrid_ros.node.obstacles import CameraModel, Obstacle
-from densehybrid_ros.node.params import PARAMS, SPECS, Settings, check_update, resolve_weights
+from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker
+from densehybrid_ros.node.params import (
+    MOUNT_PARAMS,
+    PARAMS,
+    SPECS,
+    Settings,
+    check_update,
+    check_value,
+    mount_param,
+    resolve_onnx_model,
+    resolve_weights,
+    split_mount_param,
+)
 from densehybrid_ros.node.processing import FrameProcessor, FrameResult, Wanted
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 
@@ -65,14 +95,53 @@ IMAGE_OUTPUTS = {  # topic -> encoding
     "semantic": "mono8", "semantic_color": "rgb8", "anomaly_score": "32FC1", "open_set": "mono8", "overlay": "rgb8",
 }
 PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-               float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+               float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+               list: ParameterType.PARAMETER_STRING_ARRAY}
 THROTTLE_S = 5.0
+LIVE_S = 1.0  # a camera that sent a frame within this long is waited for (batch_wait_ms) when batching
 
 
 @dataclass
 class Frame:
     msg: Any
     compressed: bool
+
+
+class Channel:
+    """One camera of the node: its topics, publishers, mounting, counters, camera model, depth images, markers and
+    obstacle tracker. Name "" = the single camera on the plain topics (parameter `cameras` empty)."""
+
+    def __init__(self, name: str, settings: Settings, mount: dict[str, float]):
+        self.name = name
+        self.prefix = f"{name}/" if name else ""
+        self.mount = dict(mount)
+        self.settings = settings.with_mount(self.mount)  # the node's settings with this camera's mounting
+        self.pubs: dict[str, Any] = {}
+        self.tracker = ObstacleTracker()
+        self.stats: diagnostics.FrameStats | None = None
+        self.stage_times: StageTimes | None = None
+        self.camera: CameraModel | None = None
+        self.depth_msgs: deque = deque(maxlen=30)
+        self.depth_lock = threading.Lock()
+        self.live_markers: set[int] = set()
+        self.image_topic = ""
+
+    @property
+    def label(self) -> str:
+        return f"camera {self.name}: " if self.name else ""
+
+
+@dataclass
+class Job:
+    """A decoded frame of one camera waiting for the batched forward."""
+
+    channel: Channel
+    msg: Any
+    rgb: Any
+    wanted: Wanted
+    camera: CameraModel | None
+    depth: Any
+    decode_ms: float
 
 
 def qos(reliability: str, depth: int) -> QoSProfile:
@@ -129,63 +198,125 @@ class PerceptionNode(LifecycleNode):
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
         for spec in PARAMS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            if spec.type is list:  # string array: typed explicitly ([] alone would infer a byte array)
+                declared = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor(spec))
+                if declared.type_ == Parameter.Type.NOT_SET:  # no override (a YAML [] also arrives unset)
+                    self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))])
+            else:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.state = "unconfigured"  # mirrors the lifecycle state (read by the parameter callback)
         self.settings: Settings | None = None
         self.processor: FrameProcessor | None = None
-        self.pubs: dict[str, Any] = {}
+        self.channels: dict[str, Channel] = {}
         self.diag_pub = self.diag_timer = None
         self.subs: list[Any] = []
-        self.mailbox: Mailbox[Frame] | None = None
+        self.mailbox: BatchMailbox[Frame] | None = None
         self.worker: threading.Thread | None = None
-        self.stats: diagnostics.FrameStats | None = None
-        self.stage_times: StageTimes | None = None
-        self.camera: CameraModel | None = None
-        self.depth_msgs: deque = deque(maxlen=30)
-        self.depth_lock = threading.Lock()
-        self.live_markers: set[int] = set()
+        self.batch_stats: diagnostics.BatchStats | None = None
         self.warned: set[str] = set()
-        self.image_topic = ""
+        self.model_path = ""
 
     # ---------------------------------------------------------------- parameters
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         configured = self.state in ("inactive", "active")
         ours = [p for p in params if p.name in SPECS]
+        mounts = [(p, split) for p in params if p.name not in SPECS and (split := split_mount_param(p.name))]
         for p in ours:
             reason = check_update(p.name, p.value, configured)
             if reason is not None:
                 self.get_logger().warning(f"rejected parameter {p.name}={p.value!r}: {reason}")
                 return SetParametersResult(successful=False, reason=reason)
-        if configured and self.settings is not None and ours:
+        for p, (_, base) in mounts:
+            reason = check_value(base, p.value)
+            if reason is not None:
+                reason = f"{p.name}: {reason}"
+                self.get_logger().warning(f"rejected parameter {p.name}={p.value!r}: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        if configured and self.settings is not None and (ours or mounts):
             try:
-                self.settings = self.settings.replace(**{p.name: p.value for p in ours})
+                settings = self.settings.replace(**{p.name: p.value for p in ours}) if ours else self.settings
+                channel_mounts = {name: dict(ch.mount) for name, ch in self.channels.items()}
+                for p, (camera, base) in mounts:
+                    if camera in channel_mounts:
+                        channel_mounts[camera][base] = float(p.value)
+                channel_settings = {name: settings.with_mount(m) for name, m in channel_mounts.items()}
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
-            self.get_logger().info("updated " + ", ".join(f"{p.name}={p.value!r}" for p in ours))
+            self.settings = settings
+            for name, ch in self.channels.items():
+                ch.mount, ch.settings = channel_mounts[name], channel_settings[name]
+            changed = [*ours, *(p for p, _ in mounts)]
+            self.get_logger().info("updated " + ", ".join(f"{p.name}={p.value!r}" for p in changed))
         return SetParametersResult(successful=True)
+
+    def _declare_mounts(self, settings: Settings) -> dict[str, dict[str, float]]:
+        """Declare <camera>.camera_height/pitch/roll for every camera (default: the global value now) and return
+        their values. A rejected override (type, range) is a configure error naming it."""
+        mounts: dict[str, dict[str, float]] = {}
+        errors = []
+        for camera in settings.cameras:
+            mounts[camera] = {}
+            for base in MOUNT_PARAMS:
+                name, default = mount_param(camera, base), float(getattr(settings, base))
+                if not self.has_parameter(name):
+                    spec = SPECS[base]
+                    desc = descriptor(spec)
+                    desc.name = name
+                    desc.description = f"camera {camera}: {spec.description} (default: the global {base} at configure)"
+                    try:
+                        self.declare_parameter(name, default, desc)
+                    except Exception as error:  # noqa: BLE001  bad override: name it, declare the default instead
+                        hint = " (doubles need a decimal point)" if "DOUBLE" in str(error) else ""
+                        errors.append(f"{name}: {error}{hint}; declared with the default {default} instead")
+                        self.declare_parameter(name, default, desc, ignore_override=True)
+                mounts[camera][base] = float(self.get_parameter(name).value)
+        if errors:
+            raise ValueError("invalid per-camera parameters:\n  " + "\n  ".join(errors))
+        return mounts
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             settings = Settings.from_values({spec.name: self.get_parameter(spec.name).value for spec in PARAMS})
-            weights = resolve_weights(settings.weights)
-            predictor = Predictor.from_weights(weights, PredictorConfig(device=settings.device, fp16=settings.fp16))
+            mounts = self._declare_mounts(settings)
+            channels = {name: Channel(name, settings, mounts.get(name, {})) for name in settings.cameras or ("",)}
+            predictor, model_path = self._load_predictor(settings)
         except Exception as error:  # noqa: BLE001  any configure problem is a clean FAILURE, never a crash
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
-        self.settings, self.processor = settings, FrameProcessor(predictor)
+        self.settings, self.processor, self.channels = settings, FrameProcessor(predictor), channels
+        self.model_path = str(model_path)
         out = qos(settings.output_reliability, 1)
-        self.pubs = {name: self.create_lifecycle_publisher(Image, f"~/{name}", out) for name in IMAGE_OUTPUTS}
-        self.pubs["obstacles"] = self.create_lifecycle_publisher(MarkerArray, "~/obstacles", qos(settings.output_reliability, 5))
+        for ch in channels.values():
+            ch.pubs = {name: self.create_lifecycle_publisher(Image, f"~/{ch.prefix}{name}", out)
+                       for name in IMAGE_OUTPUTS}
+            ch.pubs["obstacles"] = self.create_lifecycle_publisher(
+                MarkerArray, f"~/{ch.prefix}obstacles", qos(settings.output_reliability, 5))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diag_timer = self.create_timer(settings.diagnostics_period, self._publish_diagnostics)
         threshold = self.processor.threshold(settings)
+        cameras = f", cameras {', '.join(settings.cameras)}" if settings.cameras else ""
         self.get_logger().info(
-            f"configured: {weights} ({predictor.num_classes} classes, device {settings.device}), threshold "
+            f"configured: {model_path} ({predictor.num_classes} classes, device {settings.device}, backend "
+            f"{settings.backend}{self._providers(predictor)}{cameras}), threshold "
             f"{'none: open_set and obstacles off' if threshold is None else threshold}")
         self.state = "inactive"
         return super().on_configure(state)
+
+    @staticmethod
+    def _load_predictor(settings: Settings):
+        config = PredictorConfig(device=settings.device, fp16=settings.fp16, backend=settings.backend)
+        if settings.backend == "onnxruntime" and settings.onnx_model:
+            path = resolve_onnx_model(settings.onnx_model)
+            return Predictor.from_onnx(path, config), path
+        weights = resolve_weights(settings.weights)
+        return Predictor.from_weights(weights, config), weights
+
+    @staticmethod
+    def _providers(predictor: Predictor) -> str:
+        providers = getattr(predictor.model, "providers", None)
+        return f" [{', '.join(providers)}]" if providers else ""
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # enables the lifecycle publishers
@@ -193,24 +324,33 @@ class PerceptionNode(LifecycleNode):
             return result
         s = self.settings
         inputs = qos(s.qos_reliability, s.qos_depth)
-        self.stats = diagnostics.FrameStats()
-        self.stage_times = StageTimes()
-        self.mailbox = Mailbox()
+        self.mailbox = BatchMailbox(list(self.channels))
+        self.batch_stats = diagnostics.BatchStats()
         self.warned.clear()
-        self.image_topic = self.resolve_topic_name("image")
-        if s.use_compressed:
-            self.image_topic += "/compressed"
+        for name, ch in self.channels.items():
+            ch.stats, ch.stage_times = diagnostics.FrameStats(), StageTimes()
+            ch.image_topic = self.resolve_topic_name(f"{ch.prefix}image")
+            if s.use_compressed:
+                ch.image_topic += "/compressed"
+                self.subs.append(self.create_subscription(
+                    CompressedImage, ch.image_topic, lambda m, c=name: self._on_image(c, m, True), inputs))
+            else:
+                self.subs.append(self.create_subscription(
+                    Image, f"{ch.prefix}image", lambda m, c=name: self._on_image(c, m, False), inputs))
             self.subs.append(self.create_subscription(
-                CompressedImage, self.image_topic, lambda m: self._on_image(m, True), inputs))
-        else:
-            self.subs.append(self.create_subscription(Image, "image", lambda m: self._on_image(m, False), inputs))
-        self.subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, inputs))
-        if s.depth_topic:
-            self.subs.append(self.create_subscription(Image, s.depth_topic, self._on_depth, inputs))
+                CameraInfo, f"{ch.prefix}camera_info", lambda m, c=name: self._on_camera_info(c, m), inputs))
+            if s.depth_topic:
+                depth = s.depth_topic if s.depth_topic.startswith(("/", "~")) else f"{ch.prefix}{s.depth_topic}"
+                self.subs.append(self.create_subscription(Image, depth, lambda m, c=name: self._on_depth(c, m), inputs))
         self.worker = threading.Thread(target=self._work, args=(self.mailbox,), name="densehybrid_worker", daemon=True)
         self.worker.start()
         self.state = "active"
-        self.get_logger().info(f"active: {self.image_topic} -> {self.resolve_topic_name('~/semantic').rsplit('/', 1)[0]}/*")
+        outputs = self.resolve_topic_name("~/semantic").rsplit("/", 1)[0]
+        if len(self.channels) == 1 and "" in self.channels:
+            self.get_logger().info(f"active: {self.channels[''].image_topic} -> {outputs}/*")
+        else:
+            self.get_logger().info("active: " + "; ".join(f"{ch.image_topic} -> {outputs}/{ch.name}/*"
+                                                          for ch in self.channels.values()))
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -248,18 +388,21 @@ class PerceptionNode(LifecycleNode):
         if self.worker is not None:
             self.worker.join(timeout=30.0)
         self.worker = None
-        if self.live_markers and "obstacles" in self.pubs:
-            self.pubs["obstacles"].publish(self._marker_deletes(self.live_markers))
-        self.live_markers = set()
-        self.camera = None
-        with self.depth_lock:
-            self.depth_msgs.clear()
+        for ch in self.channels.values():
+            if ch.live_markers and "obstacles" in ch.pubs:
+                ch.pubs["obstacles"].publish(self._marker_deletes(ch.live_markers))
+            ch.live_markers = set()
+            ch.camera = None
+            with ch.depth_lock:
+                ch.depth_msgs.clear()
         self._free_memory()
 
     def _release(self) -> None:
-        for pub in self.pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self.pubs = {}
+        for ch in self.channels.values():
+            for pub in ch.pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            ch.pubs = {}
+        self.channels = {}
         if self.diag_timer is not None:
             self.destroy_timer(self.diag_timer)
         if self.diag_pub is not None:
@@ -276,79 +419,139 @@ class PerceptionNode(LifecycleNode):
             import torch
 
             if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                torch.cuda.empty_cache()  # cached blocks back to the driver (the model stays until cleanup)
 
     # ---------------------------------------------------------------- inputs (executor thread)
-    def _on_image(self, msg: Any, compressed: bool) -> None:
-        mailbox, stats = self.mailbox, self.stats
-        if mailbox is None or stats is None:
+    def _on_image(self, camera: str, msg: Any, compressed: bool) -> None:
+        mailbox, ch = self.mailbox, self.channels.get(camera)
+        if mailbox is None or ch is None or ch.stats is None:
             return
-        stats.frame_received(replaced_pending=mailbox.put(Frame(msg, compressed)))
+        ch.stats.frame_received(replaced_pending=mailbox.put(camera, Frame(msg, compressed)))
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        ch = self.channels.get(camera)
+        if ch is None:
+            return
         try:
-            self.camera = CameraModel.from_k(msg.k, msg.width, msg.height)
+            ch.camera = CameraModel.from_k(msg.k, msg.width, msg.height)
         except ValueError as error:
-            self.get_logger().warning(f"ignoring camera_info: {error}", throttle_duration_sec=THROTTLE_S)
+            self.get_logger().warning(f"{ch.label}ignoring camera_info: {error}", throttle_duration_sec=THROTTLE_S)
 
-    def _on_depth(self, msg: Image) -> None:
-        with self.depth_lock:
-            self.depth_msgs.append(msg)
+    def _on_depth(self, camera: str, msg: Image) -> None:
+        ch = self.channels.get(camera)
+        if ch is not None:
+            with ch.depth_lock:
+                ch.depth_msgs.append(msg)
 
     # ---------------------------------------------------------------- worker thread
-    def _work(self, mailbox: Mailbox[Frame]) -> None:
+    def _work(self, mailbox: BatchMailbox[Frame]) -> None:
+        self._warmup()
         while not mailbox.closed:
-            frame = mailbox.take(timeout=0.25)
-            if frame is None:
-                continue
-            try:
-                self._process(frame)
-            except Exception as error:  # noqa: BLE001  the node never dies on a frame
-                self.stats.frame_failed(f"{type(error).__name__}: {error}")
-                self.get_logger().error(f"frame failed: {type(error).__name__}: {error}", throttle_duration_sec=THROTTLE_S)
+            settings = self.settings
+            wait_s = settings.batch_wait_ms / 1e3 if settings is not None else 0.0
+            batch = mailbox.take_batch(timeout=0.25, wait=wait_s, live=LIVE_S)
+            if batch:
+                self._process_batch(batch)
 
-    def _has_subscribers(self, name: str) -> bool:
-        return self.settings.publishes(name) and self.pubs[name].get_subscription_count() > 0
-
-    def _process(self, frame: Frame) -> None:
+    def _warmup(self) -> None:
+        """One forward at activation, with a batch of all cameras (CUDA context and kernels, allocator, ORT)."""
+        processor = self.processor
+        if processor is None:
+            return
         start = time.perf_counter()
-        settings, processor, msg = self.settings, self.processor, frame.msg
+        try:
+            processor.predictor.warmup(batch=len(self.channels))
+        except Exception as error:  # noqa: BLE001  a failed warm-up is not fatal: frames report their own errors
+            self.get_logger().warning(f"warm-up forward failed: {type(error).__name__}: {error}")
+            return
+        self.get_logger().info(f"warm-up forward: {(time.perf_counter() - start) * 1e3:.0f} ms")
+
+    def _has_subscribers(self, ch: Channel, name: str) -> bool:
+        return ch.settings.publishes(name) and ch.pubs[name].get_subscription_count() > 0
+
+    def _process_batch(self, batch: dict[str, Frame]) -> None:
+        start = time.perf_counter()
+        settings, processor = self.settings, self.processor
         if settings is None or processor is None:
             return
+        jobs = []
+        for name, frame in batch.items():
+            ch = self.channels[name]
+            try:
+                job = self._prepare(ch, frame, settings, processor)
+            except Exception as error:  # noqa: BLE001  the node never dies on a frame
+                self._frame_failed(ch, error)
+                continue
+            if job is not None:
+                jobs.append(job)
+        if not jobs:
+            return
+        forward_start = time.perf_counter()
+        try:
+            predictions = processor.predict([job.rgb for job in jobs], settings)
+        except Exception as error:  # noqa: BLE001
+            for job in jobs:
+                self._frame_failed(job.channel, error)
+            return
+        forward_ms = (time.perf_counter() - forward_start) * 1e3
+        self.batch_stats.add(len(jobs), forward_ms)
+        for job, prediction in zip(jobs, predictions):
+            try:
+                self._finish(job, prediction, processor, forward_ms, start)
+            except Exception as error:  # noqa: BLE001
+                self._frame_failed(job.channel, error)
+
+    def _frame_failed(self, ch: Channel, error: Exception) -> None:
+        ch.stats.frame_failed(f"{type(error).__name__}: {error}")
+        self.get_logger().error(f"{ch.label}frame failed: {type(error).__name__}: {error}",
+                                throttle_duration_sec=THROTTLE_S)
+
+    def _prepare(self, ch: Channel, frame: Frame, settings: Settings, processor: FrameProcessor) -> Job | None:
+        """Decode one camera's frame and decide what it needs; None when it is rejected or nobody listens."""
+        start = time.perf_counter()
+        msg = frame.msg
         try:
             rgb = decode_compressed_msg(msg) if frame.compressed else decode_image_msg(msg)
         except ImageRejected as error:
-            self.stats.frame_rejected(str(error))
+            ch.stats.frame_rejected(str(error))
             self.get_logger().error(
-                f"rejected frame (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, frame_id "
+                f"{ch.label}rejected frame (stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}, frame_id "
                 f"{msg.header.frame_id!r}): {error}", throttle_duration_sec=THROTTLE_S)
-            return
-        decoded = time.perf_counter()
-        wanted = Wanted(**{name: self._has_subscribers(name) for name in (*IMAGE_OUTPUTS, "obstacles")})
+            return None
+        decode_ms = (time.perf_counter() - start) * 1e3
+        wanted = Wanted(**{name: self._has_subscribers(ch, name) for name in (*IMAGE_OUTPUTS, "obstacles")})
         if not any(vars(wanted).values()):
-            self.stats.frame_idle()  # nobody listens: no inference (lazy, like image_pipeline nodes)
-            return
-        camera = self.camera
+            ch.stats.frame_idle()  # nobody listens: no inference (lazy, like image_pipeline nodes)
+            return None
+        camera = ch.camera
         if wanted.obstacles and camera is None:
-            self._warn_once("camera_info", "no camera_info received yet: obstacle markers are off until one arrives")
+            self._warn_once(f"camera_info {ch.name}",
+                            f"{ch.label}no camera_info received yet: obstacle markers are off until one arrives")
         if (wanted.open_set or wanted.obstacles) and processor.threshold(settings) is None:
             self._warn_once("threshold", "no threshold (parameter unset and the weights are uncalibrated): "
                                          "~/open_set and ~/obstacles are off")
         depth = None
         if settings.depth_topic and (wanted.obstacles or wanted.overlay) and camera is not None:
-            depth = self._matching_depth(msg.header.stamp, settings)
-        result = processor.process(rgb, settings, wanted, camera, depth)
+            depth = self._matching_depth(ch, msg.header.stamp, settings)
+        return Job(ch, msg, rgb, wanted, camera, depth, decode_ms)
+
+    def _finish(self, job: Job, prediction: Any, processor: FrameProcessor, forward_ms: float, start: float) -> None:
+        """Presentation (colours, obstacles, overlay) with the camera's settings, then its outputs."""
+        ch, msg = job.channel, job.msg
+        settings = ch.settings
+        presenting = time.perf_counter()
+        result = processor.present(job.rgb, prediction, settings, job.wanted, job.camera, job.depth, ch.tracker)
         processed = time.perf_counter()
-        self._publish(msg.header, result, wanted, settings)
+        self._publish(ch, msg.header, result, job.wanted, settings)
         published = time.perf_counter()
-        self.stage_times.add(decode=(decoded - start) * 1e3, process=(processed - decoded) * 1e3,
-                             publish=(published - processed) * 1e3)
+        ch.stage_times.add(decode=job.decode_ms, process=forward_ms + (processed - presenting) * 1e3,
+                           publish=(published - processed) * 1e3)
         latency_ms = math.nan
         if stamp_ns(msg.header.stamp) > 0:
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) / 1e6
-        self.stats.frame_processed((time.perf_counter() - start) * 1e3, latency_ms)
+        ch.stats.frame_processed((time.perf_counter() - start) * 1e3, latency_ms)
 
-    def _publish(self, header: Any, result: FrameResult, wanted: Wanted, settings: Settings) -> None:
+    def _publish(self, ch: Channel, header: Any, result: FrameResult, wanted: Wanted, settings: Settings) -> None:
         prediction = result.prediction
         arrays = {
             "semantic": prediction.class_ids, "semantic_color": result.semantic_color,
@@ -356,32 +559,32 @@ class PerceptionNode(LifecycleNode):
         }
         for name, encoding in IMAGE_OUTPUTS.items():
             if getattr(wanted, name) and arrays[name] is not None:
-                self.pubs[name].publish(image_msg(Image, header, arrays[name], encoding))
+                ch.pubs[name].publish(image_msg(Image, header, arrays[name], encoding))
         if wanted.obstacles:
             located = result.obstacles if result.located else []  # no camera_info: no 3D, no markers
-            self.pubs["obstacles"].publish(self._markers(header, located, settings))
-        elif self.live_markers and not settings.publish_obstacles:
-            self.pubs["obstacles"].publish(self._marker_deletes(self.live_markers))
-            self.live_markers = set()
+            ch.pubs["obstacles"].publish(self._markers(ch, header, located, settings))
+        elif ch.live_markers and not settings.publish_obstacles:
+            ch.pubs["obstacles"].publish(self._marker_deletes(ch.live_markers))
+            ch.live_markers = set()
 
-    def _matching_depth(self, stamp: Any, settings: Settings):
+    def _matching_depth(self, ch: Channel, stamp: Any, settings: Settings):
         target = stamp_ns(stamp)
-        with self.depth_lock:
-            candidates = list(self.depth_msgs)
+        with ch.depth_lock:
+            candidates = list(ch.depth_msgs)
         if not candidates:
-            self.get_logger().warning(f"no depth image on {settings.depth_topic} yet: using the ground plane",
+            self.get_logger().warning(f"{ch.label}no depth image on {settings.depth_topic} yet: using the ground plane",
                                       throttle_duration_sec=THROTTLE_S)
             return None
         best = min(candidates, key=lambda m: abs(stamp_ns(m.header.stamp) - target))
         if abs(stamp_ns(best.header.stamp) - target) > settings.depth_sync_tolerance * 1e9:
             self.get_logger().warning(
-                f"no depth image within {settings.depth_sync_tolerance} s of the image stamp: using the ground plane",
-                throttle_duration_sec=THROTTLE_S)
+                f"{ch.label}no depth image within {settings.depth_sync_tolerance} s of the image stamp: using the "
+                "ground plane", throttle_duration_sec=THROTTLE_S)
             return None
         try:
             return decode_depth_msg(best)
         except ImageRejected as error:
-            self.get_logger().error(f"rejected depth image: {error}", throttle_duration_sec=THROTTLE_S)
+            self.get_logger().error(f"{ch.label}rejected depth image: {error}", throttle_duration_sec=THROTTLE_S)
             return None
 
     def _warn_once(self, key: str, text: str) -> None:
@@ -390,7 +593,7 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(text)
 
     # ---------------------------------------------------------------- markers
-    def _markers(self, header: Any, obstacles: list[Obstacle], settings: Settings) -> MarkerArray:
+    def _markers(self, ch: Channel, header: Any, obstacles: list[Obstacle], settings: Settings) -> MarkerArray:
         out = MarkerArray()
         lifetime_sec = int(settings.marker_lifetime)
         lifetime_nsec = int(round((settings.marker_lifetime - lifetime_sec) * 1e9))
@@ -417,8 +620,8 @@ class PerceptionNode(LifecycleNode):
                     m.text = f"#{ob.id} score {ob.component.mean_score:.2f} | {ob.distance:.1f} m"
                 out.markers.append(m)
         current = {ob.id for ob in obstacles}
-        out.markers.extend(self._marker_deletes(self.live_markers - current).markers)
-        self.live_markers = current
+        out.markers.extend(self._marker_deletes(ch.live_markers - current).markers)
+        ch.live_markers = current
         return out
 
     @staticmethod
@@ -433,35 +636,45 @@ class PerceptionNode(LifecycleNode):
 
     # ---------------------------------------------------------------- diagnostics (executor thread)
     def _publish_diagnostics(self) -> None:
-        settings, processor, stats = self.settings, self.processor, self.stats
+        settings, processor = self.settings, self.processor
         if settings is None or processor is None:
             return
         threshold = processor.threshold(settings)
         info = [("state", self.state), ("device", settings.device), ("weights", settings.weights),
+                ("backend", settings.backend + self._providers(processor.predictor)),
+                *((("model file", self.model_path),) if settings.backend == "onnxruntime" else ()),
                 ("threshold", "none" if threshold is None else f"{threshold:.6g}"),
                 ("threshold source", "parameter" if settings.threshold is not None else
-                 ("weights calibration" if threshold is not None else "none")),
-                ("image topic", self.image_topic), ("camera_info", "received" if self.camera else "missing")]
-        if self.state != "active" or stats is None:
-            report = diagnostics.Report(diagnostics.OK, self.state, info)
-        else:
-            warnings = []
-            if settings.publish_obstacles and self.camera is None and self.pubs["obstacles"].get_subscription_count():
-                warnings.append("no camera_info: obstacle markers off")
-            if threshold is None and (settings.publish_open_set or settings.publish_obstacles):
-                warnings.append("no threshold: open_set and obstacles off")
-            stages = self.stage_times.report() if self.stage_times is not None else []
-            report = stats.report(warnings, latency_warn_ms=settings.latency_warn * 1e3,
-                                  stale_after_s=max(3 * settings.diagnostics_period, 3.0), info=[*info, *stages])
-        status = DiagnosticStatus(level=bytes([report.level]), name=f"{self.get_fully_qualified_name()}: open-set segmentation",
-                                  message=report.message, hardware_id=settings.device,
-                                  values=[KeyValue(key=k, value=v) for k, v in report.values])
-        array = DiagnosticArray(status=[status])
+                 ("weights calibration" if threshold is not None else "none"))]
+        multi = not (len(self.channels) == 1 and "" in self.channels)
+        batches = self.batch_stats.report() if multi and self.batch_stats is not None else []
+        array = DiagnosticArray()
+        for ch in self.channels.values():
+            values = [*info, ("image topic", ch.image_topic), ("camera_info", "received" if ch.camera else "missing")]
+            if multi:
+                values += [("camera", ch.name), *((f"mount {k}", f"{v:.4g}") for k, v in ch.mount.items()), *batches]
+            stats = ch.stats
+            if self.state != "active" or stats is None:
+                report = diagnostics.Report(diagnostics.OK, self.state, values)
+            else:
+                warnings = []
+                if settings.publish_obstacles and ch.camera is None and ch.pubs["obstacles"].get_subscription_count():
+                    warnings.append("no camera_info: obstacle markers off")
+                if threshold is None and (settings.publish_open_set or settings.publish_obstacles):
+                    warnings.append("no threshold: open_set and obstacles off")
+                stages = ch.stage_times.report() if ch.stage_times is not None else []
+                report = stats.report(warnings, latency_warn_ms=settings.latency_warn * 1e3,
+                                      stale_after_s=max(3 * settings.diagnostics_period, 3.0), info=[*values, *stages])
+            name = f"{self.get_fully_qualified_name()}: open-set segmentation" + (f" ({ch.name})" if multi else "")
+            array.status.append(DiagnosticStatus(level=bytes([report.level]), name=name, message=report.message,
+                                                 hardware_id=settings.device,
+                                                 values=[KeyValue(key=k, value=v) for k, v in report.values]))
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_large_image_transport()
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -470,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         node = PerceptionNode()
     except Exception as error:  # noqa: BLE001  bad parameter overrides (type, range): fail fast, clearly
         hint = " (doubles need a decimal point: 2.0, not 2)" if "expecting type 'DOUBLE'" in str(error) else ""
+        if "expecting type 'STRING_ARRAY'" in str(error):
+            hint = " (cameras is a string array: -p 'cameras:=[front, left]')"
         print(f"[{NODE_NAME}] cannot start: {type(error).__name__}: {error}{hint}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

@@ -1,8 +1,11 @@
 """One camera frame through the shared `Predictor`, and what the node publishes from it. ROS-free.
 
 The node decodes a message to RGB, asks `FrameProcessor.process` for the outputs that have subscribers, and
-turns the arrays into messages. All inference is `Predictor.predict` (one pipeline); this module adds only
+turns the arrays into messages. All inference is the `Predictor` (one pipeline); this module adds only
 the presentation (colours, overlay) and the obstacle geometry on top of its outputs.
+With several cameras the node splits `process` in two: `predict` (the newest frame of every camera in one
+`Predictor.predict_many` call: one forward per network grid size) and `present` per camera (its own settings,
+i.e. mounting, and its own obstacle tracker).
 """
 from __future__ import annotations
 
@@ -65,21 +68,31 @@ class FrameProcessor:
 
     def process(self, rgb: np.ndarray, settings: Settings, wanted: Wanted, camera: CameraModel | None = None,
                 depth: np.ndarray | None = None) -> FrameResult:
-        threshold = self.threshold(settings)
-        self.predictor.threshold = threshold  # Predictor fuses the open-set map with it (called from one thread)
-        prediction = self.predictor.predict(rgb)
-        result = FrameResult(prediction=prediction, threshold=threshold)
+        """One frame: `predict` + `present` with this processor's own tracker."""
+        (prediction,) = self.predict([rgb], settings)
+        return self.present(rgb, prediction, settings, wanted, camera, depth)
+
+    def predict(self, images: list[np.ndarray], settings: Settings) -> list[Prediction]:
+        """The predictions of several frames (cameras), batched by network grid size, with the threshold in force."""
+        self.predictor.threshold = self.threshold(settings)  # Predictor fuses the open-set map with it (one thread)
+        return self.predictor.predict_many(images)
+
+    def present(self, rgb: np.ndarray, prediction: Prediction, settings: Settings, wanted: Wanted,
+                camera: CameraModel | None = None, depth: np.ndarray | None = None,
+                tracker: ObstacleTracker | None = None) -> FrameResult:
+        """Colours, obstacles (tracked by `tracker`, default this processor's) and overlay of one prediction."""
+        result = FrameResult(prediction=prediction, threshold=self.threshold(settings))
         if wanted.semantic_color:
             result.semantic_color = colorize(prediction.class_ids, self.palette)
         need_obstacles = (wanted.obstacles or wanted.overlay) and prediction.open_set is not None
         if need_obstacles:
-            self._obstacles(result, settings, camera, depth, rgb.shape[:2])
+            self._obstacles(result, settings, camera, depth, rgb.shape[:2], tracker or self.tracker)
         if wanted.overlay:
             result.overlay = self.render_overlay(rgb, result, settings.overlay_alpha)
         return result
 
     def _obstacles(self, result: FrameResult, settings: Settings, camera: CameraModel | None,
-                   depth: np.ndarray | None, shape: tuple[int, int]) -> None:
+                   depth: np.ndarray | None, shape: tuple[int, int], tracker: ObstacleTracker) -> None:
         prediction = result.prediction
         components, labels = extract_components(
             prediction.open_set == self.num_classes, prediction.hybrid, settings.min_obstacle_area, settings.max_obstacles)
@@ -101,7 +114,7 @@ class FrameProcessor:
                                            settings.camera_roll, settings.obstacle_max_distance)
             if located is not None:
                 obstacles.append(located)
-        result.removed_ids = self.tracker.update(obstacles, settings.track_match_distance)
+        result.removed_ids = tracker.update(obstacles, settings.track_match_distance)
         result.obstacles = obstacles
         result.located = True
 
