@@ -7,7 +7,7 @@ PY=${PY:-.venv/bin/python}
 [ -f runs/sim_segmenter/checkpoints/step_0002000.pt ] || PY=$PY bash training/recipes/sim_real_negatives.sh
 $PY -m training flow-pretrain --config config/train/sim_flow_pretrain.yaml
 $PY -m training flow-eval --config config/train/sim_flow_pretrain.yaml --checkpoint runs/sim_flow/checkpoints/last.pt \
-    --set data.root=data/sim_val --out runs/sim_flow_eval > runs/sim_flow_eval.json
+    --set data.root=data/sim_val --set data.split=val --out runs/sim_flow_eval > runs/sim_flow_eval.json
 for variant in synthetic synthetic_detector; do
     $PY -m training finetune --config config/train/sim_finetune_$variant.yaml
     $PY -m training export --checkpoint runs/sim_finetune_$variant/checkpoints/last.pt --out runs/sim_$variant.safetensors \
