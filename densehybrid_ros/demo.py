@@ -1,128 +1,676 @@
-"""`make demo` until the Demo issue bundles trained weights: build the default CPU model, save it in
-the node weights format, load it back through the validating loader, run the Predictor on a generated
-road image, and write what came out. The weights are UNTRAINED (random initialisation), so the maps
-show the pipeline working, not a useful segmentation; the demo says so in its output."""
+"""`make demo`: the trained DenseHybrid model end to end through ROS 2, scored against the sim's ground truth.
+
+    densehybrid-demo [--out demo_out] [--weights W] [--frames 60] [--rate 4] [--size 512x256] [--seed 7] [--keep-going]
+
+1. bag      a sim driving sequence with TEST-pool anomalies is written as a ROS 2 bag (`densehybrid-sim bag`:
+            /camera/image_raw, /camera/camera_info, /camera/labels, /camera/depth, /sim/anomalies, /tf) at --rate Hz.
+2. live     the perception node runs as its own process in namespace /demo (reliable input QoS, depth 10) with the
+            camera mount (height, pitch, roll) read from the bag's /tf at the first frame; densehybrid-record records
+            its ~/anomaly_score, ~/semantic, ~/obstacles and ~/overlay; densehybrid-replay plays the bag's images and
+            CameraInfo to it over DDS in real time (an isolated domain: ROS_DOMAIN_ID = $ROS_DOMAIN_ID, else one
+            derived from the pid; ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; a Fast DDS profile with a shared-memory
+            segment that holds the node's outputs, see `ros_environment`). Logs: OUT/logs/.
+3. score    densehybrid-eval-bag scores the recorded outputs (`--outputs`: hybrid AP / FPR95 / AUROC, mIoU, open-mIoU,
+            obstacle localisation from the recorded markers) and, offline (deterministic: the bag read directly,
+            the same Predictor), the baselines (generative, discriminative, MSP, max-logit, entropy).
+4. report   OUT/metrics.json, OUT/report.md (links eval-bag's reports with the PR/ROC curves), OUT/overlay.gif and
+            OUT/overlay_frames/*.png from the recorded ~/overlay images; a summary table on stdout.
+
+Default weights: models/densehybrid_sim.safetensors in the package's share directory. Exit status 0 on success, 1
+when the live run fails (the node dies, no outputs arrive; with --keep-going the offline scoring and the report
+are still written), 2 on bad arguments or missing / invalid weights.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-import cv2
-import numpy as np
-import torch
+from densehybrid_ros.node.dds import PROFILE_VARIABLES, use_large_image_transport
 
-from densehybrid_ros import __version__
-from densehybrid_ros.config import load_yaml
-from densehybrid_ros.models import ModelConfig, build_model
-from densehybrid_ros.paths import model_config_path
-from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.scores import SCORES, open_set_fusion
-from densehybrid_ros.visualize import colorize, heatmap, overlay, palette
-from densehybrid_ros.weights import default_metadata, save_weights
+NAMESPACE = "/demo"
+NODE = f"{NAMESPACE}/densehybrid_perception"
+OUTPUTS = ("anomaly_score", "semantic", "obstacles", "overlay")
+BASELINES = ("hybrid", "generative", "discriminative", "msp", "max_logit", "entropy")
+DEFAULT_WEIGHTS = Path("models") / "densehybrid_sim.safetensors"
+SPEED_MPS = 8.0  # `densehybrid-sim bag` default
+SPLIT = "test"  # the anomaly pool never seen in training
+STARTUP_TIMEOUT_S = 120.0  # node (torch import, weights) and recorder until the recorder has subscribed
+ANSWER_GRACE_S = 15.0  # after the replay ended, wait this long at most for the node's last answers
+GIF_WIDTH = 320
+GIF_MAX_BYTES = 3_000_000
+PNG_FRAMES = 4
 
 
-def road_image(height: int = 256, width: int = 512, seed: int = 0) -> np.ndarray:
-    """A simple generated street view (sky, facades, road with lane marks, verge, a box on the road)."""
-    rng = np.random.default_rng(seed)
-    image = np.zeros((height, width, 3), np.uint8)
-    horizon = height * 9 // 20
-    sky = np.linspace((90, 140, 200), (190, 215, 235), horizon).astype(np.uint8)
-    image[:horizon] = sky[:, None, :]
-    for x0 in range(0, width, width // 8):
-        top = int(horizon * rng.uniform(0.2, 0.7))
-        shade = int(rng.integers(60, 140))
-        image[top:horizon, x0 : x0 + width // 8 - 4] = (shade, shade - 10, shade - 20)
-    image[horizon:] = (70, 120, 50)  # verge
-    ys = np.arange(horizon, height)[:, None]
-    xs = np.arange(width)[None, :]
-    half = (ys - horizon + 2) * (width * 0.9) / (height - horizon)
-    road = np.abs(xs - width / 2) < half
-    image[horizon:][road] = (85, 85, 90)
-    dashes = (np.abs(xs - width / 2) < half * 0.02 + 1) & (((ys - horizon) // 6) % 2 == 0)
-    image[horizon:][dashes] = (235, 235, 235)
-    cy, cx, size = height * 3 // 4, width * 3 // 5, height // 10
-    image[cy - size : cy, cx - size : cx + size] = (230, 120, 20)  # the "anomaly": an orange crate
-    noise = rng.normal(0, 4, image.shape)
-    return np.clip(image + noise, 0, 255).astype(np.uint8)
+class DemoError(RuntimeError):
+    """A failure the demo reports in one clear message (exit status `code`)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path
+    weights: Path
+    frames: int
+    rate: float
+    size: tuple[int, int]
+    seed: int
+    keep_going: bool
+
+    @property
+    def bag(self) -> Path:
+        return self.out / "bag"
+
+    @property
+    def recorded(self) -> Path:
+        return self.out / "recorded"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+
+# ------------------------------------------------------------------ weights and the sim bag
+def default_weights() -> Path:
+    """The bundled weights: models/densehybrid_sim.safetensors in the package's share directory."""
+    from densehybrid_ros.paths import share_dir
+
+    try:
+        return share_dir() / DEFAULT_WEIGHTS
+    except FileNotFoundError:
+        return DEFAULT_WEIGHTS
+
+
+def check_weights(path: Path) -> Any:
+    """The validated metadata of `path` (header only); DemoError (exit 2) when missing or not a weights file."""
+    from densehybrid_ros.weights import WeightsError, read_metadata
+
+    if not path.is_file():
+        raise DemoError(f"weights file not found: {path} (train one, or pass --weights PATH to a densehybrid_ros "
+                        f".safetensors file)", code=2)
+    try:
+        return read_metadata(path)
+    except WeightsError as error:
+        raise DemoError(f"invalid weights: {error}", code=2) from None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sim_bag(config: DemoConfig) -> int:
+    """The `densehybrid-sim bag` sequence (test pool, fixed seed) at config.size, written at config.rate Hz."""
+    import dataclasses
+
+    from densehybrid_ros.sim.bag import write_bag
+    from densehybrid_ros.sim.frames import driving_sequence
+    from densehybrid_ros.sim.world import SimConfig, SimWorld
+
+    width, height = config.size
+    with SimWorld(dataclasses.replace(SimConfig(), width=width, height=height)) as world:
+        frames = driving_sequence(world, config.seed, SPLIT, config.frames, config.rate, SPEED_MPS)
+        return write_bag(config.bag, frames, config.rate)
+
+
+def bag_mount(bag: Path) -> dict:
+    """The camera mount {height, pitch, roll, source} at the bag's first frame, from its /tf (the node's convention),
+    as densehybrid-eval-bag reads it."""
+    from densehybrid_ros.datasets.rosbag import open_bag
+
+    dataset = open_bag(bag)
+    try:
+        mount = dataset[0].extras.get("mount")
+    finally:
+        dataset.close()
+    if mount is None:
+        raise DemoError(f"{bag} has no base_footprint -> camera transform on /tf: no camera mount for the node")
+    return mount
+
+
+def mount_arguments(mount: dict) -> list[str]:
+    """--camera-height/--camera-pitch/--camera-roll for densehybrid-eval-bag: the node's fixed mount."""
+    return ["--camera-height", repr(mount["height"]), "--camera-pitch", repr(mount["pitch"]),
+            "--camera-roll", repr(mount["roll"])]
+
+
+# ------------------------------------------------------------------ child processes over DDS
+def ros_environment(config: DemoConfig) -> tuple[int, dict[str, str]]:
+    """(domain id, environment of the children): $ROS_DOMAIN_ID, else one derived from the pid (as
+    densehybrid-bench-node does), discovery limited to this host, and the project's large-image Fast DDS profile
+    (`densehybrid_ros.node.dds`: without it, 28 of 60 ~/anomaly_score messages reached the recorder here) unless
+    the environment configures DDS already."""
+    domain = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+    use_large_image_transport(env)
+    return domain, env
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ (for the rclpy context created in this process), restored afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Child:
+    """`python -m MODULE ARGS` with its output in LOGS/NAME.log; stop() = SIGINT, then kill after a timeout."""
+
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]):
+        self.name, self.log = name, logs / f"{name}.log"
+        self._file = self.log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=self._file,
+                                     stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def died(self) -> str:
+        """A message naming this process, its exit status and its log's last lines."""
+        return f"the {self.name} process exited with status {self.proc.returncode} (log {self.log}):\n{self.tail()}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._file.close()
+        return self.proc.returncode
+
+
+class Watcher:
+    """An rclpy node of the demo's own (private context, spun in a thread): graph queries, and the perception node's
+    running totals from its /diagnostics. It subscribes to none of the node's outputs: a second reader of a large
+    output costs the recorder frames (the node's image publishers keep one sample)."""
+
+    TOTALS = ("received", "processed", "dropped", "rejected", "errors")
+
+    def __init__(self, domain: int, node: str):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node(f"densehybrid_demo_{os.getpid()}", context=self.context)
+        self.prefix, self.totals = f"{node}:", dict.fromkeys(self.TOTALS, 0)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith(self.prefix):
+                values = {kv.key: kv.value for kv in status.values}
+                self.totals = {k: int(values.get(f"{k} (total)", 0)) for k in self.TOTALS}
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001  (context shut down while closing)
+                if self._stop.is_set():
+                    return
+                raise
+
+    def settled(self, frames: int) -> bool:
+        """Every one of `frames` inputs has been received and processed, dropped or rejected."""
+        t = self.totals
+        return t["received"] >= frames and t["processed"] + t["dropped"] + t["rejected"] + t["errors"] >= t["received"]
+
+    def subscribers(self, topic: str) -> int:
+        return self.node.count_subscribers(topic)
+
+    def close(self) -> None:
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(5)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, abort: Callable[[], str | None] = lambda: None) -> bool:
+    """Poll until `predicate()` (True) or the timeout (False); DemoError with abort()'s message when it gives one."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        reason = abort()
+        if reason:
+            raise DemoError(reason)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def node_arguments(weights: Path, mount: dict) -> list[str]:
+    """The perception node in NAMESPACE: reliable input QoS (no frame lost in transport), markers until replaced,
+    the bag's camera mount."""
+    params = {"weights": str(weights), "qos_reliability": "reliable", "qos_depth": "10", "marker_lifetime": "0.0",
+              "camera_height": f"{mount['height']:.9f}", "camera_pitch": f"{mount['pitch']:.9f}",
+              "camera_roll": f"{mount['roll']:.9f}", "diagnostics_period": "0.5"}
+    args = ["densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+    for name, value in params.items():
+        args += ["-p", f"{name}:={value}"]
+    return args
+
+
+@dataclass
+class LiveRun:
+    node: dict = field(default_factory=dict)  # the node's diagnostics totals: received, processed, dropped, ...
+    error: str | None = None
+    timings_s: dict = field(default_factory=dict)
+
+
+def run_live(config: DemoConfig, mount: dict) -> LiveRun:
+    """Node + recorder, then the replay; waits for the node's answers and stops everything (SIGINT, then kill).
+    Problems end up in LiveRun.error (the recorded bag keeps whatever arrived)."""
+    domain, env = ros_environment(config)
+    topics = {name: f"{NODE}/{name}" for name in OUTPUTS}
+    with scoped_environ({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES) if k in env}):
+        watcher = Watcher(domain, NODE)
+    run, start = LiveRun(), time.monotonic()
+    node = Child("node", node_arguments(config.weights, mount), config.logs, env)
+    recorder = Child("record", ["densehybrid_ros.node.record", "--out", str(config.recorded),
+                                "--topics", *topics.values()], config.logs, env)
+    replay = None
+
+    def broken() -> str | None:
+        for child in (node, recorder):
+            if not child.alive():
+                return child.died()
+        if "configure failed" in node.log.read_text(errors="replace"):  # it stays alive, unconfigured
+            return f"the perception node could not configure (log {node.log}):\n{node.tail()}"
+        return None
+
+    try:
+        if not wait_for(lambda: all(watcher.subscribers(t) >= 1 for t in topics.values()), STARTUP_TIMEOUT_S, broken):
+            raise DemoError(f"the recorder did not subscribe to the node's outputs within {STARTUP_TIMEOUT_S:.0f} s "
+                            f"(logs in {config.logs}):\n{node.tail()}")
+        run.timings_s["startup"] = time.monotonic() - start
+        replay = Child("replay", ["densehybrid_ros.node.replay", str(config.bag), "--rate", "1.0",
+                                  "--topics", "/camera/image_raw", "/camera/camera_info",
+                                  "--wait-for-subscribers", "30",
+                                  "--remap", f"/camera/image_raw:={NAMESPACE}/image",
+                                  "--remap", f"/camera/camera_info:={NAMESPACE}/camera_info"], config.logs, env)
+        start = time.monotonic()
+        playing = config.frames / config.rate + 30.0 + ANSWER_GRACE_S
+        if not wait_for(lambda: not replay.alive(), playing, broken):
+            raise DemoError(f"the replay did not end within {playing:.0f} s:\n{replay.tail()}")
+        if replay.proc.returncode != 0:
+            raise DemoError(replay.died())
+        wait_for(lambda: watcher.settled(config.frames), ANSWER_GRACE_S, broken)
+        time.sleep(1.0)  # the recorder's last writes
+        run.timings_s["replay"] = time.monotonic() - start
+    except DemoError as error:
+        run.error = str(error)
+    finally:
+        if replay is not None:
+            replay.stop()
+        if recorder.stop() != 0 and run.error is None:
+            run.error = recorder.died()
+        node_status = node.stop()
+        run.node = dict(watcher.totals)
+        watcher.close()
+    if run.error is None and run.node["processed"] == 0:
+        run.error = f"the node answered none of the {config.frames} frames (status {node_status}):\n{node.tail()}"
+    return run
+
+
+# ------------------------------------------------------------------ scoring (densehybrid-eval-bag)
+def eval_bag(args: list[str], name: str, config: DemoConfig) -> dict:
+    """densehybrid-eval-bag in this process with its output in LOGS/NAME.log; its metrics.json."""
+    from densehybrid_ros.node.eval_bag import main as eval_bag_main
+
+    out = config.out / name
+    log = config.logs / f"{name}.log"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        status = eval_bag_main([*args, "--bag", str(config.bag), "--out", str(out), "--quiet"])
+    log.write_text(buffer.getvalue())
+    if status != 0:
+        raise DemoError(f"densehybrid-eval-bag ({name}) failed with status {status}:\n{buffer.getvalue().strip()}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def score_live(config: DemoConfig, mount: dict) -> dict:
+    """The recorded node outputs scored against the bag (obstacles from the recorded markers)."""
+    return eval_bag(["--outputs", str(config.recorded), "--weights", str(config.weights),
+                     "--score-topic", f"{NODE}/anomaly_score", "--semantic-topic", f"{NODE}/semantic",
+                     "--obstacles-topic", f"{NODE}/obstacles", *mount_arguments(mount)], "eval_live", config)
+
+
+def score_offline(config: DemoConfig, mount: dict) -> dict:
+    """The Predictor on the bag read directly, with every baseline score; the node's mount for the obstacles."""
+    return eval_bag(["--weights", str(config.weights), "--scores", ",".join(BASELINES), *mount_arguments(mount)],
+                    "eval_offline", config)
+
+
+def anomaly_entry(metrics: dict) -> dict:
+    """score -> {ap, fpr95, auroc} (None where the frames had no anomaly pixel)."""
+    out = {}
+    for name, entry in metrics["scores"].items():
+        a = entry.get("anomaly") or {}
+        out[name] = {key: a.get(key) for key in ("ap", "fpr95", "auroc")}
+    return out
+
+
+def obstacles_entry(obstacles: dict) -> dict:
+    """eval-bag's obstacle localisation without the per-match rows."""
+    keys = ("options", "frames", "predicted", "matched", "eligible", "detected", "detection_rate", "false_obstacles",
+            "false_obstacles_per_frame", "distance_error", "detection_by_distance", "frames_skipped", "mount_sources")
+    return {key: obstacles.get(key) for key in keys}
+
+
+def metrics_entry(metrics: dict, report: Path) -> dict:
+    """The demo's view of one eval-bag metrics.json."""
+    return {"frames": metrics["dataset"]["images"], "scores": anomaly_entry(metrics),
+            "closed_set": {"miou": metrics.get("closed_set", {}).get("miou")},
+            "open_set": {key: metrics.get("open_set", {}).get(key) for key in ("open_miou", "mean_f1", "threshold")},
+            "obstacles": obstacles_entry(metrics["obstacles"]), "report": str(report)}
+
+
+# ------------------------------------------------------------------ overlay animation
+def recorded_overlays(recorded: Path) -> list:
+    """The recorded ~/overlay images (RGB, in stamp order)."""
+    from densehybrid_ros.datasets.rosbag import StampIndexedBag
+    from densehybrid_ros.node.image_codec import decode_image_msg
+
+    topic = f"{NODE}/overlay"
+    bag = StampIndexedBag(recorded, [topic])
+    try:
+        if topic not in bag.topics:
+            return []
+        return [decode_image_msg(bag.read(topic, stamp)) for stamp in sorted(bag.topics[topic].index)]
+    finally:
+        bag.close()
+
+
+def write_overlays(images: list, out: Path, rate: float) -> dict:
+    """OUT/overlay.gif (downscaled until under GIF_MAX_BYTES, one frame per 1/rate s) and a few full-size PNGs."""
+    from PIL import Image
+
+    if not images:
+        return {"gif": None, "gif_frames": 0, "png": []}
+    frames_dir = out / "overlay_frames"
+    frames_dir.mkdir(exist_ok=True)
+    picks = sorted({round(i * (len(images) - 1) / max(PNG_FRAMES - 1, 1)) for i in range(PNG_FRAMES)})
+    pngs = []
+    for i in picks:
+        path = frames_dir / f"overlay_{i:03d}.png"
+        Image.fromarray(images[i]).save(path)
+        pngs.append(str(path.relative_to(out)))
+    gif, width = out / "overlay.gif", min(GIF_WIDTH, images[0].shape[1])
+    while True:
+        height = max(1, round(images[0].shape[0] * width / images[0].shape[1]))
+        frames = [Image.fromarray(im).resize((width, height), Image.BILINEAR).quantize(colors=128) for im in images]
+        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=round(1000 / rate), loop=0,
+                       optimize=True)
+        if gif.stat().st_size <= GIF_MAX_BYTES or width <= 64:
+            break
+        width = width * 3 // 4
+    return {"gif": gif.name, "gif_frames": len(frames), "gif_size": [width, height], "png": pngs}
+
+
+# ------------------------------------------------------------------ summary table and report
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per score AP / FPR95 / AUROC (percent) of the live node and offline."""
+    live = summary["live"].get("scores", {})
+    offline = summary["offline"]["scores"]
+    header = ["score", "live AP", "live FPR95", "live AUROC", "offline AP", "offline FPR95", "offline AUROC"]
+    rows = []
+    for name in offline:
+        cells = [name]
+        for source in (live.get(name), offline[name]):
+            cells += [_pct(source[k]) if source else "-" for k in ("ap", "fpr95", "auroc")]
+        rows.append(cells)
+    return header, rows
+
+
+def result_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): segmentation and obstacle localisation, live vs offline."""
+    sources = [summary["live"] if "scores" in summary["live"] else None, summary["offline"]]
+
+    def row(label: str, get: Callable[[dict], str]) -> list[str]:
+        return [label, *(get(s) if s else "-" for s in sources)]
+
+    def err(key: str, fmt: str) -> Callable[[dict], str]:
+        return lambda s: _num(s["obstacles"]["distance_error"][key], fmt)
+
+    rows = [
+        row("mIoU [%]", lambda s: _pct(s["closed_set"]["miou"])),
+        row("open-mIoU [%]", lambda s: _pct(s["open_set"]["open_miou"])),
+        row("frames scored", lambda s: str(s["frames"])),
+        row("obstacle detection rate", lambda s: f"{_num(s['obstacles']['detection_rate'], '{:.3f}')} "
+                                                 f"({s['obstacles']['detected']}/{s['obstacles']['eligible']})"),
+        row("distance error median / mean [m]",
+            lambda s: f"{err('median_abs_m', '{:.2f}')(s)} / {err('mean_abs_m', '{:.2f}')(s)}"),
+        row("relative distance error median / mean",
+            lambda s: f"{err('median_rel', '{:.3f}')(s)} / {err('mean_rel', '{:.3f}')(s)}"),
+        row("false obstacles per frame", lambda s: _num(s["obstacles"]["false_obstacles_per_frame"])),
+    ]
+    return ["", "live node", "offline"], rows
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_report(summary: dict, out: Path) -> Path:
+    """OUT/report.md: the setup, both tables, the overlay animation and frames, links to eval-bag's reports."""
+    bag, mount, live = summary["bag"], summary["mount"], summary["live"]
+    o = summary["offline"]["obstacles"]["options"]
+    lines = ["# densehybrid_ros demo", "",
+             f"Weights `{summary['weights']}` (sha256 `{summary['weights_sha256'][:16]}...`, threshold "
+             f"{_num(summary['offline']['open_set']['threshold'], '{:.4g}')}). Sim bag: {bag['frames']} frames "
+             f"{bag['size'][0]}x{bag['size'][1]} at {bag['rate']:g} Hz, seed {bag['seed']}, {bag['split']}-pool "
+             f"anomalies; camera mount from /tf: height {mount['height']:.3f} m, pitch {mount['pitch']:.4f} rad, "
+             f"roll {mount['roll']:.4f} rad.", "",
+             "**live node**: the bag replayed over DDS to the perception node (its own process), its outputs recorded "
+             "and scored by `densehybrid-eval-bag --outputs` (obstacles from the recorded ~/obstacles markers). "
+             "**offline**: `densehybrid-eval-bag` running the same Predictor on the bag read directly "
+             "(deterministic). Pixel metrics are pooled over all frames, in percent.", ""]
+    if live.get("error"):
+        lines += [f"**The live run failed**: `{live['error'].splitlines()[0]}` (logs in `logs/`).", ""]
+    if "scores" in live:
+        node = live.get("node", {})
+        lines += [f"Live: the node processed {node.get('processed', 0)} of {bag['frames']} frames "
+                  f"({node.get('dropped', 0)} dropped); {live['scored_frames']} frames had recorded outputs and were "
+                  f"scored ({live['missing_outputs']} missing).", ""]
+    lines += ["## Anomaly segmentation", "", markdown_table(*score_rows(summary)), "",
+              "## Segmentation and obstacle localisation", "", markdown_table(*result_rows(summary)), "",
+              f"Obstacles: anomaly components of at least {o['min_area']} px placed on the ground plane with the "
+              f"camera mount, matched to the sim's true boxes (3-D centre distance gate {o['gate_m']:g} m + "
+              f"{100 * o['gate_rel']:g}% of the true range); distance error = |predicted - true| range of the box "
+              f"centre over the matched boxes; detection rate over the true boxes with at least {o['min_visible']} "
+              f"visible pixels within {o['max_distance']:g} m. The live node gets the first CameraInfo after the first "
+              "image, so it places no obstacle in frame 0.", "",
+              "Full reports with PR / ROC curves, score histograms and examples: "
+              + ", ".join(f"[{name}]({name}/report.md)" for name in ("eval_live", "eval_offline")
+                          if (out / name / "report.md").is_file()), ""]
+    overlays = summary.get("overlay", {})
+    if overlays.get("gif"):
+        lines += ["## The node's ~/overlay", "", f"![overlay]({overlays['gif']})", "",
+                  *(f"![{Path(p).stem}]({p})" for p in overlays["png"]), ""]
+    lines += ["## Timings [s]", "", markdown_table(["step", "seconds"],
+                                                  [[k, f"{v:.1f}"] for k, v in summary["timings_s"].items()]), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ------------------------------------------------------------------ the run
+def prepare_out(config: DemoConfig) -> None:
+    """A fresh run in config.out: the demo's own products of an earlier run are removed."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    for name in ("bag", "recorded", "eval_live", "eval_offline", "logs", "overlay_frames"):
+        shutil.rmtree(config.out / name, ignore_errors=True)
+    for name in ("metrics.json", "report.md", "overlay.gif"):
+        (config.out / name).unlink(missing_ok=True)
+    config.logs.mkdir()
+
+
+def live_section(config: DemoConfig, mount: dict, timings: dict) -> tuple[dict, str | None]:
+    """The live run and the scoring of what it recorded: (the "live" entry of metrics.json, the failure or None).
+    Without --keep-going a failure raises DemoError."""
+    live_run = run_live(config, mount)
+    timings.update({f"live_{k}": round(v, 2) for k, v in live_run.timings_s.items()})
+    failure = live_run.error
+    if failure and not config.keep_going:
+        raise DemoError(f"live run failed: {failure}")
+    live: dict = {"node": live_run.node}
+    if failure:
+        live["error"] = failure
+        print(f"  live run failed (going on, --keep-going): {failure.splitlines()[0]}", flush=True)
+    if live_run.node.get("processed") and config.recorded.exists():
+        started = time.monotonic()
+        try:
+            metrics = score_live(config, mount)
+        except DemoError as error:
+            if not config.keep_going:
+                raise
+            failure = failure or str(error)
+            live.setdefault("error", str(error))
+        else:
+            live.update(metrics_entry(metrics, config.out / "eval_live" / "report.md"))
+            live.update({k: metrics["outputs"][k] for k in ("scored_frames", "missing_outputs", "obstacles_from")})
+        timings["score_live"] = round(time.monotonic() - started, 2)
+    return live, failure
+
+
+def run(config: DemoConfig) -> int:
+    """The whole demo; returns the exit status."""
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def step(name: str, started: float) -> None:
+        timings[name] = round(time.monotonic() - started, 2)
+
+    metadata = check_weights(config.weights)
+    prepare_out(config)
+    print(f"densehybrid_ros demo: {config.frames} frames {config.size[0]}x{config.size[1]} at {config.rate:g} Hz, "
+          f"weights {config.weights}", flush=True)
+    started = time.monotonic()
+    written = write_sim_bag(config)
+    mount = bag_mount(config.bag)
+    step("write_bag", started)
+    print(f"  bag: {written} frames -> {config.bag} ({timings['write_bag']:.1f} s); replaying to the node ...",
+          flush=True)
+
+    live, failure = live_section(config, mount, timings)
+    started = time.monotonic()
+    offline = metrics_entry(score_offline(config, mount), config.out / "eval_offline" / "report.md")
+    step("score_offline", started)
+
+    started = time.monotonic()
+    overlays = write_overlays(recorded_overlays(config.recorded) if config.recorded.exists() else [],
+                              config.out, config.rate)
+    step("overlays", started)
+    timings["total"] = round(time.monotonic() - t0, 2)
+    summary = {"weights": str(config.weights), "weights_sha256": sha256(config.weights),
+               "weights_provenance": metadata.provenance,
+               "bag": {"path": str(config.bag), "frames": written, "seed": config.seed, "size": list(config.size),
+                       "rate": config.rate, "split": SPLIT, "speed_mps": SPEED_MPS},
+               "mount": mount, "live": live, "offline": offline, "overlay": overlays, "timings_s": timings}
+    (config.out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    report = write_report(summary, config.out)
+    print(text_table(*score_rows(summary)))
+    print(text_table(*result_rows(summary)))
+    print(f"  node: {live['node'].get('processed', 0)}/{written} frames processed, {live.get('scored_frames', 0)} "
+          f"recorded and scored; total {timings['total']:.0f} s")
+    print(f"  wrote {config.out / 'metrics.json'}, {report}, {config.out / 'overlay.gif'}")
+    if failure:
+        print(f"densehybrid-demo: error: live run failed: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from densehybrid_ros.sim.cli import parse_size
+
+    ap = argparse.ArgumentParser(prog="densehybrid-demo", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--out", type=Path, default=Path("demo_out"))
+    ap.add_argument("--weights", type=Path, default=None, help=f"default: share/densehybrid_ros/{DEFAULT_WEIGHTS}")
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--rate", type=float, default=4.0, help="frames per second of the bag and of the replay")
+    ap.add_argument("--size", type=parse_size, default=(512, 256), help="WxH (default 512x256)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--keep-going", action="store_true",
+                    help="when the live run fails, still score offline and write the report (exit status 1)")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="densehybrid-demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
-    parser.add_argument("--model", default="swiftnet_r18_cpu", help="model preset name or YAML path")
-    parser.add_argument("--size", default="512x256", help="generated image WxH")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.frames < 2:
+        parser.error("--frames must be at least 2")
+    if not 0 < args.rate <= 100:
+        parser.error("--rate must be in (0, 100]")
+    weights = (args.weights or default_weights()).expanduser().resolve()
+    config = DemoConfig(out=args.out.resolve(), weights=weights, frames=args.frames, rate=args.rate, size=args.size,
+                        seed=args.seed, keep_going=args.keep_going)
     try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size must be WxH, got {args.size!r}")
-    if width < 32 or height < 32:
-        parser.error("--size must be at least 32x32")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
-    config = load_yaml(ModelConfig, model_config_path(args.model))
-    torch.manual_seed(args.seed)
-    model = build_model(config).eval()
-    metadata = replace(
-        default_metadata(config),
-        provenance={"trained": False, "note": "random initialisation (demo placeholder until trained weights are bundled)",
-                    "seed": args.seed, "code_version": __version__},
-    )
-    weights = save_weights(out / "untrained.safetensors", model, metadata)
-
-    predictor = Predictor.from_weights(weights, PredictorConfig(extra_scores=tuple(s for s in SCORES if s != "hybrid")))
-    image = road_image(height, width, args.seed)
-    predictor.predict(image)  # warm-up
-    start = time.perf_counter()
-    prediction = predictor.predict(image)
-    elapsed_ms = (time.perf_counter() - start) * 1e3
-
-    # Uncalibrated weights carry no threshold: for the picture only, mark the top 5% of this image.
-    threshold = float(np.quantile(prediction.hybrid, 0.95))
-    open_set = open_set_fusion(
-        torch.from_numpy(prediction.class_ids), torch.from_numpy(prediction.hybrid), threshold, config.num_classes
-    ).numpy()
-    table = palette([c.color for c in metadata.classes])
-    low, high = np.quantile(prediction.hybrid, [0.01, 0.99])
-    panels = {
-        "input.png": image,
-        "semantic_color.png": colorize(prediction.class_ids, table),
-        "anomaly_score.png": heatmap(prediction.hybrid, float(low), float(high) + 1e-6),
-        "open_set_overlay.png": overlay(image, open_set, table),
-    }
-    for name, rgb in panels.items():
-        cv2.imwrite(str(out / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(out / "panels.png"), cv2.cvtColor(np.vstack(list(panels.values())), cv2.COLOR_RGB2BGR))
-
-    summary = {
-        "weights": str(weights),
-        "weights_trained": False,
-        "architecture": config.__dict__,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "image_size": [width, height],
-        "predict_ms": round(elapsed_ms, 1),
-        "classes_present": sorted({metadata.classes[i].name for i in np.unique(prediction.class_ids)}),
-        "hybrid_score_range": [float(prediction.hybrid.min()), float(prediction.hybrid.max())],
-        "illustration_threshold_top5pct": threshold,
-        "scores": sorted(["hybrid", *prediction.scores]),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"densehybrid_ros demo ({__version__})")
-    print(f"  built {config.backbone} SwiftNet (backbone width {config.backbone_width}, decoder {config.decoder_width}, "
-          f"{summary['parameters'] / 1e6:.2f} M parameters), RANDOM weights: no trained model is bundled yet")
-    print(f"  saved and re-loaded them through the validating safetensors loader: {weights}")
-    print(f"  ran the Predictor on a generated {width}x{height} road image in {elapsed_ms:.0f} ms (CPU)")
-    print(f"  outputs: class ids, hybrid score in [{summary['hybrid_score_range'][0]:.2f}, "
-          f"{summary['hybrid_score_range'][1]:.2f}], scores {', '.join(summary['scores'])}")
-    print("  open-set overlay marks the image's top 5% hybrid scores (uncalibrated weights have no threshold)")
-    print(f"  wrote {', '.join(panels)}, panels.png and summary.json to {out}/")
-    return 0
+        return run(config)
+    except DemoError as error:
+        print(f"densehybrid-demo: error: {error}", file=sys.stderr)
+        return error.code
 
 
 if __name__ == "__main__":
