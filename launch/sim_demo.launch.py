@@ -1,6 +1,6 @@
 """Sim demo: the simulated road camera, the DenseHybrid perception node on its images, and RViz.
 
-    ros2 launch densehybrid_ros sim_demo.launch.py weights:=/path/model.safetensors \
+    ros2 launch densehybrid_ros sim_demo.launch.py [weights:=/path/model.safetensors (default: the bundled model)] \
         [rate:=5.0] [speed:=8.0] [size:=512x256] [seed:=0] [split:=test] [device:=cpu] [rviz:=true]
 
 - `sim_camera` (executable densehybrid-sim-camera) renders a driving sequence of the sim world and publishes
@@ -78,7 +78,8 @@ def generate_launch_description():
         output="screen",
     )
     return LaunchDescription([
-        DeclareLaunchArgument("weights", description="DenseHybrid weights file (.safetensors)"),
+        DeclareLaunchArgument("weights", default_value="models/densehybrid_sim.safetensors",
+                              description="DenseHybrid weights file (.safetensors); default: the bundled sim model"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu, cuda or cuda:N"),
         DeclareLaunchArgument("rate", default_value="5.0", description="sim camera frame rate [Hz]"),
         DeclareLaunchArgument("speed", default_value="8.0", description="sim camera speed [m/s]"),

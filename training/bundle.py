@@ -61,9 +61,10 @@ def summarize(metrics: dict) -> dict:
 def check_metrics(weights: Path, root: Path) -> dict:
     from densehybrid_ros.datasets import open_dataset
     from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
-    from densehybrid_ros.predictor import Predictor
+    from densehybrid_ros.predictor import Predictor, PredictorConfig
 
-    result = evaluate(Predictor.from_weights(weights), open_dataset(f"sim:{root}"), EvalOptions(scores=CHECK_SCORES),
+    predictor = Predictor.from_weights(weights, PredictorConfig(extra_scores=CHECK_SCORES[1:]))
+    result = evaluate(predictor, open_dataset(f"sim:{root}"), EvalOptions(scores=CHECK_SCORES),
                       progress=False)
     return summarize(result.metrics)
 

@@ -70,8 +70,9 @@ _TOGGLE = "publish ~/{0} (visual outputs are computed only while someone subscri
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", True, "configure and activate at startup (a plain `ros2 run` serves at once); "
               "false = wait for lifecycle transitions"),
-    ParamSpec("weights", "", "DenseHybrid weights file (.safetensors, densehybrid_ros format): absolute, relative "
-              "to the working directory, or relative to share/densehybrid_ros"),
+    ParamSpec("weights", "models/densehybrid_sim.safetensors",
+              "DenseHybrid weights file (.safetensors, densehybrid_ros format): absolute, relative to the working "
+              "directory, or relative to share/densehybrid_ros (default: the bundled sim-world model)"),
     ParamSpec("device", "cpu", "inference device: cpu, cuda or cuda:N"),
     ParamSpec("fp16", False, "float16 autocast (CUDA only); scores are always computed in float32"),
     ParamSpec("backend", "torch", "inference runtime: torch, or onnxruntime (providers TensorRT/CUDA when device is "

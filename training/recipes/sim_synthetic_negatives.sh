@@ -17,3 +17,11 @@ for variant in synthetic synthetic_detector; do
     $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_${variant}_calibrated.safetensors --dataset sim:data/sim_test \
         --scores hybrid,generative,discriminative,msp,max_logit,entropy --out runs/eval_sim_${variant}_test --quiet
 done
+# like-for-like baseline: real negatives with the same 200-step budget
+$PY -m training finetune --config config/train/sim_finetune_real.yaml --set steps=200 --set out=runs/sim_finetune_real_200
+$PY -m training export --checkpoint runs/sim_finetune_real_200/checkpoints/last.pt --out runs/sim_real_200.safetensors \
+    --input-size 512x256
+$PY -m training calibrate --weights runs/sim_real_200.safetensors --dataset sim:data/sim_val \
+    --out runs/sim_real_200_calibrated.safetensors
+$PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_200_calibrated.safetensors --dataset sim:data/sim_test \
+    --scores hybrid,generative,discriminative,msp,max_logit,entropy --out runs/eval_sim_real_200_test --quiet
