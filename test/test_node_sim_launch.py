@@ -83,7 +83,7 @@ def test_launch_description_starts_the_sim_camera_the_node_and_rviz(monkeypatch,
     kinds = [type(e).__name__ for e in entities]
     arguments = {e.args[0]: e.kwargs.get("default_value") for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert {"weights", "rate", "speed", "size", "seed", "split", "device", "rviz"} <= set(arguments)
-    assert arguments["weights"] is None  # required: no default
+    assert arguments["weights"] == "models/densehybrid_sim.safetensors"  # the bundled model (share-relative)
     nodes = {e.kwargs["executable"]: e.kwargs for e in entities if type(e).__name__ == "Node"}
     assert kinds.count("Node") == 3 and set(nodes) == {"densehybrid-sim-camera", "densehybrid_perception", "rviz2"}
     # our executables are console scripts of setup.py (ros2 launch runs them from lib/densehybrid_ros)
