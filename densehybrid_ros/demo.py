@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from densehybrid_ros.node.dds import PROFILE_VARIABLES, use_large_image_transport
+from densehybrid_ros.weights import file_sha256
 
 NAMESPACE = "/demo"
 NODE = f"{NAMESPACE}/densehybrid_perception"
@@ -107,14 +107,6 @@ def check_weights(path: Path) -> Any:
         return read_metadata(path)
     except WeightsError as error:
         raise DemoError(f"invalid weights: {error}", code=2) from None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_sim_bag(config: DemoConfig) -> int:
@@ -621,7 +613,7 @@ def run(config: DemoConfig) -> int:
                               config.out, config.rate)
     step("overlays", started)
     timings["total"] = round(time.monotonic() - t0, 2)
-    summary = {"weights": str(config.weights), "weights_sha256": sha256(config.weights),
+    summary = {"weights": str(config.weights), "weights_sha256": file_sha256(config.weights),
                "weights_provenance": metadata.provenance,
                "bag": {"path": str(config.bag), "frames": written, "seed": config.seed, "size": list(config.size),
                        "rate": config.rate, "split": SPLIT, "speed_mps": SPEED_MPS},

@@ -16,7 +16,6 @@ scores), so pre- and postprocessing, open-set fusion and batching are the Predic
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from densehybrid_ros.models.densehybrid import DenseOutputs
-from densehybrid_ros.weights import METADATA_KEY, WeightsMetadata
+from densehybrid_ros.weights import METADATA_KEY, WeightsMetadata, file_sha256
 
 GRAPH_SCORES = ("hybrid", "generative", "discriminative")
 
@@ -96,14 +95,6 @@ class OnnxBackend:
         return DenseOutputs(logits, logits.max(dim=1).indices, tensors)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def cache_dir() -> Path:
     if os.environ.get("DENSEHYBRID_CACHE"):
         return Path(os.environ["DENSEHYBRID_CACHE"])
@@ -119,7 +110,7 @@ def cached_export(weights: str | Path, height: int, width: int, directory: str |
 
     weights = Path(weights)
     directory = Path(directory) if directory is not None else cache_dir()
-    target = directory / f"{weights.stem}-{_file_digest(weights)}-{height}x{width}.onnx"
+    target = directory / f"{weights.stem}-{file_sha256(weights)[:16]}-{height}x{width}.onnx"
     if target.is_file():
         return target
     model, metadata = load_weights(weights)

@@ -6,6 +6,7 @@ unpickles: pickle and torch.save (zip) files are recognised by their first bytes
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -206,6 +207,15 @@ def save_weights(path: str | Path, model: DenseHybrid, metadata: WeightsMetadata
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (weights records, caches, demo provenance)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[DenseHybrid, WeightsMetadata]:

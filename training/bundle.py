@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -22,14 +21,6 @@ from pathlib import Path
 
 CHECK_SPLIT = {"split": "test", "frames": 16, "seed": 101, "width": 512, "height": 256}
 CHECK_SCORES = ("hybrid", "max_logit", "msp")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def render_check_split(root: Path) -> Path:
@@ -70,7 +61,7 @@ def check_metrics(weights: Path, root: Path) -> dict:
 
 
 def bundle(weights: Path, name: str, eval_metrics: Path, recipe: str, out_dir: Path) -> Path:
-    from densehybrid_ros.weights import load_weights
+    from densehybrid_ros.weights import file_sha256, load_weights
 
     model, metadata = load_weights(weights)
     if metadata.calibration.threshold is None:
@@ -82,7 +73,7 @@ def bundle(weights: Path, name: str, eval_metrics: Path, recipe: str, out_dir: P
         check = check_metrics(target, render_check_split(Path(tmp) / "check"))
     record = {
         "weights": target.name,
-        "sha256": sha256(target),
+        "sha256": file_sha256(target),
         "bytes": target.stat().st_size,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "architecture": dataclasses.asdict(metadata.architecture),

@@ -30,3 +30,21 @@ def use_large_image_transport(environ: dict | None = None) -> Path | None:
         return None
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     return profile
+
+
+def init_ros_process(args: list[str] | None) -> "threading.Event":
+    """Start rclpy in a process of this project (node, replay, record, sim camera): the large-image DDS profile,
+    `rclpy.init(args)` without rclpy's signal handlers, and SIGINT/SIGTERM setting the returned event, so that
+    the caller's loop ends and it shuts down in order (closing bags, finishing the lifecycle)."""
+    import signal
+    import threading
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    use_large_image_transport()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import gc
 import math
-import signal
 import sys
 import threading
 import time
@@ -65,12 +64,11 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from densehybrid_ros.node import diagnostics
-from densehybrid_ros.node.dds import use_large_image_transport
+from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.image_codec import ImageRejected, decode_compressed_msg, decode_depth_msg, decode_image_msg
 from densehybrid_ros.node.mailbox import BatchMailbox
 from densehybrid_ros.node.messages import image_msg, stamp_ns
@@ -674,11 +672,7 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    use_large_image_transport()
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_ros_process(argv if argv is not None else sys.argv)
     try:
         node = PerceptionNode()
     except Exception as error:  # noqa: BLE001  bad parameter overrides (type, range): fail fast, clearly

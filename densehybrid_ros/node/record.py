@@ -14,19 +14,16 @@ SIGINT/SIGTERM (or --duration) stop the recording; the bag is closed properly (m
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from densehybrid_ros.node.dds import use_large_image_transport
+from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import message_class
 from densehybrid_ros.node.replay import split_ros_args
 
@@ -92,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         print(f"densehybrid-record: {args.out} exists already; not overwriting", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    use_large_image_transport()
-    rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.NO)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_ros_process(ros_argv)
     node = rclpy.create_node("densehybrid_record")
     storage = StoragePlugin.MCAP if args.storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(args.out, version=Writer.VERSION_LATEST, storage_plugin=storage)

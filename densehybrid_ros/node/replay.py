@@ -16,21 +16,18 @@ waiting), for nodes run with use_sim_time:=true.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterable
 
 import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from densehybrid_ros.node.dds import use_large_image_transport
+from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import message_class, to_rclpy
 
 
@@ -93,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001
         print(f"densehybrid-replay: {error}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    use_large_image_transport()
-    rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.NO)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_ros_process(ros_argv)
     node = rclpy.create_node("densehybrid_replay")
     log = node.get_logger()
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=args.depth, durability=DurabilityPolicy.VOLATILE,

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -43,11 +41,10 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
-from densehybrid_ros.node.dds import use_large_image_transport
+from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import to_rclpy
 from densehybrid_ros.node.obstacles import pitch_roll_from_rotation
 
@@ -251,11 +248,7 @@ class SimCameraNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    use_large_image_transport()
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = init_ros_process(argv if argv is not None else sys.argv)
     try:
         node = SimCameraNode()
     except Exception as error:  # noqa: BLE001  bad parameters: fail fast, clearly
