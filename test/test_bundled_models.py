@@ -1,4 +1,4 @@
-"""The models that ship in models/: each file matches its record (sha256, metadata, classes, threshold), and its
+"""The models that ship in models/ (and the node's default weights): each file matches its record (sha256, metadata, classes, threshold), and its
 recorded metrics are reproduced on the small check split, rendered afresh here from the recorded seed, with
 metrics computed independently (sklearn for AP / AUROC, a numpy confusion matrix for mIoU).
 
@@ -100,3 +100,39 @@ def test_recorded_metrics_are_reproduced_on_a_fresh_check_split(record_path, tmp
     assert ours["miou"] == pytest.approx(recorded["miou"], abs=TOL)
     # what the README claims for the full test split is what the record holds
     assert record["sim_test"]["scores"]["hybrid"]["ap"] > 0
+
+
+def test_weights_default_resolves_to_the_bundled_model_from_any_directory(tmp_path, monkeypatch):
+    from densehybrid_ros.node.params import DEFAULTS, resolve_weights
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: found through the package's share directory
+    assert resolve_weights(DEFAULTS["weights"]).resolve() == (ROOT / "models" / "densehybrid_sim.safetensors").resolve()
+
+
+def test_node_without_a_weights_parameter_serves_the_bundled_model(tmp_path):
+    """Over real DDS: no `weights` given -> the bundled model answers a sim frame with its 15 classes, like the
+    in-process Predictor."""
+    from sensor_msgs.msg import Image
+
+    from test_node_support import NODE, NAMESPACE, Harness, image_message, node_process, publish_until
+    from training.bundle import render_check_split
+
+    root = render_check_split(tmp_path / "frames")
+    sample = open_dataset(f"sim:{root}")[0]
+    node = node_process(tmp_path, "qos_reliability:=reliable")
+    harness = Harness("bundled")
+    try:
+        semantic = harness.collector(Image, f"{NODE}/semantic")
+        publisher = harness.publisher(Image, f"{NAMESPACE}/image")
+        got = publish_until(lambda: publisher.publish(image_message(sample.image, 7)),
+                            lambda: semantic.with_stamp(7) or (None if node.alive() else node.text()), 60)
+        assert isinstance(got, list), got
+    finally:
+        node.stop()
+        harness.close()
+    msg = got[0]
+    ids = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width)
+    expected = Predictor.from_weights(ROOT / "models" / "densehybrid_sim.safetensors").predict(sample.image).class_ids
+    assert (msg.height, msg.width) == sample.image.shape[:2] and ids.max() < len(SIM_CLASSES)
+    assert (ids == expected).mean() > 0.99
+    assert "densehybrid_sim.safetensors" in node.text()
