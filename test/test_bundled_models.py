@@ -1,6 +1,7 @@
-"""The models that ship in models/ (and the node's default weights): each file matches its record (sha256, metadata, classes, threshold), and its
-recorded metrics are reproduced on the small check split, rendered afresh here from the recorded seed, with
-metrics computed independently (sklearn for AP / AUROC, a numpy confusion matrix for mIoU).
+"""The models that ship in models/ (the node's default weights among them): each file matches its record (sha256,
+metadata, classes, threshold), and its recorded metrics are reproduced on the small check split, rendered afresh
+here from the recorded seed, with metrics computed independently (sklearn for AP / AUROC, a numpy confusion
+matrix for mIoU).
 
 Tolerance: 2e-3 absolute on AP, AUROC, FPR95 and mIoU (fractions). The render is byte-identical for a seed
 (test_sim_world) and the network is deterministic on CPU up to float summation order, which differs with the
