@@ -61,8 +61,7 @@ from densehybrid_ros.node.obstacles import (
     CameraModel,
     Obstacle,
     extract_components,
-    locate_on_ground,
-    locate_with_depth,
+    place_obstacles,
 )
 
 DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
@@ -131,15 +130,7 @@ def locate_obstacles(mask: np.ndarray, score: np.ndarray | None, camera: CameraM
     tracker: 8-connected components of `mask` (>= min_area pixels, largest max_obstacles), each placed with the depth
     image when given, else on the ground plane of the mount; those beyond max_distance dropped."""
     components, labels = extract_components(mask, score, options.min_area, options.max_obstacles)
-    out = []
-    for component in components:
-        if depth is not None:
-            located = locate_with_depth(component, labels, depth, camera, options.max_distance)
-        else:
-            located = locate_on_ground(component, camera, mount.height, mount.pitch, mount.roll, options.max_distance)
-        if located is not None:
-            out.append(located)
-    return out
+    return place_obstacles(components, labels, camera, mount.height, mount.pitch, mount.roll, options.max_distance, depth)
 
 
 def match_greedy(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], gate_m: float,

@@ -240,6 +240,22 @@ def locate_with_depth(component: Component, labels: np.ndarray, depth: np.ndarra
                     anchor=anchor, distance=distance, source="depth")
 
 
+def place_obstacles(components: list[Component], labels: np.ndarray, camera: CameraModel, height: float, pitch: float,
+                    roll: float, max_distance: float = math.inf, depth: np.ndarray | None = None) -> list[Obstacle]:
+    """Each component placed with the registered depth image when given, else on the ground plane of the mount
+    (height, pitch, roll); components that cannot be placed or lie beyond `max_distance` are dropped. The node's
+    FrameProcessor and densehybrid-eval-bag both place obstacles through this."""
+    obstacles = []
+    for component in components:
+        if depth is not None:
+            located = locate_with_depth(component, labels, depth, camera, max_distance)
+        else:
+            located = locate_on_ground(component, camera, height, pitch, roll, max_distance)
+        if located is not None:
+            obstacles.append(located)
+    return obstacles
+
+
 @dataclass
 class ObstacleTracker:
     """Stable ids across frames: greedy nearest matching of box centres to the last frame's obstacles.

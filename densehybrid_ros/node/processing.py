@@ -19,8 +19,7 @@ from densehybrid_ros.node.obstacles import (
     Obstacle,
     ObstacleTracker,
     extract_components,
-    locate_on_ground,
-    locate_with_depth,
+    place_obstacles,
 )
 from densehybrid_ros.node.params import Settings
 from densehybrid_ros.predictor import Prediction, Predictor
@@ -104,16 +103,8 @@ class FrameProcessor:
         camera = camera.for_image(shape[1], shape[0])
         if depth is not None and depth.shape != shape:
             depth = cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-        obstacles = []
-        for component in components:
-            located = None
-            if depth is not None:
-                located = locate_with_depth(component, labels, depth, camera, settings.obstacle_max_distance)
-            else:
-                located = locate_on_ground(component, camera, settings.camera_height, settings.camera_pitch,
-                                           settings.camera_roll, settings.obstacle_max_distance)
-            if located is not None:
-                obstacles.append(located)
+        obstacles = place_obstacles(components, labels, camera, settings.camera_height, settings.camera_pitch,
+                                    settings.camera_roll, settings.obstacle_max_distance, depth)
         result.removed_ids = tracker.update(obstacles, settings.track_match_distance)
         result.obstacles = obstacles
         result.located = True
