@@ -175,10 +175,10 @@ def scoped_environ(values: dict[str, str]) -> Iterator[None]:
 class Child:
     """`python -m MODULE ARGS` with its output in LOGS/NAME.log; stop() = SIGINT, then kill after a timeout."""
 
-    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str]):
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str], cwd: Path | None = None):
         self.name, self.log = name, logs / f"{name}.log"
         self._file = self.log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=self._file,
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=cwd, stdout=self._file,
                                      stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import array
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from densehybrid_ros.demo import Child
 from densehybrid_ros.node.dds import use_large_image_transport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,31 +39,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
-class Process:
-    """A child process (module run with .venv's python) with its output in a log file; stop() = SIGINT, then kill."""
+class Process(Child):
+    """`python -m MODULE ...` (args start with "-m") from the checkout, with the tests' ROS environment and its
+    output in `log`; stop() = SIGINT, then kill (the demo's child-process helper)."""
 
     def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ros_env(), stdout=self._file,
-                                     stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        if args[:1] != ["-m"]:
+            raise ValueError(f"Process runs modules: args must start with '-m', got {args[:2]}")
+        super().__init__(log.stem, args[1:], log.parent, ros_env(), cwd=ROOT)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._file.close()
-        return self.proc.returncode
 
 
 def node_process(tmp: Path, *params: str, name: str = "node", params_file: Path | None = None) -> Process:
