@@ -8,6 +8,7 @@ so that machine drift hits both alike:
 On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed_memory`).
 
 `densehybrid-bench cameras`: multi-camera serving, batched vs one-by-one (see `cameras_throughput`).
+`densehybrid-bench train`: training steps/s, defaults vs each speed-up (`training.bench_train`).
 """
 from __future__ import annotations
 
@@ -292,7 +293,18 @@ def _sim_table(result: dict) -> None:
                                                        for r in result["runs"]))
 
 
+def train_throughput(argv: list[str]) -> int:
+    """`densehybrid-bench train ...`: the training module's benchmark (training.bench_train), run as its own
+    command because the runtime never imports the training module."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "training.bench_train", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return train_throughput(argv[1:])
     parser = argparse.ArgumentParser(prog="densehybrid-bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     output = argparse.ArgumentParser(add_help=False)
@@ -316,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
     n.add_argument("--device", default="cpu")
     n.add_argument("--threads", type=int, default=None)
+    sub.add_parser("train", help="training steps/s: defaults vs each speed-up (training.bench_train; --help there)")
     c = sub.add_parser("cameras", parents=[output], help="multi-camera inference: batched vs one-by-one, 1/2/4 cameras")
     c.add_argument("--weights", type=Path, default=None, help="weights (default: random weights of --model)")
     c.add_argument("--model", default="swiftnet_r18_cpu")

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def build_model_and_dataset(command: str, cfg):
-    """The model (initialised per `cfg.init`) and the training dataset of a `segmenter`/`finetune` run."""
+def build_model_and_dataset(command: str, cfg, require_init: bool = True):
+    """The model (initialised per `cfg.init`) and the training dataset of a `segmenter`/`finetune` run.
+    `require_init=False` lets a finetune model start from fresh weights (throughput benchmarks only)."""
     from densehybrid_ros.models import ModelConfig, build_model
     from densehybrid_ros.paths import model_config_path
     from densehybrid_ros.weights import Normalization, load_weights
@@ -85,7 +86,7 @@ def build_model_and_dataset(command: str, cfg):
         from training.imagenet import load_imagenet_backbone, read_state_dict
 
         load_imagenet_backbone(model.segmenter.backbone, read_state_dict(cfg.init))
-    if command == "finetune":
+    if command == "finetune" and (cfg.init or require_init):
         if not cfg.init:
             raise ConfigError("finetune needs `init`: a closed-set checkpoint (.pt) or node weights (.safetensors)")
         if str(cfg.init).endswith(".safetensors"):
@@ -111,9 +112,14 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     from training.config import load_train_config
     from training.engine import train
 
+    from training.class_balance import class_weights
+
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
     model, dataset, meta = build_model_and_dataset(command, cfg)
+    if cfg.class_balance != "none" and cfg.class_weights is None:
+        cfg = dataclasses.replace(cfg, class_weights=tuple(class_weights(cfg.class_balance, dataset.inliers,
+                                                                          model.num_classes)))
     joint = None
     if command == "finetune" and cfg.synthetic is not None:
         from densehybrid_ros.weights import Normalization

@@ -27,9 +27,12 @@ class DataConfig:
     jitter: bool = True
     paste_prob: float = 1.0  # fraction of fine-tuning images that get a negative
     negative_side: tuple[int, int] = (16, 128)  # pasted patch sides (px), public recipe: 16..min(H, W) step 8
-    workers: int = 0
+    workers: int = 0  # loader worker processes (0 = load in the training process)
+    prefetch: int = 2  # batches each worker loads ahead (with workers > 0)
 
     def validate(self) -> None:
+        if self.workers < 0 or self.prefetch < 1:
+            raise ValueError(f"workers must be >= 0 and prefetch >= 1, got {self.workers} and {self.prefetch}")
         if self.negative_mode not in ("mask", "rectangle", "mixed"):
             raise ValueError(f"negative_mode must be 'mask', 'rectangle' or 'mixed', got {self.negative_mode!r}")
         if min(self.crop) < 32 or self.crop[0] % 32 or self.crop[1] % 32:
@@ -55,6 +58,19 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class SpeedConfig:
+    """Throughput settings; `densehybrid-bench train` measures each against the plain defaults."""
+
+    channels_last: bool = False  # model and batches in torch.channels_last (NHWC convolutions)
+    compile: bool = False  # torch.compile the training network (inductor)
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+
+    def validate(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"speed.threads must be >= 0, got {self.threads}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     mode: str = "segmenter"  # "segmenter" (closed-set CE) or "finetune" (DenseHybrid, 4.16)
     model: str = "swiftnet_r18_cpu"  # preset name (config/model/) or YAML path
@@ -70,8 +86,11 @@ class TrainConfig:
     image_every: int = 200  # TensorBoard sample images
     loss: LossWeights = LossWeights()
     loss_variant: str = "thesis"  # "thesis" (4.16) or "authors" (public code, for comparison)
+    class_balance: str = "none"  # "none" or "enet": class-weighted L_cls (training.class_balance)
+    class_weights: tuple[float, ...] | None = None  # filled in from the training labels when class_balance != none
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     synthetic: SyntheticConfig | None = None  # finetune with negatives sampled from a jointly trained flow
 
     def validate(self) -> None:
@@ -79,6 +98,8 @@ class TrainConfig:
             self.synthetic.validate()
         if self.mode not in ("segmenter", "finetune"):
             raise ValueError(f"mode must be 'segmenter' or 'finetune', got {self.mode!r}")
+        if self.class_balance not in ("none", "enet"):
+            raise ValueError(f"class_balance must be 'none' or 'enet', got {self.class_balance!r}")
         if self.loss_variant not in ("thesis", "authors"):
             raise ValueError(f"loss_variant must be 'thesis' or 'authors', got {self.loss_variant!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -86,6 +107,8 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self.loss.validate()
+        self.data.validate()
+        self.speed.validate()
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

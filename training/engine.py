@@ -56,14 +56,57 @@ class ClosedSetNet(torch.nn.Module):
 
 
 def compute_loss(cfg: TrainConfig, net: torch.nn.Module, x, labels, d_out) -> dict[str, torch.Tensor]:
+    weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
     if cfg.mode == "segmenter":
         logits = net(x)
-        cls = classification_loss(logits, labels, torch.zeros_like(d_out))
+        cls = classification_loss(logits, labels, torch.zeros_like(d_out), weights)
         return {"cls": cls, "total": cls}
     out = net(x)
     if cfg.loss_variant == "authors":
-        return authors_code_loss(out.logits, out.inlier_logit, labels, d_out)
-    return densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss)
+        return authors_code_loss(out.logits, out.inlier_logit, labels, d_out, class_weights=weights)
+    return densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss, weights)
+
+
+def apply_speed_settings(cfg: TrainConfig, model: DenseHybrid) -> None:
+    """Thread count and memory layout of `cfg.speed` (before the optimizer sees the parameters)."""
+    if cfg.speed.threads:
+        torch.set_num_threads(cfg.speed.threads)
+    if cfg.speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def compile_if_asked(cfg: TrainConfig, net: torch.nn.Module) -> torch.nn.Module:
+    return torch.compile(net) if cfg.speed.compile else net
+
+
+def make_loader(cfg: TrainConfig, dataset, sampler, device: torch.device) -> DataLoader:
+    """Batches of `sampler`; with data.workers > 0, loaded ahead in worker processes (data.prefetch each)."""
+    extra = {"prefetch_factor": cfg.data.prefetch, "persistent_workers": True} if cfg.data.workers else {}
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                      pin_memory=device.type == "cuda", **extra)
+
+
+def batch_to_device(cfg: TrainConfig, batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    x, labels, d_out = (t.to(device, non_blocking=True) for t in batch)
+    if cfg.speed.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, labels, d_out
+
+
+def optimizer_step(cfg: TrainConfig, train_net: torch.nn.Module, optimizer, scaler, x, labels, d_out) -> dict:
+    """One plain (no flow) step: forward, loss, backward, update; returns the loss terms."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        with torch.autocast("cuda", dtype=torch.float16):
+            terms = compute_loss(cfg, train_net, x, labels, d_out)
+        scaler.scale(terms["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        terms = compute_loss(cfg, train_net, x, labels, d_out)
+        terms["total"].backward()
+        optimizer.step()
+    return terms
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
@@ -81,6 +124,7 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model.to(info.device)
+    apply_speed_settings(cfg, model)
     net: torch.nn.Module = ClosedSetNet(model) if closed else model
     optimizer = torch.optim.Adam(param_groups(model, cfg, closed), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(cfg.steps, cfg.optim.min_lr_ratio))
@@ -105,30 +149,22 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
             joint.load_state_dict(state["extra"]["joint"])
         start = int(state["step"])
     train_net = DDP(net, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else net
+    train_net = compile_if_asked(cfg, train_net)
     stop = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, stop, cfg.seed, info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
-                        pin_memory=info.device.type == "cuda")
+    loader = make_loader(cfg, dataset, sampler, info.device)
     writer = _tensorboard(cfg) if info.is_main else None
     config_dict = asdict(cfg)
     bar = tqdm(total=cfg.steps, initial=start, desc=cfg.mode, unit="step", disable=not info.is_main)
     model.train()
     step = start
-    for step, (x, labels, d_out) in enumerate(loader, start=start):
-        x, labels, d_out = (t.to(info.device, non_blocking=True) for t in (x, labels, d_out))
-        optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(loader, start=start):
+        x, labels, d_out = batch_to_device(cfg, batch, info.device)
         if joint is not None:
+            optimizer.zero_grad(set_to_none=True)
             terms = _joint_step(cfg, model, joint, optimizer, x, labels, d_out, step)
-        elif scaler is not None:
-            with torch.autocast("cuda", dtype=torch.float16):
-                terms = compute_loss(cfg, train_net, x, labels, d_out)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
         else:
-            terms = compute_loss(cfg, train_net, x, labels, d_out)
-            terms["total"].backward()
-            optimizer.step()
+            terms = optimizer_step(cfg, train_net, optimizer, scaler, x, labels, d_out)
         scheduler.step()
         done = step + 1
         bar.update(1)
@@ -165,7 +201,8 @@ def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, label
 
     mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
     out = model(mixed)
-    terms = densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss)
+    weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
+    terms = densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss, weights)
     flow_terms = joint.flow_loss(out.logits, synthetic, replaced, step, out.inlier_logit)
     seg_params = [p for p in model.parameters() if p.requires_grad]
     route_gradients(terms["total"], flow_terms["flow_total"], seg_params, list(joint.flow.parameters()))

@@ -49,12 +49,17 @@ def inlier_mask(labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
     return (labels != VOID) & ~d_out
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
-    """L_cls = E_in[-ln P(y|x)] (8.23): cross-entropy over inlier pixels only."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L_cls = E_in[-ln P(y|x)] (8.23): cross-entropy over inlier pixels only. With `class_weights` (K,), the
+    mean is weighted, sum_i w_{y_i} CE_i / sum_i w_{y_i} (class-balanced training, training.class_balance)."""
     inl = inlier_mask(labels, d_out)
     target = torch.where(inl, labels.long(), torch.zeros_like(labels, dtype=torch.long))
     ce = F.cross_entropy(logits.float(), target, reduction="none")
-    return _masked_mean(ce, inl)
+    if class_weights is None:
+        return _masked_mean(ce, inl)
+    w = class_weights.to(ce.device, ce.dtype)[target] * inl
+    return (ce * w).sum() / w.sum().clamp(min=1e-12)
 
 
 def inlier_posterior_loss(inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
@@ -75,13 +80,15 @@ def outlier_likelihood_loss(logits: torch.Tensor, d_out: torch.Tensor) -> torch.
 
 
 def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
-                     weights: LossWeights = THESIS_TRAFFIC) -> dict[str, torch.Tensor]:
+                     weights: LossWeights = THESIS_TRAFFIC, class_weights: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
     """The compound loss (4.16) with modulation weights; returns every term and `total`.
 
-    logits (B, K, H, W), inlier_logit (B, 1, H, W), labels (B, H, W) with 255 = void, d_out (B, H, W) bool.
+    logits (B, K, H, W), inlier_logit (B, 1, H, W), labels (B, H, W) with 255 = void, d_out (B, H, W) bool;
+    `class_weights` (K,) optionally balance L_cls.
     """
     terms = {
-        "cls": classification_loss(logits, labels, d_out),
+        "cls": classification_loss(logits, labels, d_out, class_weights),
         "d_in": inlier_posterior_loss(inlier_logit, labels, d_out),
         "d_out": outlier_posterior_loss(inlier_logit, d_out),
         "x_out": outlier_likelihood_loss(logits, d_out),
@@ -92,10 +99,11 @@ def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: t
 
 
 def authors_code_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
-                      ce_weight: float = 0.3, lse_weight: float = 0.03) -> dict[str, torch.Tensor]:
+                      ce_weight: float = 0.3, lse_weight: float = 0.03,
+                      class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The public DenseHybrid code's variant, for comparison: CE + 0.03 LSE(negatives) + 0.3 * a 2-way CE of
     the outlier head in which every non-pasted pixel, void and padding included, counts as an inlier."""
-    cls = classification_loss(logits, labels, d_out)
+    cls = classification_loss(logits, labels, d_out, class_weights)
     x_out = outlier_likelihood_loss(logits, d_out)
     g = inlier_logit.float().squeeze(1)
     head = torch.where(d_out, -F.logsigmoid(-g), -F.logsigmoid(g)).mean()

@@ -47,6 +47,12 @@ class SimDataset:
         self.classes = [c["name"] for c in manifest["classes"]]
         self.anomaly_id = int(manifest["anomaly_id"])
         self.ids = list(manifest["frame_ids"])
+        self.frames_per_scene = int(manifest.get("config", {}).get("frames_per_scene", 1))
+
+    def group(self, index: int) -> str:
+        """The street (sim scene) frame `index` was rendered in: frames of one street share objects, light and
+        camera, so bootstrap intervals resample streets, not frames."""
+        return f"scene{int(self.ids[index]) // self.frames_per_scene}"
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -32,6 +32,8 @@ import numpy as np
 from densehybrid_ros.evaluation._checks import valid_pixels
 
 TPR_LEVEL = 0.95
+OPERATING_FPR_LEVELS = (0.01, 0.001)  # recall at 1% and 0.1% of inlier pixels flagged
+OPERATING_TPR_LEVELS = (0.5, 0.95)  # false alarms at 50% and 95% recall
 INTEGRATION_BLOCK = 1 << 16  # distinct scores per summation block (fixed: results do not depend on chunking)
 
 
@@ -48,6 +50,11 @@ class AnomalyMetrics:
     best_f1_threshold: float  # score of the first operating point reaching best_f1
     num_positives: int
     num_negatives: int
+    # operating points for a vehicle (score >= threshold flags a pixel; OPERATING_FPR_LEVELS / OPERATING_TPR_LEVELS):
+    # tpr_at_fpr["0.01"] = TPR at the lowest threshold that flags at most 1% of inlier pixels, with that threshold;
+    # fpr_at_tpr["0.5"] = FPR at the first operating point (high to low threshold) with TPR >= 0.5, with it.
+    tpr_at_fpr: dict | None = None  # level -> {"tpr", "fpr", "threshold"}
+    fpr_at_tpr: dict | None = None  # level -> {"tpr", "fpr", "threshold"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,9 @@ class CurveIntegrator:
         self._auc_sum = 0.0
         self._fpr95: tuple[float, float, float] | None = None
         self._best_f1 = (-1.0, float("nan"))
+        # nothing flagged (threshold +inf) is the operating point before the first distinct score
+        self._at_fpr = {level: (0.0, 0.0, float("inf")) for level in OPERATING_FPR_LEVELS}
+        self._at_tpr: dict[float, tuple[float, float, float]] = {}
 
     def feed(self, values: np.ndarray, positives: np.ndarray, negatives: np.ndarray) -> None:
         """Append the next operating points (descending scores, continuing the previous call's)."""
@@ -126,6 +136,19 @@ class CurveIntegrator:
             if hit.size:
                 i = hit[0]
                 self._fpr95 = (fps[i] / self.num_negatives, float(values[i]), float(tpr[i]))
+        tpr_all = tps / self.num_positives
+        fpr_all = fps / self.num_negatives
+        for level in OPERATING_FPR_LEVELS:  # fps ascend: the last point within the budget is the lowest threshold
+            ok = np.flatnonzero(fps <= level * self.num_negatives)
+            if ok.size:
+                j = ok[-1]
+                self._at_fpr[level] = (float(tpr_all[j]), float(fpr_all[j]), float(values[j]))
+        for level in OPERATING_TPR_LEVELS:
+            if level not in self._at_tpr:
+                hit = np.flatnonzero(tpr_all >= level)
+                if hit.size:
+                    j = hit[0]
+                    self._at_tpr[level] = (float(tpr_all[j]), float(fpr_all[j]), float(values[j]))
         f1 = 2 * tps / (tps + fps + self.num_positives)
         i = int(np.argmax(f1))
         if f1[i] > self._best_f1[0]:
@@ -148,7 +171,9 @@ class CurveIntegrator:
             auroc=self._auc_sum / (2.0 * self.num_positives * self.num_negatives),
             fpr95=float(fpr95), threshold95=threshold95, tpr95=tpr95,
             best_f1=self._best_f1[0], best_f1_threshold=self._best_f1[1],
-            num_positives=self.num_positives, num_negatives=self.num_negatives)
+            num_positives=self.num_positives, num_negatives=self.num_negatives,
+            tpr_at_fpr={str(k): dict(zip(("tpr", "fpr", "threshold"), v)) for k, v in self._at_fpr.items()},
+            fpr_at_tpr={str(k): dict(zip(("tpr", "fpr", "threshold"), v)) for k, v in sorted(self._at_tpr.items())})
 
 
 def metrics_from_counts(counts: ScoreCounts) -> AnomalyMetrics:

@@ -15,6 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalDataset, EvalSample
+from densehybrid_ros.evaluation.bootstrap import (DEFAULT_RESAMPLES, GroupedConfusion, GroupedScoreHistograms,
+                                                  GroupIndex, group_weights)
+from densehybrid_ros.evaluation.breakdown import SIZE_EDGES, RecallByBin, SizeBinnedAnomalyMetrics, component_sizes
 from densehybrid_ros.evaluation.component_metrics import ANOMALY_TRACK, OBSTACLE_TRACK, ComponentMetrics
 from densehybrid_ros.evaluation.distance_bins import DistanceBinnedAnomalyMetrics
 from densehybrid_ros.evaluation.ensemble import EnsembleAccumulator
@@ -38,6 +41,8 @@ class EvalOptions:
     subsample_per_image: int = 20000
     keep_examples: int = 6
     seed: int = 0
+    bootstrap_resamples: int = DEFAULT_RESAMPLES  # 95% intervals resampling groups (streets); 0 = none
+    size_edges: tuple[float, ...] = SIZE_EDGES  # anomaly component sizes (pixels) for the size breakdown
 
 
 @dataclass
@@ -79,6 +84,14 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
     ensemble = EnsembleAccumulator() if {"generative", "discriminative"} <= set(options.scores) else None
     closed_cm = np.zeros((K, K), np.int64)
     open_acc = OpenSetAccumulator(K, fusion_threshold(threshold)) if semantic_ok and threshold is not None else None
+    groups = GroupIndex()
+    group_of = getattr(dataset, "group", None)
+    grouped = {s: GroupedScoreHistograms() for s in options.scores}
+    grouped_cm = GroupedConfusion(K)
+    sizes = {s: SizeBinnedAnomalyMetrics(options.size_edges) for s in options.scores}
+    named_thresholds = {} if threshold is None else {"threshold": float(threshold)}
+    recall_distance = RecallByBin(options.distance_edges, named_thresholds)
+    recall_size = RecallByBin(options.size_edges, named_thresholds)
     sub_values: dict[str, list] = {s: [] for s in options.scores}
     sub_labels: list[np.ndarray] = []
     examples: list[Example] = []
@@ -88,8 +101,11 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
             sample = dataset[i]
             pred = predictor.predict(sample.image)
             maps = {"hybrid": pred.hybrid, **pred.scores}
+            g = groups(group_of(i) if group_of is not None else sample.name)
             if semantic_ok and sample.semantic is not None:
-                closed_cm += closed_set_confusion(sample.semantic, pred.class_ids, K)
+                cm = closed_set_confusion(sample.semantic, pred.class_ids, K)
+                closed_cm += cm
+                grouped_cm.update(g, cm)
                 if open_acc is not None:
                     open_acc.update(sample.semantic, pred.class_ids, pred.hybrid)
             if sample.ood is not None:
@@ -98,11 +114,16 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                 with_anomaly += has_anomaly
                 for s in options.scores:
                     streams[s].update(maps[s], sample.ood)
+                    grouped[s].update(g, maps[s], sample.ood)
+                    sizes[s].update(maps[s], sample.ood)
                     if s in per_image:
                         per_image[s].update(maps[s], sample.ood)
                     if sample.depth is not None:
                         bins.setdefault(s, DistanceBinnedAnomalyMetrics(options.distance_edges)).update(
                             maps[s], sample.ood, sample.depth)
+                recall_size.update(pred.hybrid, sample.ood, component_sizes(sample.ood))
+                if sample.depth is not None:
+                    recall_distance.update(pred.hybrid, sample.ood, sample.depth)
                 if components is not None:
                     components.update_scores(pred.hybrid, sample.ood, fusion_threshold(threshold))
                 if ensemble is not None:
@@ -118,14 +139,23 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                 on_image(i)
         metrics: dict = {"dataset": {"kind": kind, "root": str(dataset.root), "split": dataset.split, "images": n,
                                      "labelled_images": labelled, "images_with_anomalies": with_anomaly},
-                         "threshold": threshold, "scores": {}}
+                         "threshold": threshold, "groups": len(groups), "scores": {}}
+        weights = (group_weights(len(groups), options.bootstrap_resamples, options.seed)
+                   if options.bootstrap_resamples and len(groups) > 1 else None)
+        if weights is not None:
+            metrics["bootstrap"] = {"resamples": options.bootstrap_resamples, "level": 0.95,
+                                    "groups": len(groups), "grouped_by": "street" if group_of is not None else "image"}
         for s in options.scores:
             entry: dict = {}
             try:
-                entry["anomaly"] = asdict(streams[s].compute())
+                exact = streams[s].compute()
+                entry["anomaly"] = asdict(exact)
+                if weights is not None:
+                    entry["intervals"] = {k: asdict(v) for k, v in grouped[s].intervals(exact, weights).items()}
             except ValueError as exc:
                 entry["anomaly"] = None
                 entry["anomaly_skipped"] = str(exc)
+            entry["size_bins"] = [asdict(b) for b in sizes[s].compute()]
             if s in per_image:
                 entry["per_image"] = asdict(per_image[s].compute())
             if s in bins:
@@ -134,6 +164,10 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
         if semantic_ok and closed_cm.sum():
             iou = iou_per_class(closed_cm)
             metrics["closed_set"] = {"miou": float(np.nanmean(iou)), "iou": dict(zip(dataset.classes, _floats(iou)))}
+            if weights is not None:
+                ci = grouped_cm.intervals(weights)
+                metrics["closed_set"]["intervals"] = {"miou": asdict(ci["miou"]),
+                                                      "iou": dict(zip(dataset.classes, (asdict(v) for v in ci["iou"])))}
             if open_acc is not None:
                 r = open_acc.compute()
                 metrics["open_set"] = {"threshold": threshold, "open_miou": r.open_miou, "miou": r.miou,
@@ -142,6 +176,10 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                 metrics["open_set_skipped"] = "no threshold: weights uncalibrated and none given"
         elif not semantic_ok:
             metrics["semantic_skipped"] = "dataset classes differ from the model's: no mIoU / open-mIoU"
+        if named_thresholds and labelled:
+            metrics["recall_by_size"] = [asdict(b) for b in recall_size.compute()]
+            if recall_distance.positives.sum():
+                metrics["recall_by_distance"] = [asdict(b) for b in recall_distance.compute()]
         if components is not None:
             metrics["components"] = asdict(components.compute())
         if ensemble is not None:

@@ -23,16 +23,42 @@ def curves(values: np.ndarray, is_anomaly: np.ndarray) -> tuple[np.ndarray, ...]
     return tp / P, tp / np.maximum(tp + fp, 1), fp / N, tp / P
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _ci(entry: dict | None, key: str) -> str:
+    """'12.34 [10.1, 14.2]' from an interval dict, or the bare point."""
+    iv = (entry or {}).get(key)
+    return "" if iv is None else f"[{_pct(iv['low'])}, {_pct(iv['high'])}]"
+
+
+def _edge(v) -> str:
+    return "inf" if v is None else f"{v:g}"  # metrics.json writes inf as null
+
+
 def summary_table(metrics: dict) -> str:
-    rows = [f"{'score':<16}{'AP':>8}{'FPR95':>8}{'AUROC':>8}"]
+    boot = metrics.get("bootstrap")
+    rows = []
+    if boot:
+        rows.append(f"95% intervals: bootstrap over {boot['groups']} {boot['grouped_by']}s, {boot['resamples']} resamples")
+    rows.append(f"{'score':<16}{'AP':>8}{'':>17}{'FPR95':>8}{'':>17}{'AUROC':>8}"
+                f"{'TPR@FPR1%':>11}{'TPR@FPR0.1%':>13}{'FPR@TPR50%':>12}")
     for name, entry in metrics["scores"].items():
         a = entry.get("anomaly")
         if a is None:
-            rows.append(f"{name:<16}{'n/a':>8}{'n/a':>8}{'n/a':>8}   ({entry.get('anomaly_skipped', '')})")
-        else:
-            rows.append(f"{name:<16}{100 * a['ap']:>8.2f}{100 * a['fpr95']:>8.2f}{100 * a['auroc']:>8.2f}")
+            rows.append(f"{name:<16}{'n/a':>8}{'':>17}{'n/a':>8}{'':>17}{'n/a':>8}   ({entry.get('anomaly_skipped', '')})")
+            continue
+        iv = entry.get("intervals")
+        op_f, op_t = a.get("tpr_at_fpr") or {}, a.get("fpr_at_tpr") or {}
+        rows.append(f"{name:<16}{_pct(a['ap']):>8}{_ci(iv, 'ap'):>17}{_pct(a['fpr95']):>8}{_ci(iv, 'fpr95'):>17}"
+                    f"{_pct(a['auroc']):>8}{_pct(op_f.get('0.01', {}).get('tpr')):>11}"
+                    f"{_pct(op_f.get('0.001', {}).get('tpr')):>13}{_pct(op_t.get('0.5', {}).get('fpr')):>12}")
     if "closed_set" in metrics:
-        rows.append(f"mIoU {100 * metrics['closed_set']['miou']:.2f}")
+        c = metrics["closed_set"]
+        rows.append(f"mIoU {_pct(c['miou'])} {_ci(c.get('intervals'), 'miou')}")
+        ious = c.get("iou", {})
+        rows.append("IoU per class: " + ", ".join(f"{k} {_pct(v)}" for k, v in ious.items()))
     if "open_set" in metrics:
         o = metrics["open_set"]
         rows.append(f"open-mIoU {100 * o['open_miou']:.2f}  mean F1 {100 * o['mean_f1']:.2f}  (threshold {o['threshold']:.4g})")
@@ -40,6 +66,19 @@ def summary_table(metrics: dict) -> str:
         c = metrics["cross_fold"]
         rows.append(f"two-fold protocol: open-mIoU {100 * c['open_miou']:.2f}  mean F1 {100 * c['mean_f1']:.2f}  "
                     f"mIoU {100 * c['miou']:.2f}")
+    hybrid = metrics["scores"].get("hybrid", {})
+    if hybrid.get("distance_bins"):
+        rec = {(b["lower"], b["upper"]): b for b in metrics.get("recall_by_distance", [])}
+        rows.append("hybrid by distance [m]: " + "; ".join(
+            f"{_edge(b['lower'])}-{_edge(b['upper'])}: AP {_pct((b.get('metrics') or {}).get('ap'))}"
+            f" recall@t {_pct(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
+            for b in hybrid["distance_bins"]))
+    if hybrid.get("size_bins"):
+        rec = {(b["lower"], b["upper"]): b for b in metrics.get("recall_by_size", [])}
+        rows.append("hybrid by anomaly size [px]: " + "; ".join(
+            f"{_edge(b['lower'])}-{_edge(b['upper'])} ({b['num_components']}): AP {_pct(b['ap'])}"
+            f" recall@t {_pct(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
+            for b in hybrid["size_bins"]))
     if "components" in metrics:
         c = metrics["components"]
         rows.append(f"components: sIoU {100 * (c['siou'] or 0):.2f}  PPV {100 * (c['ppv'] or 0):.2f}  mean F1 {100 * (c['mean_f1'] or 0):.2f}")

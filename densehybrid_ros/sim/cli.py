@@ -1,6 +1,7 @@
 """`densehybrid-sim`: render datasets, write driving bags, draw a gallery.
 
     densehybrid-sim render  --out DIR --split train|val|test --frames N --seed S --size 512x256 [--workers W]
+                            [--frames-per-scene F]   (one scene = one street; fewer frames each = more streets)
     densehybrid-sim bag     --out BAG --split test --frames N --rate 10 --speed 8 --seed S --size WxH [--storage mcap]
     densehybrid-sim gallery --out PNG [--rows 4] [--seed S] [--size WxH]
 """
@@ -27,7 +28,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _config(args) -> SimConfig:
     w, h = args.size
-    return dataclasses.replace(SimConfig(), width=w, height=h)
+    per = getattr(args, "frames_per_scene", None)
+    extra = {} if per is None else {"frames_per_scene": per}
+    return dataclasses.replace(SimConfig(), width=w, height=h, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", choices=("train", "val", "test"), required=True)
     r.add_argument("--frames", type=int, required=True)
     r.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    r.add_argument("--frames-per-scene", type=int, default=None,
+                   help=f"frames per street (default {SimConfig.frames_per_scene}); evaluation splits use fewer "
+                        "so that they cover many streets")
     b = sub.add_parser("bag", parents=[common], help="a driving sequence as a ROS 2 bag")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--split", choices=("train", "val", "test"), default="test")

@@ -55,6 +55,8 @@ class SimConfig:
                 raise ValueError(f"{name}: lower bound {lo} exceeds upper bound {hi}")
         if not 0.0 <= self.anomaly_frame_prob <= 1.0 or not 0.0 <= self.on_road_prob <= 1.0:
             raise ValueError("probabilities must be in [0, 1]")
+        if self.frames_per_scene < 1:
+            raise ValueError(f"frames_per_scene must be >= 1, got {self.frames_per_scene}")
         if self.anomaly_distance[0] < 2.0 or self.anomaly_distance[1] > 120.0:
             raise ValueError(f"anomaly_distance must lie within [2, 120] m, got {self.anomaly_distance}")
 

@@ -1,0 +1,142 @@
+"""95% bootstrap intervals that resample whole groups of frames (streets), not pixels.
+
+Pixels of one street are strongly correlated (the same objects, light and camera), so resampling pixels or
+even frames would give intervals far too narrow. Each group keeps sufficient statistics:
+- per score, a histogram of its positive and negative pixels on a fixed fine grid (`GroupedScoreHistograms`);
+- a closed-set confusion matrix (`GroupedConfusion`).
+A bootstrap replicate draws as many groups as there are, with replacement (Efron's nonparametric bootstrap),
+adds their statistics and recomputes the metric; the interval is the 2.5 and 97.5 percentiles of the
+replicates (percentile method). The anomaly metrics of a replicate come from the binned counts through the
+project's exact curve integrator (bin centres as distinct scores), so they differ from the exact pooled
+value only by the binning (`binned_point` in the result shows by how much).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+import numpy as np
+
+from densehybrid_ros.evaluation._checks import valid_pixels
+from densehybrid_ros.evaluation.anomaly_metrics import AnomalyMetrics
+from densehybrid_ros.evaluation.score_grid import ScoreGrid
+from densehybrid_ros.evaluation.segmentation_metrics import iou_per_class
+
+DEFAULT_RESAMPLES = 1000
+DEFAULT_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    point: float  # the metric on the whole evaluation set
+    low: float
+    high: float
+    binned_point: float | None = None  # the point estimate from the binned statistics (anomaly metrics)
+
+
+def percentile_interval(values: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    """The central `level` interval of bootstrap replicates (NaN replicates dropped)."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))
+
+
+def group_weights(num_groups: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, num_groups) multiplicities: how often each group is drawn in each replicate."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_groups, size=(resamples, num_groups))
+    return np.stack([np.bincount(d, minlength=num_groups) for d in draws]).astype(np.int64)
+
+
+class GroupIndex:
+    """Consecutive indices 0..G-1 for group keys (street ids, frame names), shared by all accumulators of one
+    evaluation so that one weight matrix resamples all of them alike."""
+
+    def __init__(self) -> None:
+        self.index: dict[Hashable, int] = {}
+
+    def __call__(self, group: Hashable) -> int:
+        return self.index.setdefault(group, len(self.index))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _padded(rows: list[np.ndarray], count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Stack per-group rows, with zero rows for groups this accumulator never saw (count >= len(rows))."""
+    return np.stack(rows + [np.zeros(shape, np.int64)] * (count - len(rows)))
+
+
+class GroupedScoreHistograms:
+    """Per-group positive/negative histograms of one score on a fixed `ScoreGrid`."""
+
+    def __init__(self, num_bins: int = 8192, margin: float = 1.0) -> None:
+        self.grid = ScoreGrid(num_bins, margin)
+        self._pos: list[np.ndarray] = []
+        self._neg: list[np.ndarray] = []
+
+    def update(self, g: int, scores: np.ndarray, ood_labels: np.ndarray) -> None:
+        """Add one image of group index `g` (from a shared `GroupIndex`)."""
+        values, is_anomaly = valid_pixels(scores, ood_labels)
+        if values.size == 0:
+            return
+        cells = self.grid.cells(values)
+        n = self.grid.num_bins
+        while len(self._pos) <= g:
+            self._pos.append(np.zeros(n, np.int64))
+            self._neg.append(np.zeros(n, np.int64))
+        self._pos[g] += np.bincount(cells[is_anomaly], minlength=n)
+        self._neg[g] += np.bincount(cells[~is_anomaly], minlength=n)
+
+    def intervals(self, exact: AnomalyMetrics, weights: np.ndarray, level: float = DEFAULT_LEVEL,
+                  extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None) -> dict[str, Interval]:
+        """Intervals for AP, FPR95, AUROC (and any `extra` metric of an AnomalyMetrics) around `exact`;
+        `weights` from `group_weights(G, ...)` with G the number of groups of the shared index."""
+        if not self._pos:
+            return {}
+        pos = _padded(self._pos, weights.shape[1], (self.grid.num_bins,))
+        neg = _padded(self._neg, weights.shape[1], (self.grid.num_bins,))
+        picks: dict[str, Callable[[AnomalyMetrics], float]] = {
+            "ap": lambda m: m.ap, "fpr95": lambda m: m.fpr95, "auroc": lambda m: m.auroc, **(extra or {})}
+        replicates = {name: [] for name in picks}
+        for w in weights:
+            m = self.grid.metrics(w @ pos, w @ neg)
+            for name, fn in picks.items():
+                replicates[name].append(float("nan") if m is None else fn(m))
+        binned = self.grid.metrics(pos.sum(0), neg.sum(0))
+        return {name: Interval(picks[name](exact), *percentile_interval(np.array(replicates[name]), level),
+                               None if binned is None else picks[name](binned)) for name in picks}
+
+
+class GroupedConfusion:
+    """Per-group K x K closed-set confusion matrices (rows ground truth, columns prediction)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._cms: list[np.ndarray] = []
+
+    def update(self, g: int, confusion: np.ndarray) -> None:
+        """Add one image's confusion matrix to group index `g`."""
+        while len(self._cms) <= g:
+            self._cms.append(np.zeros((self.num_classes, self.num_classes), np.int64))
+        self._cms[g] += confusion
+
+    def intervals(self, weights: np.ndarray, level: float = DEFAULT_LEVEL) -> dict:
+        """{"miou": Interval, "iou": [Interval per class]} (IoU of a class absent from a replicate is NaN)."""
+        if not self._cms:
+            return {}
+        cms = _padded(self._cms, weights.shape[1], (self.num_classes, self.num_classes))  # (G, K, K)
+        flat = cms.reshape(len(cms), -1)
+        ious = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for w in weights:
+                ious.append(iou_per_class((w @ flat).reshape(self.num_classes, self.num_classes)))
+            ious_arr = np.array(ious)
+            point = iou_per_class(cms.sum(0))
+            miou_reps = np.nanmean(ious_arr, axis=1)
+        return {"miou": Interval(float(np.nanmean(point)), *percentile_interval(miou_reps, level)),
+                "iou": [Interval(float(point[k]), *percentile_interval(ious_arr[:, k], level))
+                        for k in range(self.num_classes)]}
