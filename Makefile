@@ -41,5 +41,25 @@ lock: venv
 	  open('requirements.txt', 'w').write('# Full lock of the environment make venv builds (make lock, from requirements.in).\n' + '\n'.join(rows) + '\n')"
 	rm -f .lock-report.json
 
+# ROS machines (README, "On a ROS 2 machine"): requirements-ros.txt must resolve from wheels alone for Humble's
+# Python 3.10 and Jazzy's/Kilted's 3.12. pip evaluates environment markers for the interpreter running it even with
+# --python-version, so each version's lines are selected first (packaging's marker evaluation), then resolved.
+.PHONY: check-ros-requirements
+ROS_PYTHON_VERSIONS := 3.10 3.12
+check-ros-requirements: venv
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for version in $(ROS_PYTHON_VERSIONS); do \
+	  $(PY) -c 'import sys; from packaging.requirements import Requirement; \
+	    env = {"python_version": sys.argv[2], "python_full_version": sys.argv[2] + ".0"}; \
+	    reqs = [Requirement(r) for r in (l.split("#")[0].strip() for l in open(sys.argv[1])) if r]; \
+	    print("\n".join(f"{r.name}{r.specifier}" for r in reqs if r.marker is None or r.marker.evaluate(env)))' \
+	    requirements-ros.txt $$version > $$tmp/requirements-$$version.txt; \
+	  echo "== Python $$version: $$(tr '\n' ' ' < $$tmp/requirements-$$version.txt)"; \
+	  if ! $(PY) -m pip install --dry-run --only-binary=:all: --python-version $$version --ignore-installed \
+	      --target $$tmp/target-$$version -r $$tmp/requirements-$$version.txt > $$tmp/pip-$$version.log 2>&1; then \
+	    grep -v 'is ignored' $$tmp/pip-$$version.log | tail -5; exit 1; fi; \
+	  grep '^Would install' $$tmp/pip-$$version.log; \
+	done
+
 clean:
 	rm -rf $(VENV) demo_out bench_out *.egg-info

@@ -36,6 +36,7 @@ setup(
             "densehybrid-record = densehybrid_ros.node.record:main",
             "densehybrid-sim-camera = densehybrid_ros.node.sim_camera:main",
             "densehybrid-eval-bag = densehybrid_ros.node.eval_bag:main",
+            "densehybrid-rviz = densehybrid_ros.rviz_config:main",
         ],
     },
 )

@@ -2,7 +2,7 @@
 
     ros2 launch densehybrid_ros perception.launch.py weights:=/path/model.safetensors \
         image:=/camera/image_raw camera_info:=/camera/camera_info [namespace:=front] [device:=cuda] \
-        [params_file:=my_perception.yaml] [use_sim_time:=true]
+        [params_file:=my_perception.yaml] [use_sim_time:=true] [rviz:=true]
 
 Several cameras, one node, batched inference (outputs ~/<camera>/semantic, ...):
 
@@ -17,19 +17,30 @@ Several cameras, one node, batched inference (outputs ~/<camera>/semantic, ...):
 The node is a lifecycle node; with the parameter `autostart` (default true in config/perception.yaml) it
 configures and activates itself. Set autostart: false in a params file to drive it with a lifecycle manager.
 `weights` and `device` override the params file only when given (empty = keep the file's value).
+
+RViz: `rviz:=true` (or `auto`: only when rviz2 is installed and a display is set; default `false`) starts
+`densehybrid-rviz`, which writes an RViz layout for this launch's namespace and cameras (the `cameras` argument, else
+the params file's) with every output of the node, and runs rviz2 with it; `rviz_fixed_frame` sets its fixed frame
+(with several cameras, a frame all of them have a TF to, e.g. base_link).
+
+Failing cleanly: when the perception node exits (a failed start, a crash) the launch shuts down (Shutdown action on
+its exit), RViz included; RViz failing (a non-zero exit: rviz:=true without rviz2, a crash) shuts it down too, while
+closing the RViz window leaves the node running.
 Only long-stable launch / launch_ros APIs are used (Humble, Jazzy, Kilted).
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "densehybrid_ros"
 EXECUTABLE = "densehybrid_perception"
 NODE_NAME = "densehybrid_perception"
+RVIZ_EXECUTABLE = "densehybrid-rviz"  # writes the RViz layout, then runs rviz2 (densehybrid_ros/rviz_config.py)
+RVIZ_NODE = "densehybrid_rviz"
 
 
 def _cameras(text):
@@ -76,8 +87,28 @@ def _node(context, *args, **kwargs):
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
             output="screen",
             emulate_tty=True,
+            on_exit=Shutdown(reason=f"{NODE_NAME} exited"),
         )
     ]
+
+
+def _on_rviz_exit(event, context):
+    """RViz failing (non-zero exit: rviz:=true without rviz2, a crash) ends the launch; closing its window does not."""
+    if event.returncode != 0:
+        return [Shutdown(reason=f"{RVIZ_NODE} exited with code {event.returncode}")]
+    return None
+
+
+def _rviz():
+    """RViz through densehybrid-rviz: the layout for this launch's namespace, cameras and params file."""
+    arguments = [["--rviz=", LaunchConfiguration("rviz")],
+                 ["--namespace=", LaunchConfiguration("namespace")],
+                 ["--cameras=", LaunchConfiguration("cameras")],
+                 ["--params-file=", LaunchConfiguration("params_file")],
+                 ["--fixed-frame=", LaunchConfiguration("rviz_fixed_frame")],
+                 "--node-name=" + NODE_NAME]
+    return Node(package=PACKAGE, executable=RVIZ_EXECUTABLE, name=RVIZ_NODE, arguments=arguments, output="screen",
+                on_exit=_on_rviz_exit)
 
 
 def generate_launch_description():
@@ -101,5 +132,11 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="",
                               description="cpu, cuda or cuda:N; empty = the params file's value"),
         DeclareLaunchArgument("log_level", default_value="info", description="node log level"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="true: RViz with a layout for this namespace and cameras (the launch shuts "
+                                          "down without rviz2); auto: only when rviz2 and a display exist; false"),
+        DeclareLaunchArgument("rviz_fixed_frame", default_value="camera_optical_frame",
+                              description="RViz fixed frame (several cameras: a common frame such as base_link)"),
         OpaqueFunction(function=_node),
+        _rviz(),
     ])

@@ -67,7 +67,98 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_rclpy_runs_with_the_installed_rmw():
     code = ("import rclpy\nrclpy.init()\nnode = rclpy.create_node('densehybrid_probe')\n"
             "print(node.get_name())\nnode.destroy_node()\nrclpy.shutdown()")
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID="77")
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "densehybrid_probe"
+
+
+# ---------------------------------------------------------------- dependencies on a ROS machine (issue 16)
+ROSDEP_PYTHON_KEYS = {  # rosdistro rosdep/python.yaml keys of the Python libraries the package uses
+    "python3-numpy", "python3-opencv", "python3-yaml", "python3-torch", "python3-rosbags-pip",
+    "python3-onnxruntime-pip", "python3-pybullet-pip", "python3-skimage", "python3-scipy", "python3-tqdm",
+    "python3-matplotlib", "python3-pil"}
+ROS_PYTHONS = ("3.10", "3.12")  # Humble (Ubuntu 22.04); Jazzy and Kilted (Ubuntu 24.04)
+
+
+def test_package_xml_as_rosdep_reads_it():
+    """catkin_pkg (what rosdep and colcon use) parses and validates package.xml, and every key is an exec dependency."""
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(ROOT / "package.xml"))
+    package.validate()
+    exec_depends = {d.name for d in package.exec_depends}
+    assert ROSDEP_PYTHON_KEYS <= exec_depends, ROSDEP_PYTHON_KEYS - exec_depends
+    assert REQUIRED_DEPENDS | {"rviz2", "launch", "launch_ros", "ament_index_python"} <= exec_depends
+    names = [d.name for d in package.exec_depends]
+    assert len(names) == len(set(names)), "a dependency is listed twice"
+
+
+def ros_requirements(python_version: str) -> dict[str, str]:
+    """requirements-ros.txt as pip on `python_version` reads it: canonical name -> the pinned version."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = {"python_version": python_version, "python_full_version": python_version + ".0"}
+    pins: dict[str, str] = {}
+    for line in (ROOT / "requirements-ros.txt").read_text().splitlines():
+        text = line.split("#")[0].strip()
+        if not text:
+            continue
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(env):
+            continue
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"{text}: pin exactly"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{name} pinned twice for Python {python_version}"
+        pins[name] = spec.version
+    return pins
+
+
+def third_party_distributions() -> set[str]:
+    """Distributions (canonical names) of everything densehybrid_ros imports that is neither the standard library, the
+    package itself, nor a ROS package of package.xml (on a ROS machine those come from the ROS installation)."""
+    from importlib.metadata import packages_distributions
+
+    from catkin_pkg.package import parse_package
+    from packaging.utils import canonicalize_name
+
+    modules = set()
+    for path in (ROOT / "densehybrid_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    ros_packages = {d.name for d in parse_package(str(ROOT / "package.xml")).exec_depends}
+    modules -= set(sys.stdlib_module_names) | ros_packages | {"densehybrid_ros", "__future__"}
+    owners = packages_distributions()
+    unknown = sorted(m for m in modules if m not in owners)
+    assert unknown == [], f"imports without an installed distribution: {unknown}"
+    return {canonicalize_name(d) for m in modules for d in owners[m]}
+
+
+def test_ros_requirements_cover_every_import_for_both_pythons():
+    needed = third_party_distributions()
+    assert {"torch", "safetensors", "rosbags-image", "onnx", "onnxruntime", "scipy", "pillow"} <= needed  # sanity
+    for version in ROS_PYTHONS:
+        pins = ros_requirements(version)
+        missing = needed - set(pins) - ({"pybullet"} if version == "3.12" else set())  # no 3.12 wheel (README)
+        assert missing == set(), f"Python {version}: requirements-ros.txt lacks {sorted(missing)}"
+        # the apt ROS message packages are built against NumPy 1.x
+        assert pins["numpy"].startswith("1."), version
+        assert pins["torch"] == "2.13.0"  # DEVELOPERS.md: always this pin
+
+
+def test_ros_machine_steps_are_documented_and_checked():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## On a ROS 2 machine"):]
+    section = section[:section.index("\n## ", 3)]
+    for text in ("--system-site-packages", "requirements-ros.txt", "rosdep install", "make check-ros-requirements",
+                 "Humble", "Jazzy", "Kilted", "rviz:=auto"):
+        assert text in section, text
+    assert "grep -v '^ros-' densehybrid_ros/requirements.in" not in readme  # the step that failed on Python 3.10
+    makefile = (ROOT / "Makefile").read_text()
+    assert "check-ros-requirements:" in makefile and "--only-binary=:all:" in makefile
+    assert "ROS_PYTHON_VERSIONS := 3.10 3.12" in makefile

@@ -11,6 +11,7 @@ import yaml
 from densehybrid_ros.config import ConfigError, from_dict
 from training.losses import LossWeights
 from training.synthetic import SyntheticConfig
+from training.validation import ValidationConfig
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     synthetic: SyntheticConfig | None = None  # finetune with negatives sampled from a jointly trained flow
 
     def validate(self) -> None:
@@ -109,6 +111,7 @@ class TrainConfig:
         self.loss.validate()
         self.data.validate()
         self.speed.validate()
+        self.validation.validate()
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

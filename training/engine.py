@@ -154,6 +154,13 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, stop, cfg.seed, info.rank, info.world_size)
     loader = make_loader(cfg, dataset, sampler, info.device)
     writer = _tensorboard(cfg) if info.is_main else None
+    validator = None
+    if cfg.validation.dataset and info.is_main:
+        from densehybrid_ros.weights import Normalization
+        from training.validation import Validator
+
+        norm = Normalization()
+        validator = Validator(cfg.validation, norm.mean, norm.std, Path(cfg.out))
     config_dict = asdict(cfg)
     bar = tqdm(total=cfg.steps, initial=start, desc=cfg.mode, unit="step", disable=not info.is_main)
     model.train()
@@ -174,6 +181,10 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
             for group in optimizer.param_groups:
                 writer.add_scalar(f"lr/{group['name']}", group["lr"], done)
             bar.set_postfix(loss=f"{terms['total'].item():.4f}")
+        if validator is not None and validator.due(done):
+            row = validator.run(model, done, info.device)
+            writer.add_scalar("val/miou", row["miou"], done)
+            bar.write(f"step {done}: val mIoU {100 * row['miou']:.2f}")
         if writer is not None and done % cfg.image_every == 0:
             _log_images(writer, x, labels, d_out, done)
         if done % cfg.checkpoint_every == 0 or done == stop:

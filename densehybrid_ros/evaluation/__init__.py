@@ -1,5 +1,6 @@
-"""Evaluation metrics (thesis 5.2): anomaly detection, closed/open-set segmentation, SMIYC components,
-distance bins, the ensemble criterion (4.4) and the cross-fold threshold protocol.
+"""Evaluation metrics (thesis 5.2): anomaly detection, closed/open-set segmentation, SMIYC components, the
+SMIYC benchmark's binned pixel metrics, distance bins, the ensemble criterion (4.4) and the cross-fold
+threshold protocol.
 
 Pure numpy/scipy; every metric accumulates in int64 counts or float64 sums and pools over the dataset.
 Label conventions are those of ``densehybrid_ros.datasets``: ood 0 inlier / 1 anomaly / 255 void;
@@ -45,6 +46,7 @@ from densehybrid_ros.evaluation.segmentation_metrics import (  # noqa: F401
     open_set_confusion,
     open_set_prediction,
 )
+from densehybrid_ros.evaluation.smiyc_metrics import SmiycPixelMetrics, smiyc_pixel_metrics  # noqa: F401
 from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics  # noqa: F401
 from densehybrid_ros.evaluation.thresholds import (  # noqa: F401
     CrossFoldResult,

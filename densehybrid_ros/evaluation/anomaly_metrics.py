@@ -19,7 +19,8 @@ The same integrator (`CurveIntegrator`) serves the in-memory `compute_anomaly_me
 scores, so both give bit-identical results.
 
 Two benchmark variants that are NOT the exact pooled metrics are provided for comparison:
-`BinnedAnomalyMetrics` (SMIYC's uniform-bin mode) and `PerImageAnomalyMetrics` (the StreetHazards code of
+`BinnedAnomalyMetrics` (a uniform-bin histogram approximation; NOT the official SMIYC formulas, which
+`densehybrid_ros.evaluation.smiyc_metrics` reproduces) and `PerImageAnomalyMetrics` (the StreetHazards code of
 Hendrycks et al., averaging per image).
 """
 from __future__ import annotations
@@ -289,7 +290,8 @@ def per_image_anomaly_metrics(images: Iterable[tuple[np.ndarray, np.ndarray]]) -
 
 
 # ---------------------------------------------------------------------------------------------------------
-# SMIYC-compatible binned mode (road_anomaly_benchmark, 'PixBinaryClass-uniThr').
+# A uniform-bin histogram approximation (fixed memory). The official SMIYC pixel metrics differ (AP starting
+# at recall 0 with right-end precisions): see densehybrid_ros.evaluation.smiyc_metrics.
 
 @dataclass(frozen=True)
 class BinnedAnomalyResult:
@@ -308,7 +310,8 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
 
 
 class BinnedAnomalyMetrics:
-    """Histogram approximation of the curves, as the SMIYC benchmark code (uniform bins, fixed memory).
+    """Histogram approximation of the curves (uniform bins, fixed memory); for the official SMIYC numbers use
+    `densehybrid_ros.evaluation.smiyc_metrics.smiyc_pixel_metrics`.
 
     Scores are counted into ``num_bins`` equal bins over ``score_range`` (``np.histogram``); the operating
     points are the bin lower edges from high to low (predict anomaly where score >= edge). How it differs
@@ -364,7 +367,7 @@ class BinnedAnomalyMetrics:
 
 def binned_anomaly_metrics(scores: np.ndarray, ood_labels: np.ndarray, num_bins: int = 4096,
                            score_range: tuple[float, float] = (0.0, 1.0), clip: bool = False) -> BinnedAnomalyResult:
-    """One-shot `BinnedAnomalyMetrics` (SMIYC uniform-bin approximation)."""
+    """One-shot `BinnedAnomalyMetrics` (uniform-bin approximation)."""
     acc = BinnedAnomalyMetrics(num_bins, score_range, clip)
     acc.update(scores, ood_labels)
     return acc.compute()

@@ -3,8 +3,16 @@
     densehybrid-eval --weights W.safetensors --dataset KIND:PATH [--split S] [--scores hybrid,msp,max_logit]
                      --out DIR [--max-images N] [--per-image] [--threshold T] [--device cpu|cuda]
                      [--fold-b KIND:PATH [--fold-b-split S]]   two-fold threshold protocol (open-mIoU)
+                     [--no-smiyc-mode]
 
 Writes DIR/metrics.json and DIR/report.md (+ curves, histograms, examples) and prints a summary table.
+
+SMIYC kinds (smiyc-anomaly, smiyc-obstacle, smiyc-laf-noknown) also get the benchmark's own numbers, in two
+further passes over the labelled frames (`densehybrid_ros.evaluation.smiyc_eval`): the official code's binned
+pixel metrics (``smiyc_pixel``: 768 percentile bins on the maps stored as float16, as the benchmark stores
+submissions; 4096 uniform bins where scores lie in [0, 1]), then the component metrics at the hybrid score's
+best-F1 threshold of that curve (``components_best_f1``), next to the exact metrics and the calibrated-threshold
+``components``.
 """
 from __future__ import annotations
 
@@ -36,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fold-b", default=None, metavar="KIND:PATH",
                     help="second fold for the two-fold threshold protocol (the --dataset is fold A)")
     ap.add_argument("--fold-b-split", default=None)
+    ap.add_argument("--no-smiyc-mode", action="store_true",
+                    help="SMIYC kinds: skip the benchmark-mode pixel metrics and the best-F1 component metrics "
+                         "(two further passes over the labelled frames)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -44,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from densehybrid_ros.datasets import DatasetError, open_dataset
-    from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
+    from densehybrid_ros.evaluation.evaluate import COMPONENT_FILTERS, EvalOptions, evaluate
     from densehybrid_ros.evaluation.report import summary_table, write_report
+    from densehybrid_ros.evaluation.smiyc_eval import smiyc_mode, smiyc_table
     from densehybrid_ros.predictor import Predictor, PredictorConfig
     from densehybrid_ros.weights import WeightsError
 
@@ -63,11 +75,19 @@ def main(argv: list[str] | None = None) -> int:
 
             result.metrics["cross_fold"] = cross_fold(predictor, dataset, open_dataset(args.fold_b, args.fold_b_split),
                                                       args.max_images)
+        if dataset.kind in COMPONENT_FILTERS and not args.no_smiyc_mode:
+            result.metrics.update(smiyc_mode(predictor, dataset, scores, args.max_images, progress=not args.quiet))
         report = write_report(result, args.out, [c.color for c in predictor.metadata.classes])
+        smiyc_text = smiyc_table(result.metrics)
+        if smiyc_text:
+            with report.open("a") as f:
+                f.write(f"\n## SMIYC benchmark mode\n\n```\n{smiyc_text}\n```\n")
     except (DatasetError, WeightsError, ValueError, OSError) as exc:
         print(f"densehybrid-eval: error: {exc}", file=sys.stderr)
         return 2
     print(summary_table(result.metrics))
+    if smiyc_text:
+        print(smiyc_text)
     print(f"report: {report}")
     return 0
 

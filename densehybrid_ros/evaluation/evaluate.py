@@ -83,7 +83,7 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
     components = ComponentMetrics(COMPONENT_FILTERS[kind]) if kind in COMPONENT_FILTERS and threshold is not None else None
     ensemble = EnsembleAccumulator() if {"generative", "discriminative"} <= set(options.scores) else None
     closed_cm = np.zeros((K, K), np.int64)
-    open_acc = OpenSetAccumulator(K, fusion_threshold(threshold)) if semantic_ok and threshold is not None else None
+    open_acc = OpenSetAccumulator(K, threshold) if semantic_ok and threshold is not None else None
     groups = GroupIndex()
     group_of = getattr(dataset, "group", None)
     grouped = {s: GroupedScoreHistograms() for s in options.scores}
@@ -181,7 +181,10 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
             if recall_distance.positives.sum():
                 metrics["recall_by_distance"] = [asdict(b) for b in recall_distance.compute()]
         if components is not None:
-            metrics["components"] = asdict(components.compute())
+            try:
+                metrics["components"] = asdict(components.compute())
+            except ValueError as exc:  # e.g. the size filter voided every ground-truth component
+                metrics["components_skipped"] = str(exc)
         if ensemble is not None:
             metrics["ensemble"] = asdict(ensemble.compute())
         subsample = {s: (np.concatenate(v) if v else np.zeros(0, np.float32),

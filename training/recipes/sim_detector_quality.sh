@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The Detector-quality schedule (issue 13): large sim splits over many streets, closed-set training to
+# convergence, fine-tuning with real negatives, export, calibration on val, evaluation with street-grouped
+# intervals on two test seeds. Every step resumes or is skipped when its output exists, so the schedule can
+# run in pieces: re-run this script after an interruption. Run from the repository root (make venv first).
+#   Streets: train 12,000 frames x 24 per street = 500 streets (seed 11); val 1,200 x 10 = 120 streets (seed 12);
+#   test A 1,200 x 10 = 120 streets (seed 13); test B the same with seed 14. Anomaly pools are disjoint by split.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+render() {  # out split frames seed per-street
+  [ -f "$1/manifest.json" ] || $PY -m densehybrid_ros.sim render --out "$1" --split "$2" --frames "$3" --seed "$4" \
+      --size 512x256 --frames-per-scene "$5"
+}
+render data/sim_train_big train 12000 11 24
+render data/sim_val_big val 1200 12 10
+render data/sim_test_big test 1200 13 10
+render data/sim_test_big_b test 1200 14 10
+$PY -m training segmenter --config config/train/sim_segmenter_big.yaml
+$PY -m training finetune --config config/train/sim_finetune_real_big.yaml
+$PY -m training export --checkpoint runs/sim_finetune_real_big/checkpoints/last.pt --out runs/sim_real_big.safetensors \
+    --input-size 512x256
+$PY -m training calibrate --weights runs/sim_real_big.safetensors --dataset sim:data/sim_val_big \
+    --out runs/sim_real_big_calibrated.safetensors
+for t in sim_test_big sim_test_big_b; do
+  $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_big_calibrated.safetensors --dataset sim:data/$t \
+      --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_real_big_$t --quiet
+done
