@@ -22,15 +22,19 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Union
 
+from densehybrid_ros.planner_outputs import MAX_GRID_CELLS, GridSpec
+
 Value = Union[bool, int, float, str, list]
 
-OUTPUTS = ("semantic", "semantic_color", "anomaly_score", "open_set", "overlay", "obstacles")
+OUTPUTS = ("semantic", "semantic_color", "anomaly_score", "open_set", "overlay", "obstacles", "obstacle_points",
+           "obstacle_grid")
 RELIABILITIES = ("best_effort", "reliable")
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 BACKENDS = ("torch", "onnxruntime")
 CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: used in topic and parameter names
 MAX_CAMERAS = 16
 MOUNT_PARAMS = ("camera_height", "camera_pitch", "camera_roll")  # per camera: <camera>.<name>
+GROUND_FRAME_SUFFIX = "_ground"  # grid_frame "" = <image frame_id>_ground
 
 
 class SettingsError(ValueError):
@@ -104,6 +108,15 @@ PARAMS: tuple[ParamSpec, ...] = (
               low=-math.pi / 2, high=math.pi / 2),
     ParamSpec("obstacle_max_distance", 60.0, "obstacles farther than this range from the camera [m] are dropped",
               runtime=True, low=0.1, high=10000.0),
+    ParamSpec("grid_frame", "", "frame_id of ~/obstacle_grid: the camera's ground frame (origin on the ground straight "
+              "below the optical centre, x forward along the optical axis's heading, y left, z up; e.g. base_footprint "
+              "when that is where it lies). Empty = <image frame_id>" + GROUND_FRAME_SUFFIX + " (one per camera; "
+              "publish its transform yourself). A fixed name needs a single camera", runtime=True),
+    ParamSpec("grid_resolution", 0.2, "cell size of ~/obstacle_grid [m]", runtime=True, low=0.01, high=100.0),
+    ParamSpec("grid_length", 40.0, "extent of ~/obstacle_grid ahead of the camera, from the point below it [m]",
+              runtime=True, low=0.1, high=10000.0),
+    ParamSpec("grid_width", 20.0, "extent of ~/obstacle_grid across, centred on the camera's heading [m]",
+              runtime=True, low=0.1, high=10000.0),
     ParamSpec("track_match_distance", 2.0, "an obstacle keeps the id of the nearest last-frame obstacle within this "
               "distance [m]", runtime=True, low=0.0, high=1000.0),
     ParamSpec("marker_lifetime", 0.5, "lifetime of obstacle markers [s] (0 = until deleted)", runtime=True,
@@ -172,6 +185,25 @@ def check_cameras(names: list) -> str | None:
     return "cameras: " + "; ".join(problems) if problems else None
 
 
+def grid_errors(values: Mapping[str, Any]) -> list[str]:
+    """Why the ~/obstacle_grid parameters do not go together (cell count, frame name, cameras), if they don't."""
+    errors = []
+    resolution, length, width = (values.get(n) for n in ("grid_resolution", "grid_length", "grid_width"))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (resolution, length, width)):
+        nx, ny = GridSpec(float(resolution), float(length), float(width)).cells
+        cells = nx * ny
+        if cells > MAX_GRID_CELLS:
+            errors.append(f"grid_length x grid_width at grid_resolution make {cells} cells, more than "
+                          f"{MAX_GRID_CELLS}: coarser cells or a smaller extent")
+    frame, cameras = values.get("grid_frame"), values.get("cameras")
+    if isinstance(frame, str) and frame.startswith("/"):
+        errors.append(f"grid_frame {frame!r}: tf2 frame ids have no leading slash")
+    if isinstance(frame, str) and frame and isinstance(cameras, (list, tuple)) and len(cameras) > 1:
+        errors.append(f"grid_frame {frame!r} is one frame, but there are {len(cameras)} cameras, each with its grid "
+                      "under it: leave grid_frame empty (per camera <image frame_id>" + GROUND_FRAME_SUFFIX + ")")
+    return errors
+
+
 def mount_param(camera: str, name: str) -> str:
     """The name of a camera's mounting parameter, e.g. front.camera_pitch."""
     return f"{camera}.{name}"
@@ -214,11 +246,17 @@ class Settings:
     publish_open_set: bool
     publish_overlay: bool
     publish_obstacles: bool
+    publish_obstacle_points: bool
+    publish_obstacle_grid: bool
     overlay_alpha: float
     camera_height: float
     camera_pitch: float
     camera_roll: float
     obstacle_max_distance: float
+    grid_frame: str
+    grid_resolution: float
+    grid_length: float
+    grid_width: float
     track_match_distance: float
     marker_lifetime: float
     use_compressed: bool
@@ -244,6 +282,7 @@ class Settings:
                 and merged["depth_topic"].startswith(("/", "~"))):
             errors.append(f"depth_topic {merged['depth_topic']!r} is absolute, but there are {len(cameras)} cameras: "
                           "give a relative name, subscribed per camera as <camera>/<depth_topic>")
+        errors += grid_errors(merged)
         if errors:
             raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
         kwargs = {}
@@ -266,6 +305,14 @@ class Settings:
 
     def publishes(self, output: str) -> bool:
         return bool(getattr(self, f"publish_{output}"))
+
+    def grid_spec(self) -> GridSpec:
+        """The cells of ~/obstacle_grid."""
+        return GridSpec(self.grid_resolution, self.grid_length, self.grid_width)
+
+    def grid_frame_for(self, image_frame: str) -> str:
+        """The frame_id of ~/obstacle_grid for images in `image_frame`: `grid_frame`, else <image_frame>_ground."""
+        return self.grid_frame or f"{image_frame}{GROUND_FRAME_SUFFIX}"
 
     def with_mount(self, mount: Mapping[str, float]) -> "Settings":
         """These settings with one camera's mounting values (MOUNT_PARAMS) in place of the global ones."""

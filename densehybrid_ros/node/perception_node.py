@@ -33,11 +33,19 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
   ~/anomaly_score   32FC1   hybrid score s_H = ln P(d_out|x) - logsumexp_y s_y(x) (thesis eq. 4.11): unbounded
                             log-ratio, higher = more anomalous; compare it with the threshold (diagnostics
                             report the one in force)
-  ~/open_set        mono8   class ids with K = unknown where s_H > threshold (only when a threshold is known)
+  ~/open_set        mono8   class ids with K = unknown where s_H >= threshold (only when a threshold is known)
   ~/overlay         rgb8    open-set colours blended over the image, unknown pixels highlighted, obstacle boxes
   ~/obstacles       visualization_msgs/MarkerArray in the image's frame (optical frame): a CUBE (ns "obstacles")
                     and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per anomaly component;
                     ids are stable across frames, vanished ids get DELETE markers (no DELETEALL)
+  ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every placed obstacle in
+                    3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/planner_outputs.py): on the
+                    ground plane at the obstacle's ground contact (its front face), or at the depth image's depth;
+                    a Nav2 obstacle-layer marking source (data_type PointCloud2)
+  ~/obstacle_grid   nav_msgs/OccupancyGrid on the ground under the camera, frame grid_frame (default
+                    <image frame_id>_ground), grid_resolution / grid_length / grid_width: 100 under obstacle points,
+                    0 where the view reaches the ground, -1 unknown (out of view, under or behind an anomaly)
+                    (neither is published while the camera's intrinsics or a threshold are missing)
   /diagnostics      diagnostic_msgs/DiagnosticArray every diagnostics_period: one status
                     "<node>: open-set segmentation", or per camera "<node>: open-set segmentation (<camera>)" with
                     its counters, mounting and the batch statistics (batch size, batched forward time)
@@ -48,6 +56,7 @@ weights exported at their input_size at configure, cached) on TensorRT/CUDA prov
 """
 from __future__ import annotations
 
+import array
 import gc
 import math
 import sys
@@ -64,7 +73,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from nav_msgs.msg import OccupancyGrid
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker, MarkerArray
 
 from densehybrid_ros.node import diagnostics
@@ -86,12 +96,14 @@ from densehybrid_ros.node.params import (
     split_mount_param,
 )
 from densehybrid_ros.node.processing import FrameProcessor, FrameResult, Wanted
+from densehybrid_ros.planner_outputs import ObstaclePoints, encode_points, obstacle_points, occupancy_grid
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 
 NODE_NAME = "densehybrid_perception"
 IMAGE_OUTPUTS = {  # topic -> encoding
     "semantic": "mono8", "semantic_color": "rgb8", "anomaly_score": "32FC1", "open_set": "mono8", "overlay": "rgb8",
 }
+OBSTACLE_OUTPUTS = ("obstacles", "obstacle_points", "obstacle_grid")  # markers and the planners' forms
 PARAM_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
                list: ParameterType.PARAMETER_STRING_ARRAY}
@@ -140,6 +152,7 @@ class Job:
     camera: CameraModel | None
     depth: Any
     decode_ms: float
+    subscribed: dict[str, bool]  # output -> publish toggle on and someone listens (IMAGE_OUTPUTS, OBSTACLE_OUTPUTS)
 
 
 def qos(reliability: str, depth: int) -> QoSProfile:
@@ -291,6 +304,10 @@ class PerceptionNode(LifecycleNode):
                        for name in IMAGE_OUTPUTS}
             ch.pubs["obstacles"] = self.create_lifecycle_publisher(
                 MarkerArray, f"~/{ch.prefix}obstacles", qos(settings.output_reliability, 5))
+            ch.pubs["obstacle_points"] = self.create_lifecycle_publisher(
+                PointCloud2, f"~/{ch.prefix}obstacle_points", out)
+            ch.pubs["obstacle_grid"] = self.create_lifecycle_publisher(
+                OccupancyGrid, f"~/{ch.prefix}obstacle_grid", out)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diag_timer = self.create_timer(settings.diagnostics_period, self._publish_diagnostics)
         threshold = self.processor.threshold(settings)
@@ -517,21 +534,24 @@ class PerceptionNode(LifecycleNode):
                 f"{msg.header.frame_id!r}): {error}", throttle_duration_sec=THROTTLE_S)
             return None
         decode_ms = (time.perf_counter() - start) * 1e3
-        wanted = Wanted(**{name: self._has_subscribers(ch, name) for name in (*IMAGE_OUTPUTS, "obstacles")})
-        if not any(vars(wanted).values()):
+        subscribed = {name: self._has_subscribers(ch, name) for name in (*IMAGE_OUTPUTS, *OBSTACLE_OUTPUTS)}
+        if not any(subscribed.values()):
             ch.stats.frame_idle()  # nobody listens: no inference (lazy, like image_pipeline nodes)
             return None
+        # obstacles are placed when markers, points or the grid are wanted
+        wanted = Wanted(**{name: subscribed[name] for name in IMAGE_OUTPUTS},
+                        obstacles=any(subscribed[name] for name in OBSTACLE_OUTPUTS))
         camera = ch.camera
         if wanted.obstacles and camera is None:
-            self._warn_once(f"camera_info {ch.name}",
-                            f"{ch.label}no camera_info received yet: obstacle markers are off until one arrives")
+            self._warn_once(f"camera_info {ch.name}", f"{ch.label}no camera_info received yet: obstacle markers, "
+                                                      "points and grid are off until one arrives")
         if (wanted.open_set or wanted.obstacles) and processor.threshold(settings) is None:
             self._warn_once("threshold", "no threshold (parameter unset and the weights are uncalibrated): "
                                          "~/open_set and ~/obstacles are off")
         depth = None
         if settings.depth_topic and (wanted.obstacles or wanted.overlay) and camera is not None:
             depth = self._matching_depth(ch, msg.header.stamp, settings)
-        return Job(ch, msg, rgb, wanted, camera, depth, decode_ms)
+        return Job(ch, msg, rgb, wanted, camera, depth, decode_ms, subscribed)
 
     def _finish(self, job: Job, prediction: Any, processor: FrameProcessor, forward_ms: float, start: float) -> None:
         """Presentation (colours, obstacles, overlay) with the camera's settings, then its outputs."""
@@ -540,7 +560,8 @@ class PerceptionNode(LifecycleNode):
         presenting = time.perf_counter()
         result = processor.present(job.rgb, prediction, settings, job.wanted, job.camera, job.depth, ch.tracker)
         processed = time.perf_counter()
-        self._publish(ch, msg.header, result, job.wanted, settings)
+        self._publish(ch, msg.header, result, job.subscribed, settings)
+        self._publish_planner_outputs(job, result, processor.num_classes)
         published = time.perf_counter()
         ch.stage_times.add(decode=job.decode_ms, process=forward_ms + (processed - presenting) * 1e3,
                            publish=(published - processed) * 1e3)
@@ -549,21 +570,42 @@ class PerceptionNode(LifecycleNode):
             latency_ms = (self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)) / 1e6
         ch.stats.frame_processed((time.perf_counter() - start) * 1e3, latency_ms)
 
-    def _publish(self, ch: Channel, header: Any, result: FrameResult, wanted: Wanted, settings: Settings) -> None:
+    def _publish(self, ch: Channel, header: Any, result: FrameResult, subscribed: dict[str, bool],
+                 settings: Settings) -> None:
         prediction = result.prediction
         arrays = {
             "semantic": prediction.class_ids, "semantic_color": result.semantic_color,
             "anomaly_score": prediction.hybrid, "open_set": prediction.open_set, "overlay": result.overlay,
         }
         for name, encoding in IMAGE_OUTPUTS.items():
-            if getattr(wanted, name) and arrays[name] is not None:
+            if subscribed[name] and arrays[name] is not None:
                 ch.pubs[name].publish(image_msg(Image, header, arrays[name], encoding))
-        if wanted.obstacles:
+        if subscribed["obstacles"]:
             located = result.obstacles if result.located else []  # no camera_info: no 3D, no markers
             ch.pubs["obstacles"].publish(self._markers(ch, header, located, settings))
         elif ch.live_markers and not settings.publish_obstacles:
             ch.pubs["obstacles"].publish(self._marker_deletes(ch.live_markers))
             ch.live_markers = set()
+
+    def _publish_planner_outputs(self, job: Job, result: FrameResult, num_classes: int) -> None:
+        """~/obstacle_points and ~/obstacle_grid of one frame, each only when subscribed, and only when the obstacles
+        could be placed (intrinsics and a threshold known): a planner gets nothing rather than a false "no obstacle"."""
+        want_points, want_grid = job.subscribed["obstacle_points"], job.subscribed["obstacle_grid"]
+        prediction = result.prediction
+        if not (want_points or want_grid) or not result.located or prediction.open_set is None:
+            return
+        ch, header, s = job.channel, job.msg.header, job.channel.settings
+        anomalous = prediction.open_set == num_classes
+        points = obstacle_points(result.obstacles, anomalous, prediction.hybrid, job.camera, s.camera_height,
+                                 s.camera_pitch, s.camera_roll, job.depth)
+        if want_points:
+            ch.pubs["obstacle_points"].publish(pointcloud_msg(header, points))
+        if want_grid:
+            spec = s.grid_spec()
+            grid = occupancy_grid(spec, job.camera, s.camera_height, s.camera_pitch, s.camera_roll, anomalous,
+                                  points.xyz)
+            ch.pubs["obstacle_grid"].publish(grid_msg(header, s.grid_frame_for(header.frame_id), spec.resolution,
+                                                      spec.origin, grid))
 
     def _matching_depth(self, ch: Channel, stamp: Any, settings: Settings):
         target = stamp_ns(stamp)
@@ -656,9 +698,10 @@ class PerceptionNode(LifecycleNode):
                 report = diagnostics.Report(diagnostics.OK, self.state, values)
             else:
                 warnings = []
-                if settings.publish_obstacles and ch.camera is None and ch.pubs["obstacles"].get_subscription_count():
-                    warnings.append("no camera_info: obstacle markers off")
-                if threshold is None and (settings.publish_open_set or settings.publish_obstacles):
+                if ch.camera is None and any(settings.publishes(n) and ch.pubs[n].get_subscription_count()
+                                             for n in OBSTACLE_OUTPUTS):
+                    warnings.append("no camera_info: obstacle markers, points and grid off")
+                if threshold is None and (settings.publish_open_set or any(map(settings.publishes, OBSTACLE_OUTPUTS))):
                     warnings.append("no threshold: open_set and obstacles off")
                 stages = ch.stage_times.report() if ch.stage_times is not None else []
                 report = stats.report(warnings, latency_warn_ms=settings.latency_warn * 1e3,
@@ -669,6 +712,34 @@ class PerceptionNode(LifecycleNode):
                                                  values=[KeyValue(key=k, value=v) for k, v in report.values]))
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
+
+
+def pointcloud_msg(header: Any, points: ObstaclePoints) -> PointCloud2:
+    """sensor_msgs/PointCloud2 of the obstacle points (`planner_outputs.encode_points` layout), with `header`."""
+    fields, step, data = encode_points(points)
+    msg = PointCloud2(height=1, width=len(points), is_bigendian=False, point_step=step, row_step=step * len(points),
+                      is_dense=True)
+    msg.header.stamp, msg.header.frame_id = header.stamp, header.frame_id
+    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=1) for name, offset, datatype in fields]
+    payload = array.array("B")
+    payload.frombytes(data)
+    msg.data = payload
+    return msg
+
+
+def grid_msg(header: Any, frame_id: str, resolution: float, origin: tuple[float, float], grid: Any) -> OccupancyGrid:
+    """nav_msgs/OccupancyGrid of an (ny, nx) int8 grid (row-major from cell (0, 0)), stamped like the image."""
+    msg = OccupancyGrid()
+    msg.header.stamp, msg.header.frame_id = header.stamp, frame_id
+    msg.info.map_load_time = header.stamp
+    msg.info.resolution = float(resolution)
+    msg.info.height, msg.info.width = (int(n) for n in grid.shape)
+    msg.info.origin.position.x, msg.info.origin.position.y = (float(v) for v in origin)
+    msg.info.origin.orientation.w = 1.0
+    cells = array.array("b")
+    cells.frombytes(grid.astype("int8", copy=False).tobytes())
+    msg.data = cells
+    return msg
 
 
 def main(argv: list[str] | None = None) -> int:
