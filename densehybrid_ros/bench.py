@@ -9,6 +9,8 @@ On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed
 
 `densehybrid-bench cameras`: multi-camera serving, batched vs one-by-one (see `cameras_throughput`).
 `densehybrid-bench train`: training steps/s, defaults vs each speed-up (`training.bench_train`).
+`densehybrid-bench soak --minutes N`: the node over DDS at camera rate for N minutes: RSS over time, frames answered,
+dropped and errors (`densehybrid_ros.node.bench_soak`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from densehybrid_ros.config import load_yaml
 from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
+from densehybrid_ros.node import bench_soak
 from densehybrid_ros.paths import model_config_path
 from densehybrid_ros.scores import open_set_fusion
 
@@ -338,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--device", default="cpu")
     c.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     c.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    k = sub.add_parser("soak", parents=[output], help="the node at camera rate for N minutes: RSS, answered, dropped")
+    bench_soak.add_arguments(k)
     args = parser.parse_args(argv)
+    if args.command == "soak":
+        return bench_soak.main(args, lambda result, table: _emit(result, args, table))
     if args.command == "cameras":
         if args.cycles < 1 or min(args.counts) < 1:
             parser.error("--cycles and --counts must be >= 1")

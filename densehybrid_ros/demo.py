@@ -145,7 +145,7 @@ def mount_arguments(mount: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------ child processes over DDS
-def ros_environment(config: DemoConfig) -> tuple[int, dict[str, str]]:
+def ros_environment(config: DemoConfig | None = None) -> tuple[int, dict[str, str]]:
     """(domain id, environment of the children): $ROS_DOMAIN_ID, else one derived from the pid (as
     densehybrid-bench-node does), discovery limited to this host, and the project's large-image Fast DDS profile
     (`densehybrid_ros.node.dds`: without it, 28 of 60 ~/anomaly_score messages reached the recorder here) unless
@@ -271,13 +271,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, abort: Callable[[], 
     return True
 
 
-def node_arguments(weights: Path, mount: dict) -> list[str]:
-    """The perception node in NAMESPACE: reliable input QoS (no frame lost in transport), markers until replaced,
-    the bag's camera mount."""
+def node_arguments(weights: Path, mount: dict | None, namespace: str = NAMESPACE) -> list[str]:
+    """The perception node in `namespace`: reliable input QoS (no frame lost in transport), markers until replaced,
+    the bag's camera mount (None: the node's default mount)."""
     params = {"weights": str(weights), "qos_reliability": "reliable", "qos_depth": "10", "marker_lifetime": "0.0",
-              "camera_height": f"{mount['height']:.9f}", "camera_pitch": f"{mount['pitch']:.9f}",
-              "camera_roll": f"{mount['roll']:.9f}", "diagnostics_period": "0.5"}
-    args = ["densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+              "diagnostics_period": "0.5"}
+    if mount is not None:
+        params.update(camera_height=f"{mount['height']:.9f}", camera_pitch=f"{mount['pitch']:.9f}",
+                      camera_roll=f"{mount['roll']:.9f}")
+    args = ["densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={namespace}"]
     for name, value in params.items():
         args += ["-p", f"{name}:={value}"]
     return args
@@ -293,13 +295,15 @@ class LiveRun:
 def run_live(config: DemoConfig, mount: dict) -> LiveRun:
     """Node + recorder, then the replay; waits for the node's answers and stops everything (SIGINT, then kill).
     Problems end up in LiveRun.error (the recorded bag keeps whatever arrived)."""
+    from densehybrid_ros.node.record import recorded_counts
+
     domain, env = ros_environment(config)
     topics = {name: f"{NODE}/{name}" for name in OUTPUTS}
     with scoped_environ({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES) if k in env}):
         watcher = Watcher(domain, NODE)
     run, start = LiveRun(), time.monotonic()
     node = Child("node", node_arguments(config.weights, mount), config.logs, env)
-    recorder = Child("record", ["densehybrid_ros.node.record", "--out", str(config.recorded),
+    recorder = Child("record", ["densehybrid_ros.node.record", "--out", str(config.recorded), "--status-period", "0.2",
                                 "--topics", *topics.values()], config.logs, env)
     replay = None
 
@@ -328,7 +332,11 @@ def run_live(config: DemoConfig, mount: dict) -> LiveRun:
         if replay.proc.returncode != 0:
             raise DemoError(replay.died())
         wait_for(lambda: watcher.settled(config.frames), ANSWER_GRACE_S, broken)
-        time.sleep(1.0)  # the recorder's last writes
+
+        def recorded_everything() -> bool:  # one message per processed frame on every output
+            counts = recorded_counts(recorder.log.read_text(errors="replace"))
+            return all(counts.get(t, 0) >= watcher.totals["processed"] for t in topics.values())
+        wait_for(recorded_everything, ANSWER_GRACE_S, broken)  # else eval-bag reports the missing outputs
         run.timings_s["replay"] = time.monotonic() - start
     except DemoError as error:
         run.error = str(error)
