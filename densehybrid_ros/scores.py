@@ -2,12 +2,17 @@
 
 Conventions: logits `s` are (B, K, H, W) with classes on dim 1; the inlier logit `g` is (B, 1, H, W)
 or (B, H, W). Every anomaly score is (B, H, W) float32 and oriented so that HIGHER = MORE ANOMALOUS.
+
+The threshold rule, one for the whole project (`is_anomalous`): a pixel is anomalous where score >= threshold.
+Evaluation's operating points (TPR 95%: the lowest score still flagged), calibration, the node's open-set map and
+obstacle mask, and densehybrid-eval-bag all use it.
 Equation numbers refer to the thesis (Grcic, 2024); Sec. 3 of the TPAMI 2024 paper is the same model.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,10 +74,26 @@ def entropy_score(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+ScoreMap = TypeVar("ScoreMap", torch.Tensor, np.ndarray)
+
+
+def is_anomalous(score: ScoreMap, threshold: float) -> ScoreMap:
+    """The project's threshold rule: True where ``score >= threshold`` (a threshold equal to an attained score flags
+    that score; a TPR-95% operating point is such a score). Compared in the score map's own floating dtype (the
+    threshold is rounded to it, as torch does with a Python number), so a torch tensor and a numpy array of the
+    same float32 scores give the same mask. Works on torch tensors and numpy arrays alike."""
+    if isinstance(score, torch.Tensor):
+        return score >= float(threshold)
+    values = np.asarray(score)
+    if np.issubdtype(values.dtype, np.floating):
+        return values >= values.dtype.type(threshold)
+    return values >= threshold
+
+
 def open_set_fusion(class_ids: torch.Tensor, score: torch.Tensor, threshold: float, unknown_id: int) -> torch.Tensor:
     """K+1-way open-set map (thesis 4.2.2): closed-set argmax, overridden with `unknown_id` (= K)
-    wherever the anomaly score exceeds the threshold."""
-    return class_ids.masked_fill(score > threshold, unknown_id)
+    wherever the anomaly score reaches the threshold (`is_anomalous`: score >= threshold)."""
+    return class_ids.masked_fill(is_anomalous(score, threshold), unknown_id)
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,5 +1,14 @@
-"""Shared fixtures: small models and weights files written through the project's own format."""
+"""Shared fixtures: small models and weights files written through the project's own format; the test process's
+own ROS 2 domain.
+
+Isolation: every test process (each pytest-xdist worker too) talks DDS in a domain of its own, derived from its pid,
+with discovery limited to this host; it is set in the environment here, before any test runs, so that every child
+process a test starts (nodes, recorders, the demo) inherits it. Topics carry a per-process namespace as well
+(test_node_support.NAMESPACE).
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,6 +17,16 @@ from densehybrid_ros.models import ModelConfig, build_model
 from densehybrid_ros.weights import default_metadata, save_weights
 
 TINY = ModelConfig(num_classes=5, backbone_width=8, decoder_width=16, spp_grids=(4, 2, 1))
+
+
+def process_domain_id(pid: int | None = None) -> int:
+    """ROS_DOMAIN_ID of a test process: 1..100 from its pid (Fast DDS domains above 101 reach the ephemeral ports)."""
+    return 1 + (os.getpid() if pid is None else pid) % 100
+
+
+ROS_DOMAIN_ID = process_domain_id()
+os.environ["ROS_DOMAIN_ID"] = str(ROS_DOMAIN_ID)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

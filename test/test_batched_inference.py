@@ -7,7 +7,6 @@ where the two largest logits of the pixel are within 1e-4 of each other (a near-
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -175,34 +174,67 @@ def test_batch_mailbox_keeps_the_newest_frame_per_camera_and_counts_drops():
         BatchMailbox(["a", "a"])
 
 
+class ManualClock:
+    """The mailbox's clock, moved by the test only: whether a wait has expired is decided by this clock, so the checks
+    below depend on the order of events, not on how fast this machine runs them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def take_in_thread(box: BatchMailbox, **kwargs) -> tuple[threading.Thread, list]:
+    """`box.take_batch(**kwargs)` in a worker thread (as the node's worker calls it); the result lands in the list."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(box.take_batch(**kwargs)), daemon=True)
+    worker.start()
+    return worker, result
+
+
+def finished(worker: threading.Thread, result: list):
+    """The take's result; fails (instead of hanging) when it does not return within a generous deadline."""
+    worker.join(30)
+    assert not worker.is_alive(), "take_batch did not return"
+    return result[0]
+
+
 def test_batch_mailbox_waits_boundedly_for_live_cameras_only():
-    box = BatchMailbox(["front", "left"])
-    # left is live (posted just now) but late: front's batch waits for it, at most `wait`
+    clock = ManualClock()
+    box = BatchMailbox(["front", "left"], clock=clock)
+    # left is live (posted at t=0) but late: front's batch waits for it; its frame completes the batch at once,
+    # with the clock still before the end of the wait
     box.put("left", 0)
-    box.take_batch(timeout=1.0)
+    assert box.take_batch(timeout=1.0) == {"left": 0}
     box.put("front", 1)
-    threading.Timer(0.05, lambda: box.put("left", 11)).start()
-    start = time.monotonic()
-    assert box.take_batch(timeout=1.0, wait=0.5) == {"front": 1, "left": 11}
-    assert time.monotonic() - start < 0.4
-    # left stays silent: the wait ends after `wait`
-    box.put("front", 2)
-    start = time.monotonic()
-    assert box.take_batch(timeout=1.0, wait=0.1) == {"front": 2}
-    assert 0.05 < time.monotonic() - start < 0.5
-    # once left has been quiet for `live` s it is not waited for at all
-    time.sleep(0.15)
+    worker, result = take_in_thread(box, timeout=30.0, wait=0.5)
+    box.put("left", 11)
+    assert finished(worker, result) == {"front": 1, "left": 11}
+    # left stays silent: the batch waits until `wait` has passed on the clock, not less
+    clock.now = 0.25
+    box.put("front", 2)  # arrives at 0.25; left (last frame at 0) is still live
+    worker, result = take_in_thread(box, timeout=30.0, wait=0.125)
+    worker.join(0.5)  # several of the mailbox's re-checks, the clock standing still
+    assert worker.is_alive() and result == []
+    clock.now = 0.375  # = arrival + wait (exact in binary)
+    assert finished(worker, result) == {"front": 2}
+    # once left has been quiet for `live` s it is not waited for at all (the clock never reaches the wait's end)
+    clock.now = 5.0
     box.put("front", 3)
-    start = time.monotonic()
-    assert box.take_batch(timeout=1.0, wait=0.5, live=0.1) == {"front": 3}
-    assert time.monotonic() - start < 0.1
-    # a frame that waited longer than `wait` already (busy worker) goes at once
+    worker, result = take_in_thread(box, timeout=30.0, wait=1000.0, live=1.0)
+    assert finished(worker, result) == {"front": 3}
+    # a frame that waited `wait` already (busy worker) goes at once, even with a live camera missing
     box.put("left", 12)
+    assert box.take_batch(timeout=1.0) == {"left": 12}  # left live again (posted at 5.0)
     box.put("front", 4)
-    time.sleep(0.06)
-    assert box.take_batch(timeout=1.0, wait=0.05) == {"front": 4, "left": 12}
-    threading.Timer(0.05, box.close).start()
-    assert box.take_batch(timeout=2.0) == {} and box.closed
+    clock.now = 5.06
+    worker, result = take_in_thread(box, timeout=30.0, wait=0.05)
+    assert finished(worker, result) == {"front": 4}
+    # close wakes a waiting worker with nothing
+    worker, result = take_in_thread(box, timeout=30.0)
+    box.close()
+    assert finished(worker, result) == {} and box.closed
 
 
 # ---------------------------------------------------------------- parameters
@@ -256,7 +288,8 @@ def test_bench_cameras_runs_both_modes_and_backends(tmp_path, capsys):
     assert result["benchmark"] == "cameras" and result["size_hxw"] == "64x128" and result["torch_threads"] == 1
     assert [(r["cameras"], r["mode"]) for r in result["runs"]] == [
         (1, "batched"), (1, "one_by_one"), (2, "batched"), (2, "one_by_one")]
-    assert all(r["frames"] == 2 * r["cameras"] and r["fps"] > 0 for r in result["runs"])
+    for r in result["runs"]:  # frames counted per cycle; fps = those frames over the summed cycle times
+        assert r["frames"] == 2 * r["cameras"] and r["fps"] == pytest.approx(r["frames"] / r["seconds"], rel=1e-2)
     assert set(result["speedup_batched_over_one_by_one"]) == {"1", "2"}
     onnx = cameras_throughput(weights, counts=(2,), cycles=1, size=(128, 64), backend="onnxruntime", threads=1)
     assert onnx["backend"] == "onnxruntime [CPUExecutionProvider]" and len(onnx["runs"]) == 2

@@ -70,12 +70,24 @@ def test_cross_fold_protocol_matches_reference(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fusion_threshold_reproduces_the_operating_point_in_the_runtime_fusion(dtype):
+def test_an_attained_operating_point_is_applied_as_it_is_by_the_runtime_fusion(dtype):
+    """threshold95 is an attained score: the runtime's open-set fusion flags exactly the scores >= it."""
     scores = np.round(np.random.default_rng(3).normal(size=(1, 40, 40)), 1).astype(dtype)
-    for t in (0.3, 0.0, -1.2, float(np.float32(0.7)), 0.30000000000000004):
-        fused = open_set_fusion(torch.zeros(scores.shape, dtype=torch.long), torch.from_numpy(scores),
-                                fusion_threshold(t, dtype), 9).numpy()
+    for t in (float(v) for v in np.unique(scores)[::37]):
+        fused = open_set_fusion(torch.zeros(scores.shape, dtype=torch.long), torch.from_numpy(scores), t, 9).numpy()
         assert ((fused == 9) == (scores.astype(np.float64) >= t)).all()  # exact comparison with t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fusion_threshold_gives_the_operating_point_to_a_strict_binariser(dtype):
+    """SMIYC's component binarisation keeps the benchmark's `score > value`: fusion_threshold(t) makes it flag exactly
+    the scores >= t (the project's rule)."""
+    from densehybrid_ros.evaluation.component_metrics import threshold_scores
+
+    scores = np.round(np.random.default_rng(3).normal(size=(40, 40)), 1).astype(dtype)
+    ood = np.zeros(scores.shape, np.uint8)
+    for t in (0.3, 0.0, -1.2, float(np.float32(0.7)), 0.30000000000000004):
+        assert (threshold_scores(scores, ood, fusion_threshold(t, dtype)) == (scores.astype(np.float64) >= t)).all()
 
 
 def test_one_shot_iterator_is_rejected():

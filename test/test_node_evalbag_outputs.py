@@ -4,7 +4,6 @@ running a model. Once on a bag of the Predictor's own maps (exact equality with 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from test_node_evalbag import RATE, FramesDataset, frame_name, mount_of, thresho
 from test_node_evalbag import _single_thread, frames, sim_bag, sim_weights  # noqa: F401  (module fixtures)
 from test_node_support import NAMESPACE, NODE, Harness, Process, node_process, wait_until
 from densehybrid_ros.node.eval_bag import main as eval_bag_main
+from densehybrid_ros.node.record import recorded_counts
 from densehybrid_ros.predictor import Predictor
 
 
@@ -58,7 +58,7 @@ def test_recorded_maps_score_like_evaluate_on_the_answered_frames(sim_bag, sim_w
     assert recorded["outputs"]["obstacles_from"] == "recorded anomaly score"
     answered = [f for i, f in enumerate(frames) if i != 2]
     reference = evaluate(predictor, FramesDataset(answered), EvalOptions(threshold=threshold), progress=False).metrics
-    assert recorded["scores"]["hybrid"]["anomaly"] == pytest.approx(reference["scores"]["hybrid"]["anomaly"], rel=1e-12)
+    assert recorded["scores"]["hybrid"]["anomaly"] == reference["scores"]["hybrid"]["anomaly"]  # the same float32 maps
     assert recorded["closed_set"] == reference["closed_set"] and recorded["open_set"] == reference["open_set"]
     # the obstacles placed from the recorded score are those of the model run on the same frames
     assert eval_bag_main(["--bag", str(sim_bag), "--weights", str(sim_weights), "--quiet", "--out", str(tmp_path / "live"),
@@ -79,8 +79,8 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
                         f"camera_height:={height!r}", f"camera_pitch:={pitch!r}", f"camera_roll:={roll!r}",
                         "qos_reliability:=reliable", "qos_depth:=10", "marker_lifetime:=0.0")
     outputs = {name: f"{NODE}/{name}" for name in ("anomaly_score", "semantic", "obstacles")}
-    recorder = Process(["-m", "densehybrid_ros.node.record", "--out", str(tmp_path / "recorded"),
-                        "--topics", *outputs.values()], tmp_path / "record.log")
+    recorder = Process(["-m", "densehybrid_ros.node.record", "--out", str(tmp_path / "recorded"), "--status-period",
+                        "0.2", "--topics", *outputs.values()], tmp_path / "record.log")
     harness = Harness("evalbag")
     replay = None
     try:
@@ -96,7 +96,9 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
                           "--remap", f"/camera/camera_info:={NAMESPACE}/camera_info"], tmp_path / "replay.log")
         wait_until(lambda: len(scores.messages) >= len(frames), 60, message="the node's answers")
         wait_until(lambda: not replay.alive(), 30, message="replay to end")
-        time.sleep(0.5)  # the recorder's last writes
+        # the recorder has written every answer (one message per frame and output) before it is stopped
+        wait_until(lambda: all(recorded_counts(recorder.text()).get(t, 0) >= len(frames) for t in outputs.values()),
+                   30, message="the recorder's writes")
     finally:
         if replay is not None:
             replay.stop()

@@ -18,7 +18,18 @@ import numpy as np
 import pytest
 
 from test_node_ros import OUTPUTS, pixels, tiny_weights_file
-from test_node_support import DOMAIN_ID, NAMESPACE, NODE, ROOT, Harness, node_process, publish_until, wait_until
+from test_node_support import (
+    DOMAIN_ID,
+    NAMESPACE,
+    NODE,
+    ROOT,
+    Harness,
+    node_process,
+    publish_until,
+    status_values,
+    wait_for_quiet,
+    wait_until,
+)
 
 CAMERAS = {"front": (128, 64), "left": (96, 48)}  # name -> (width, height)
 FRAME_IDS = {"front": "front_optical_frame", "left": "left_optical_frame"}
@@ -98,11 +109,7 @@ def markers_with_stamp(rig: Rig, camera: str, sec: int):
 
 
 def camera_status(rig: Rig, camera: str) -> dict | None:
-    for array in reversed(rig.diagnostics.messages):
-        for status in array.status:
-            if status.name.startswith(NODE) and status.name.endswith(f"({camera})"):
-                return dict((v.key, v.value) for v in status.values)
-    return None
+    return status_values(rig.diagnostics, NODE, camera)
 
 
 def test_two_cameras_at_once_get_every_output_with_their_own_header_and_size(rig):
@@ -129,51 +136,77 @@ def test_two_cameras_at_once_get_every_output_with_their_own_header_and_size(rig
         np.testing.assert_allclose(score, rig.reference[camera].hybrid, atol=1e-3)
         adds = [m for m in markers_with_stamp(rig, camera, 100).markers if m.action == Marker.ADD]
         assert all(m.header.frame_id == FRAME_IDS[camera] for m in adds), camera
-    # the two frames went through the model together (batch_wait_ms 300: the second arrives within it)
-    wait_until(lambda: (camera_status(rig, "front") or {}).get("batched frames (total)", "0") != "0", 10)
-    values = camera_status(rig, "front")
-    assert int(values["batched frames (total)"]) > int(values["batches (total)"]), values
+
+
+def test_frames_of_both_cameras_go_through_the_model_together(rig):
+    """With a long batch wait, pairs sent together are batched. The mailbox waits only for cameras that sent within
+    the last second, so the first pair after a pause may go one by one: pairs are sent until a batch of two shows in
+    /diagnostics (whatever the arrival order)."""
+    def batched() -> bool:
+        values = camera_status(rig, "front") or {}
+        return int(values.get("batched frames (total)", 0)) > int(values.get("batches (total)", 0))
+
+    with rig.harness.parameters(batch_wait_ms=300.0):
+        for sec in range(110, 170):  # one pair per round, each answered on both cameras before the next
+            publish_until(lambda: (send(rig, "front", sec), send(rig, "left", sec)),
+                          lambda: answered(rig, "front", sec, ("semantic",)) and answered(rig, "left", sec, ("semantic",)),
+                          30)
+            try:
+                wait_until(batched, 3, message="a batch of two in /diagnostics")
+                break
+            except TimeoutError:
+                continue
+    assert batched(), camera_status(rig, "front")
 
 
 def test_a_stopped_camera_does_not_stop_the_other(rig):
-    import time
-
     publish_until(lambda: (send(rig, "front", 200), send(rig, "left", 200)),
                   lambda: answered(rig, "front", 200, ("semantic",)) and answered(rig, "left", 200, ("semantic",)), 30)
-    left_before = len(rig.outputs[("left", "semantic")].messages)
-    start = time.monotonic()
-    for sec in range(201, 206):  # left has stopped; front goes on
-        publish_until(lambda: send(rig, "front", sec, 1), lambda: answered(rig, "front", sec, index=1), 20)
-    assert time.monotonic() - start < 20
-    assert len(rig.outputs[("left", "semantic")].messages) == left_before
-    wait_until(lambda: int((camera_status(rig, "front") or {}).get("processed (total)", 0)) >= 7, 10)
-    front, left = camera_status(rig, "front"), camera_status(rig, "left")
-    assert int(left["processed (total)"]) < int(front["processed (total)"])
+    answers = {c: rig.outputs[(c, "semantic")] for c in CAMERAS}
+    before = wait_for_quiet(rig.diagnostics, answers)
+    for sec in range(201, 206):  # left has stopped; front goes on (a stalled batch would time out here)
+        publish_until(lambda: send(rig, "front", sec, 1), lambda: answered(rig, "front", sec, index=1), 30)
+    after = wait_for_quiet(rig.diagnostics, answers)
+    assert after["front"]["processed"] >= before["front"]["processed"] + 5
+    assert after["left"] == before["left"]  # nothing received, nothing processed for the silent camera
     assert rig.node.alive()
 
 
 def test_per_camera_parameters_and_diagnostics(rig):
     harness = rig.harness
+    wait_until(lambda: camera_status(rig, "left") and camera_status(rig, "front"), 30, message="per-camera status")
     assert camera_status(rig, "left")["mount camera_pitch"] == "0.3"  # from the command line
     assert camera_status(rig, "front")["mount camera_pitch"] == "0"  # the global default
-    (ok,) = harness.set_parameters(**{"left.camera_height": 2.25})
-    assert ok.successful, ok.reason
     (bad,) = harness.set_parameters(**{"left.camera_pitch": 3.0})
     assert not bad.successful and "left.camera_pitch" in bad.reason
     (frozen,) = harness.set_parameters(cameras=["front"])
     assert not frozen.successful and "cleanup" in frozen.reason
-    assert harness.set_parameters(batch_wait_ms=5.0)[0].successful
-    wait_until(lambda: camera_status(rig, "left")["mount camera_height"] == "2.25", 10)
+    with harness.parameters(**{"left.camera_height": 2.25}):
+        wait_until(lambda: camera_status(rig, "left")["mount camera_height"] == "2.25", 10)
+        assert camera_status(rig, "front")["mount camera_height"] == "1.5"  # the other camera keeps the global one
+    wait_until(lambda: camera_status(rig, "left")["mount camera_height"] == "1.5", 10)
     for camera in CAMERAS:
         values = camera_status(rig, camera)
         assert values["camera"] == camera and values["image topic"] == f"{NAMESPACE}/{camera}/image"
-        for key in ("dropped (total)", "rejected (total)", "received (total)", "batch size mean"):
-            assert key in values
+        assert values["camera_info"] in ("received", "missing")
 
 
-def test_sigint_stops_the_multicamera_node_cleanly(rig):
-    assert rig.node.stop() == 0
-    assert "Traceback" not in rig.node.text(), rig.node.text()
+def test_sigint_stops_the_multicamera_node_cleanly(tmp_path):
+    """A node of its own (the module's node serves the other tests until the module ends)."""
+    from sensor_msgs.msg import Image
+
+    namespace = f"{NAMESPACE}_sigint"
+    node = node_process(tmp_path, f"weights:={tiny_weights_file(tmp_path)}", "cameras:=[front, left]",
+                        name="sigint", namespace=namespace)
+    harness = Harness("sigint")
+    try:
+        pubs = [harness.publisher(Image, f"{namespace}/{c}/image") for c in CAMERAS]
+        wait_until(lambda: all(p.get_subscription_count() for p in pubs) or not node.alive(), 60, message="active")
+        assert node.alive(), node.text()
+    finally:
+        harness.close()
+    assert node.stop() == 0
+    assert "Traceback" not in node.text(), node.text()
 
 
 # ---------------------------------------------------------------- configure-time validation (in-process node)
@@ -296,6 +329,7 @@ def run_launch(monkeypatch, share: Path, **arguments: str) -> dict:
     modules["launch"].LaunchDescription = _Made
     modules["launch.actions"].DeclareLaunchArgument = DeclareLaunchArgument
     modules["launch.actions"].OpaqueFunction = _Made
+    modules["launch.actions"].Shutdown = _Made  # on_exit of the node: its exit shuts the launch down
     modules["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
     modules["launch_ros.actions"].Node = _Made
     modules["ament_index_python.packages"].get_package_share_directory = lambda package: str(share / package)

@@ -22,8 +22,11 @@ from test_node_support import (
     Harness,
     camera_info_message,
     image_message,
+    node_name,
     node_process,
     publish_until,
+    status_values,
+    wait_for_quiet,
     wait_until,
 )
 
@@ -67,6 +70,7 @@ class Served:
     info_pub: object
     threshold: float
     reference: object  # the Predictor's output on scene_image() in this process
+    weights: Path
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +99,7 @@ def served(tmp_path_factory):
         wait_until(lambda: image_pub.get_subscription_count() > 0 or not node.alive(), 60, message="node subscription")
         assert node.alive(), node.text()
         wait_until(lambda: all(harness.node.count_publishers(c.topic) for c in outputs.values()), 30)
-        yield Served(harness, node, outputs, markers, diagnostics, image_pub, info_pub, threshold, reference)
+        yield Served(harness, node, outputs, markers, diagnostics, image_pub, info_pub, threshold, reference, weights)
     finally:
         node.stop()
         harness.close()
@@ -134,8 +138,8 @@ def test_every_output_carries_the_input_header_at_camera_resolution(served):
     # the node runs the same Predictor: same class ids and scores as in this process
     assert (semantic == served.reference.class_ids).mean() > 0.99
     np.testing.assert_allclose(score, served.reference.hybrid, atol=1e-3)
-    # open set = class ids, overridden with K where s_H > threshold (thesis 4.2.2), away from ties
-    expected = np.where(score > served.threshold, k, semantic)
+    # open set = class ids, overridden with K where s_H >= threshold (thesis 4.2.2), away from ties
+    expected = np.where(score >= np.float32(served.threshold), k, semantic)
     clear = np.abs(score - served.threshold) > 1e-4
     np.testing.assert_array_equal(open_set[clear], expected[clear])
     assert 0.1 < (open_set == k).mean() < 0.5
@@ -154,6 +158,49 @@ def test_every_output_carries_the_input_header_at_camera_resolution(served):
         assert f"#{m.id} " in texts[m.id].text and " m" in texts[m.id].text
 
 
+def test_node_open_set_and_evaluate_flag_the_same_pixels_at_an_attained_threshold(served, one_torch_thread):
+    """One threshold rule (score >= t): at a threshold equal to a score the node produced (where `>` and `>=` differ),
+    the node's ~/open_set over DDS and evaluate()'s open-set map flag the same pixels. evaluate() is given the node's
+    open-set map as ground truth: its (K+1)-way confusion is then diagonal (mean F1 = 1) exactly when the two agree."""
+    from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalSample
+    from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
+    from densehybrid_ros.predictor import Predictor
+
+    k = TINY.num_classes
+    probe = publish_until(lambda: send(served, 1040), lambda: answered(served, 1040, ("anomaly_score",)), 20)[0]
+    scores = pixels(probe)
+    t = float(np.sort(scores, axis=None)[scores.size // 2])  # an attained score: > t and >= t differ at its pixels
+    ties = scores == np.float32(t)
+    assert ties.any()
+    with served.harness.parameters(threshold=t):
+        msgs = publish_until(lambda: send(served, 1041),
+                             lambda: answered(served, 1041, ("semantic", "anomaly_score", "open_set")), 20)
+    semantic, score, open_set = (pixels(m) for m in msgs)
+    np.testing.assert_array_equal(score, scores)  # the same frame, the same scores
+    # the node's rule, by numpy: unknown exactly where score >= t (the tied pixels included)
+    np.testing.assert_array_equal(open_set, np.where(score >= np.float32(t), k, semantic))
+    assert (open_set[ties] == k).all() and not np.array_equal(open_set, np.where(score > np.float32(t), k, semantic))
+    # evaluate() in this process (one thread, as the node): bit-identical scores and classes, then the same open set
+    predictor = Predictor.from_weights(served.weights)
+    local = predictor.predict(scene_image())
+    np.testing.assert_array_equal(local.hybrid, score)
+    np.testing.assert_array_equal(local.class_ids, semantic)
+
+    class NodeOpenSetAsTruth:
+        kind, split, root, classes = "node_open_set", "test", Path("."), [c.name for c in predictor.metadata.classes]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            ood = np.where(open_set == k, OOD_ANOMALY, OOD_INLIER).astype(np.uint8)
+            return EvalSample(name="1041", image=scene_image(), ood=ood, semantic=open_set.copy())
+
+    metrics = evaluate(predictor, NodeOpenSetAsTruth(), EvalOptions(threshold=t), progress=False).metrics
+    assert metrics["open_set"]["threshold"] == t
+    assert metrics["open_set"]["mean_f1"] == 1.0, metrics["open_set"]
+
+
 def test_bgr8_input_gives_the_same_segmentation(served):
     rgb_msg = publish_until(lambda: send(served, 1002), lambda: answered(served, 1002), 20)[0]
     bgr_msg = publish_until(lambda: send(served, 1003, scene_image()[..., ::-1].copy(), "bgr8"),
@@ -168,78 +215,121 @@ def test_obstacle_ids_are_stable_and_vanished_ones_deleted(served):
     second = publish_until(lambda: send(served, 1011), lambda: markers_with_stamp(served, 1011), 20)
     ids = lambda a: {m.id for m in a.markers if m.action == Marker.ADD and m.ns == "obstacles"}  # noqa: E731
     assert ids(first) and ids(second) == ids(first)  # same scene -> same ids
-    assert all(r.successful for r in served.harness.set_parameters(threshold=1e6))
-    publish_until(lambda: send(served, 1012), lambda: answered(served, 1012), 20)
+    with served.harness.parameters(threshold=1e6):
+        publish_until(lambda: send(served, 1012), lambda: answered(served, 1012), 20)
 
-    def deleted():
-        arrays = served.markers.matching(lambda a: any(m.action == Marker.DELETE for m in a.markers))
-        return {(m.ns, m.id) for a in arrays for m in a.markers if m.action == Marker.DELETE}
-    wait_until(lambda: deleted() >= {(ns, i) for i in ids(first) for ns in ("obstacles", "obstacle_labels")}, 10)
-    assert all(r.successful for r in served.harness.set_parameters(threshold=served.threshold))
+        def deleted():
+            arrays = served.markers.matching(lambda a: any(m.action == Marker.DELETE for m in a.markers))
+            return {(m.ns, m.id) for a in arrays for m in a.markers if m.action == Marker.DELETE}
+        wait_until(lambda: deleted() >= {(ns, i) for i in ids(first) for ns in ("obstacles", "obstacle_labels")}, 10)
 
 
 def test_runtime_threshold_changes_the_open_set_and_bad_values_are_rejected(served):
     k = TINY.num_classes
-    assert served.harness.set_parameters(threshold=1e6)[0].successful
-    none = publish_until(lambda: send(served, 1020), lambda: answered(served, 1020, ("open_set",)), 20)[0]
+    with served.harness.parameters(threshold=1e6):
+        none = publish_until(lambda: send(served, 1020), lambda: answered(served, 1020, ("open_set",)), 20)[0]
     assert (pixels(none) < k).all()
-    assert served.harness.set_parameters(threshold=-1e6)[0].successful
-    every = publish_until(lambda: send(served, 1021), lambda: answered(served, 1021, ("open_set",)), 20)[0]
+    with served.harness.parameters(threshold=-1e6):
+        every = publish_until(lambda: send(served, 1021), lambda: answered(served, 1021, ("open_set",)), 20)[0]
     assert (pixels(every) == k).all()
     for values, reason in ((dict(threshold=math.inf), "finite"), (dict(min_obstacle_area=0), ""),
                            (dict(weights="/elsewhere.safetensors"), "cleanup"), (dict(camera_height="high"), "")):
         (result,) = served.harness.set_parameters(**values)
         assert not result.successful and reason in result.reason, (values, result.reason)
-    assert served.harness.set_parameters(threshold=served.threshold)[0].successful
     back = publish_until(lambda: send(served, 1022), lambda: answered(served, 1022, ("open_set",)), 20)[0]
     assert 0 < (pixels(back) == k).mean() < 1
 
 
 def test_bad_frames_are_rejected_and_the_node_keeps_serving(served):
-    import time
-
     image = scene_image()
-    bad = {
-        "unsupported encoding": dict(encoding="8UC3"),
-        "truncated data": dict(data=image_message(image, 0).data[:-100]),
-        "zero size": dict(width=0, height=0, step=0, data=image_message(image[:0], 0).data),
-        "wrong step": dict(step=W * 3 - 1),
-        "height larger than the data": dict(height=H + 5),
+    payload = H * W * 3
+    bad = {  # kind -> (message overrides, the reason the node must give)
+        "unsupported encoding": (dict(encoding="8UC3"), "unsupported encoding '8UC3'"),
+        "truncated data": (dict(data=image_message(image, 0).data[:-100]), f"truncated data: {payload - 100} bytes"),
+        "zero size": (dict(width=0, height=0, step=0, data=image_message(image[:0], 0).data),
+                      "zero-size image: width 0, height 0"),
+        "wrong step": (dict(step=W * 3 - 1), f"step {W * 3 - 1} is smaller than width {W}"),
+        "height larger than the data": (dict(height=H + 5), f"step {W * 3} x height {H + 5} = {W * 3 * (H + 5)}"),
     }
-    for i, (kind, overrides) in enumerate(bad.items()):
+    before = quiet(served)
+    for i, (kind, (overrides, reason)) in enumerate(bad.items()):
+        overrides = dict(overrides)
         encoding = overrides.pop("encoding", "rgb8")
-        send(served, 2000 + i, image, encoding, **overrides)
-        time.sleep(0.15)
+        # sent (again, should best-effort transport lose it) until /diagnostics names this frame's rejection; a good
+        # frame goes only after that, so it can never replace the bad one in the node's mailbox
+        publish_until(lambda: send(served, 2000 + i, image, encoding, **overrides),
+                      lambda: reason in (status_values(served.diagnostics) or {}).get("last rejection", ""), 30,
+                      period=2.0)
         publish_until(lambda: send(served, 3000 + i), lambda: answered(served, 3000 + i), 20)
         assert served.node.alive(), (kind, served.node.text())
         assert not any(c.with_stamp(2000 + i) for c in served.outputs.values()), kind
-
-    def rejected_total():
-        for array in reversed(served.diagnostics.messages):
-            for status in array.status:
-                if status.name.startswith(NODE):
-                    return int(dict((v.key, v.value) for v in status.values)["rejected (total)"])
-        return 0
-    wait_until(lambda: rejected_total() >= len(bad), 10, message="rejections in /diagnostics")
+    after = quiet(served)
+    assert after["rejected"] - before["rejected"] >= len(bad) and after["errors"] == before["errors"]
     assert "rejected frame" in served.node.text()
 
 
-def test_diagnostics_report_rates_timings_and_counters(served):
-    publish_until(lambda: send(served, 1030), lambda: answered(served, 1030), 20)
-    wait_until(lambda: served.diagnostics.matching(lambda a: any(s.name.startswith(NODE) for s in a.status)), 10)
-    status = [s for a in served.diagnostics.messages for s in a.status if s.name.startswith(NODE)][-1]
-    values = dict((v.key, v.value) for v in status.values)
-    for key in ("input rate [Hz]", "processing mean [ms]", "latency mean [ms]", "dropped (total)",
-                "rejected (total)", "received (total)", "processed (total)"):
-        assert key in values
-    assert int(values["processed (total)"]) > 0 and status.hardware_id == "cpu"
+def quiet(served: Served) -> dict[str, int]:
+    """The node's counters with nothing in flight (test_node_support.wait_for_quiet on its ~/semantic answers)."""
+    return wait_for_quiet(served.diagnostics, {None: served.outputs["semantic"]})[None]
+
+
+def test_diagnostics_report_counters_latency_and_threshold(served):
+    """The node's counters against the frames answered here, its stamp-to-publish latency against the time measured
+    here (same host clock), and the threshold in force."""
+    import time
+
+    before = quiet(served)
+    reports_before = len(served.diagnostics.messages)
+    stamps = set()
+    first_ns = time.time_ns()
+    for _ in range(4):
+        sec, nanosec = divmod(time.time_ns(), 10**9)
+
+        def publish():
+            served.info_pub.publish(camera_info_message(W, H, 60.0, sec, FRAME))
+            served.image_pub.publish(image_message(scene_image(), sec, FRAME, nanosec=nanosec))
+        # one frame at a time, re-sent only after 10 s without an answer (a frame lost in transport)
+        publish_until(publish, lambda: served.outputs["semantic"].with_stamp(sec, nanosec), 40, period=10.0)
+        stamps.add((sec, nanosec))
+    after = quiet(served)
+    delta = {k: after[k] - before[k] for k in after}
+    ours = len(served.outputs["semantic"].matching(lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) in stamps))
+    assert delta["processed"] >= ours >= 4
+    assert delta["dropped"] == delta["rejected"] == delta["errors"] == delta["idle, no subscribers"] == 0, delta
+    assert delta["received"] == delta["processed"]
+    # latency = publish time - stamp (the send time here, same host clock): positive, shorter than the time since the
+    # first send, and at least the frame's processing time (the frame arrived after its stamp); same windows
+    elapsed_ms = (time.time_ns() - first_ns) / 1e6
+    reports = [dict((v.key, v.value) for v in st.values) for a in served.diagnostics.messages[reports_before:]
+               for st in a.status if st.name.startswith(f"{NODE}:")]
+    windows = [r for r in reports if r["latency max [ms]"] != "nan"]
+    assert windows
+    for r in windows:
+        assert 0 < float(r["latency max [ms]"]) <= elapsed_ms, (r, elapsed_ms)
+        assert float(r["latency mean [ms]"]) >= float(r["processing mean [ms]"]) - 1.0, r
+    values = status_values(served.diagnostics)
     assert values["state"] == "active" and values["threshold source"] == "parameter"
-    assert status.level in (b"\x00", b"\x01", b"\x02")
+    assert float(values["threshold"]) == pytest.approx(served.threshold, rel=1e-5)
+    assert values["camera_info"] == "received" and values["image topic"] == f"{NAMESPACE}/image"
+    status = [st for a in served.diagnostics.messages for st in a.status if st.name.startswith(f"{NODE}:")][-1]
+    assert status.hardware_id == "cpu"
 
 
-def test_sigint_stops_the_node_cleanly(served):
-    assert served.node.stop() == 0
-    assert "Traceback" not in served.node.text(), served.node.text()
+def test_sigint_stops_the_node_cleanly(tmp_path):
+    """A node of its own (the module's node serves the other tests until the module ends)."""
+    from sensor_msgs.msg import Image
+
+    namespace = f"{NAMESPACE}_sigint"
+    node = node_process(tmp_path, f"weights:={tiny_weights_file(tmp_path)}", name="sigint", namespace=namespace)
+    harness = Harness("sigint")
+    try:
+        image_pub = harness.publisher(Image, f"{namespace}/image")
+        wait_until(lambda: image_pub.get_subscription_count() > 0 or not node.alive(), 60, message="node active")
+        assert node.alive(), node.text()
+    finally:
+        harness.close()
+    assert node.stop() == 0
+    assert "Traceback" not in node.text(), node.text()
 
 
 def test_lifecycle_transitions_through_the_services(tmp_path):
@@ -247,27 +337,29 @@ def test_lifecycle_transitions_through_the_services(tmp_path):
     from visualization_msgs.msg import Marker, MarkerArray
 
     weights = tiny_weights_file(tmp_path)
+    namespace = f"{NAMESPACE}_lifecycle"  # not the module node's
+    name = node_name(namespace)
     node = node_process(tmp_path, "autostart:=false", "weights:=/nonexistent/model.safetensors",
-                        "use_compressed:=true", "threshold:=-1000000.0", f"depth_topic:={NAMESPACE}/depth",
-                        name="lifecycle")
+                        "use_compressed:=true", "threshold:=-1000000.0", f"depth_topic:={namespace}/depth",
+                        name="lifecycle", namespace=namespace)
     harness = Harness("lifecycle")
     try:
-        semantic = harness.collector(Image, f"{NODE}/semantic")
-        markers = harness.collector(MarkerArray, f"{NODE}/obstacles")
-        compressed = harness.publisher(CompressedImage, f"{NAMESPACE}/image/compressed")
-        info_pub = harness.publisher(CameraInfo, f"{NAMESPACE}/camera_info")
-        depth_pub = harness.publisher(Image, f"{NAMESPACE}/depth")
-        assert harness.get_state() == "unconfigured"
+        semantic = harness.collector(Image, f"{name}/semantic")
+        markers = harness.collector(MarkerArray, f"{name}/obstacles")
+        compressed = harness.publisher(CompressedImage, f"{namespace}/image/compressed")
+        info_pub = harness.publisher(CameraInfo, f"{namespace}/camera_info")
+        depth_pub = harness.publisher(Image, f"{namespace}/depth")
+        assert harness.get_state(name) == "unconfigured"
         # configure fails cleanly on a bad weights path: FAILURE, still unconfigured, process alive
-        assert harness.change_state("configure") is False
-        assert harness.get_state() == "unconfigured" and node.alive()
+        assert harness.change_state("configure", name) is False
+        assert harness.get_state(name) == "unconfigured" and node.alive()
         assert "weights file not found" in node.text()
-        (result,) = harness.set_parameters(weights=str(weights))
+        (result,) = harness.set_parameters(name, weights=str(weights))
         assert result.successful, result.reason
-        assert harness.change_state("configure") is True and harness.get_state() == "inactive"
-        assert not harness.set_parameters(use_compressed=False)[0].successful  # read at configure
+        assert harness.change_state("configure", name) is True and harness.get_state(name) == "inactive"
+        assert not harness.set_parameters(name, use_compressed=False)[0].successful  # read at configure
         assert compressed.get_subscription_count() == 0  # inactive: no input subscription
-        assert harness.change_state("activate") is True and harness.get_state() == "active"
+        assert harness.change_state("activate", name) is True and harness.get_state(name) == "active"
         wait_until(lambda: compressed.get_subscription_count() > 0, 20)
         ok, jpeg = cv2.imencode(".jpg", scene_image())
         msg = CompressedImage(format="jpeg")
@@ -293,10 +385,10 @@ def test_lifecycle_transitions_through_the_services(tmp_path):
             return [m.text for a in markers.messages for m in a.markers
                     if m.type == Marker.TEXT_VIEW_FACING and m.header.stamp.sec == 501]
         assert any(text.endswith("| 7.0 m") for text in publish_until(send_with_depth, labels, 20)), labels()
-        assert harness.change_state("deactivate") is True and harness.get_state() == "inactive"
+        assert harness.change_state("deactivate", name) is True and harness.get_state(name) == "inactive"
         wait_until(lambda: compressed.get_subscription_count() == 0, 10)
-        assert harness.change_state("cleanup") is True and harness.get_state() == "unconfigured"
-        assert harness.change_state("shutdown") is True
+        assert harness.change_state("cleanup", name) is True and harness.get_state(name) == "unconfigured"
+        assert harness.change_state("shutdown", name) is True
         wait_until(lambda: not node.alive(), 15, message="the node to exit after shutdown")
         assert node.proc.returncode == 0 and "Traceback" not in node.text(), node.text()
     finally:

@@ -1,24 +1,28 @@
 """Shared harness of the node tests (no tests here): real DDS between processes, isolated per test run.
 
-Isolation: a ROS_DOMAIN_ID derived from the pid (1..100), ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, and a
-per-run namespace for every topic, so parallel runs on one host never see each other's traffic.
+Isolation: the test process's own ROS_DOMAIN_ID (conftest.ROS_DOMAIN_ID, from the pid), ROS_AUTOMATIC_DISCOVERY_RANGE=
+LOCALHOST, and a per-run namespace for every topic, so parallel runs on one host never see each other's traffic.
+
+Waiting: tests wait for conditions (`wait_until`, `publish_until`) under generous deadlines, never for fixed times.
 """
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from conftest import ROS_DOMAIN_ID
 from densehybrid_ros.demo import Child
 from densehybrid_ros.node.dds import use_large_image_transport
 
 ROOT = Path(__file__).resolve().parents[1]
-DOMAIN_ID = 1 + os.getpid() % 100
+DOMAIN_ID = ROS_DOMAIN_ID
 NAMESPACE = f"/dhtest{os.getpid()}"
 NODE = f"{NAMESPACE}/densehybrid_perception"
 
@@ -43,23 +47,31 @@ class Process(Child):
     """`python -m MODULE ...` (args start with "-m") from the checkout, with the tests' ROS environment and its
     output in `log`; stop() = SIGINT, then kill (the demo's child-process helper)."""
 
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
         if args[:1] != ["-m"]:
             raise ValueError(f"Process runs modules: args must start with '-m', got {args[:2]}")
-        super().__init__(log.stem, args[1:], log.parent, ros_env(), cwd=ROOT)
+        super().__init__(log.stem, args[1:], log.parent, {**ros_env(), **(env or {})}, cwd=ROOT)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
 
-def node_process(tmp: Path, *params: str, name: str = "node", params_file: Path | None = None) -> Process:
-    """The perception node in the test namespace with `-p` overrides `params` ("name:=value")."""
-    args = ["-m", "densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+def node_name(namespace: str = NAMESPACE) -> str:
+    """Fully qualified name of the perception node started in `namespace`."""
+    return f"{namespace}/densehybrid_perception"
+
+
+def node_process(tmp: Path, *params: str, name: str = "node", params_file: Path | None = None,
+                 namespace: str = NAMESPACE, env: dict[str, str] | None = None) -> Process:
+    """The perception node in `namespace` (default: the test namespace) with `-p` overrides `params`
+    ("name:=value"). A test that starts a node of its own beside a module-scoped one gives it another namespace, so
+    that topics and services never reach the wrong node. `env`: extra environment variables."""
+    args = ["-m", "densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={namespace}"]
     if params_file is not None:
         args += ["--params-file", str(params_file)]
     for p in params:
         args += ["-p", p]
-    return Process(args, tmp / f"{name}.log")
+    return Process(args, tmp / f"{name}.log", env)
 
 
 class Harness:
@@ -134,6 +146,27 @@ class Harness:
         from lifecycle_msgs.srv import GetState
 
         return self.call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
+
+    def get_parameters(self, node: str = NODE, *names: str) -> dict[str, Any]:
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        request = GetParameters.Request(names=list(names))
+        values = self.call(GetParameters, f"{node}/get_parameters", request).values
+        return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
+
+    @contextlib.contextmanager
+    def parameters(self, node: str = NODE, **values: Any) -> Iterator[None]:
+        """Runtime parameters of `node` set for the duration of a `with` block, the previous values restored after
+        it (also when the block fails), so that a test leaves a shared node as it found it."""
+        saved = self.get_parameters(node, *values)
+        results = self.set_parameters(node, **values)
+        try:
+            assert all(r.successful for r in results), [r.reason for r in results]
+            yield
+        finally:
+            restored = self.set_parameters(node, **saved)
+            assert all(r.successful for r in restored), [r.reason for r in restored]
 
     def set_parameters(self, node: str = NODE, **values: Any) -> list[Any]:
         from rcl_interfaces.srv import SetParameters
@@ -216,3 +249,43 @@ def publish_until(publish: Callable[[], None], answered: Callable[[], Any], time
             time.sleep(0.02)
         if time.monotonic() >= deadline:
             raise TimeoutError("no answer to the published message")
+
+
+def status_values(diagnostics: Collector, node: str = NODE, camera: str | None = None) -> dict[str, str] | None:
+    """Key -> value of the newest /diagnostics status of `node` (of its `camera` in a multi-camera node), None before
+    the first one arrived."""
+    for array in reversed(diagnostics.matching(lambda a: True)):
+        for status in array.status:
+            if status.name.startswith(f"{node}:") and (camera is None or status.name.endswith(f"({camera})")):
+                return {v.key: v.value for v in status.values}
+    return None
+
+
+FRAME_COUNTERS = ("received", "processed", "dropped", "rejected", "errors", "idle, no subscribers")
+
+
+def frame_totals(values: dict[str, str] | None) -> dict[str, int] | None:
+    """The node's running frame counters ("<counter> (total)") from a status's values."""
+    return None if values is None else {k: int(values[f"{k} (total)"]) for k in FRAME_COUNTERS}
+
+
+def settled(totals: dict[str, int] | None) -> bool:
+    """Every received frame has an outcome (processed, dropped, rejected, failed or idle): nothing is in flight."""
+    return totals is not None and totals["received"] == sum(v for k, v in totals.items() if k != "received")
+
+
+def wait_for_quiet(diagnostics: Collector, answers: dict[str | None, Collector], node: str = NODE,
+                   timeout: float = 30.0) -> dict[str | None, dict[str, int]]:
+    """The node's frame counters per camera (None: a single-camera node) once nothing is in flight: from a /diagnostics
+    report at least two reports after now (a frame sent just before has arrived by then), with every received frame
+    given an outcome (`settled`) and every processed frame's answer received here: `answers[camera]` collects one
+    output of that camera and has listened since the node started, so the processed total equals its message count."""
+    seen = len(diagnostics.messages)
+
+    def quiet():
+        if len(diagnostics.messages) <= seen + 1:
+            return None
+        totals = {camera: frame_totals(status_values(diagnostics, node, camera)) for camera in answers}
+        ok = all(settled(t) and t["processed"] == len(answers[c].messages) for c, t in totals.items())
+        return totals if ok else None
+    return wait_until(quiet, timeout, message="quiet frame counters")

@@ -425,8 +425,11 @@ def test_rviz_config_shows_the_node_outputs():
     for d in manager["Displays"]:
         displays[d["Class"]].append(d.get("Topic", {}).get("Value"))
     assert sorted(displays["rviz_default_plugins/Image"]) == [
-        "/densehybrid_perception/open_set", "/densehybrid_perception/overlay", "/densehybrid_perception/semantic_color"]
+        "/densehybrid_perception/anomaly_score", "/densehybrid_perception/open_set", "/densehybrid_perception/overlay",
+        "/densehybrid_perception/semantic", "/densehybrid_perception/semantic_color"]
     assert displays["rviz_default_plugins/MarkerArray"] == ["/densehybrid_perception/obstacles"]
+    assert displays["rviz_default_plugins/PointCloud2"] == ["/densehybrid_perception/obstacle_points"]
+    assert displays["rviz_default_plugins/Map"] == ["/densehybrid_perception/obstacle_grid"]
 
 
 def test_setup_cfg_still_installs_scripts_where_ros2_run_looks():

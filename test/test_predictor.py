@@ -40,31 +40,69 @@ def test_scores_match_direct_computation_at_grid_size(tiny_model):
     assert (out.class_ids == ids).mean() > 0.999  # ties at float precision aside
 
 
+def hybrid_by_hand(model, x: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, torch.Tensor]:
+    """s_H (4.11) of the network's native outputs on the normalised (1, 3, H, W) input `x`, upsampled bilinearly to
+    `size`; and the class logits upsampled likewise."""
+    with torch.no_grad():
+        s, g = model.native(torch.tensor(x, dtype=torch.float32))
+    s64, g64 = s.double().numpy(), g.double().numpy()
+    native = np.log(1 - 1 / (1 + np.exp(-g64[:, 0]))) - np.log(np.exp(s64).sum(axis=1))
+    up = F.interpolate(torch.tensor(native)[:, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return up, F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+
+
 @pytest.mark.parametrize("shape", [(61, 83), (120, 200), (1, 1)])
 def test_outputs_at_input_resolution(tiny_model, shape):
+    """No network grid: the image is padded (after normalisation: zeros) to a multiple of 32, run once, and the maps
+    are cropped back to the image: equal to the same steps done by hand."""
     metadata = replace(default_metadata(TINY), calibration=Calibration(threshold=0.0, method="manual"))
-    out = Predictor(tiny_model, metadata, PredictorConfig(extra_scores=("entropy", "energy"))).predict(image(*shape))
+    img = image(*shape)
+    out = Predictor(tiny_model, metadata, PredictorConfig(extra_scores=("entropy", "energy"))).predict(img)
     assert out.class_ids.shape == out.hybrid.shape == out.open_set.shape == shape
     assert out.class_ids.dtype == np.uint8 and out.open_set.dtype == np.uint8 and out.hybrid.dtype == np.float32
     assert set(out.scores) == {"entropy", "energy"} and all(v.shape == shape for v in out.scores.values())
-    assert out.class_ids.max() < TINY.num_classes
+    mean, std = np.array(metadata.normalization.mean), np.array(metadata.normalization.std)
+    padded = (-(-shape[0] // 32) * 32, -(-shape[1] // 32) * 32)
+    x = np.zeros((1, 3, *padded))
+    x[0, :, :shape[0], :shape[1]] = ((img / 255.0 - mean) / std).transpose(2, 0, 1)
+    hybrid, logits = hybrid_by_hand(tiny_model, x, padded)
+    np.testing.assert_allclose(out.hybrid, hybrid[:shape[0], :shape[1]], atol=1e-4)
+    ids = logits.argmax(dim=1)[0, :shape[0], :shape[1]].numpy()
+    assert (out.class_ids == ids).mean() > 0.99  # ties at float precision aside
+    np.testing.assert_array_equal(out.open_set, np.where(out.hybrid >= 0.0, TINY.num_classes, out.class_ids))
 
 
 def test_network_grid_resize_and_network_resolution_output(tiny_model):
+    """With an input_size the image is resized (bilinear, antialiased) to that grid; the maps come back at the grid
+    ("network") or upsampled to the image: scores bilinearly, class ids by nearest neighbour."""
     metadata = replace(default_metadata(TINY), input_size=(128, 64))
-    predictor = Predictor(tiny_model, metadata)
-    assert predictor.predict(image(300, 500)).hybrid.shape == (300, 500)
-    net = Predictor(tiny_model, metadata, PredictorConfig(output_resolution="network"))
-    assert net.predict(image(300, 500)).class_ids.shape == (64, 128)
+    img = image(300, 500)
+    mean, std = np.array(metadata.normalization.mean), np.array(metadata.normalization.std)
+    resized = F.interpolate(torch.tensor(img, dtype=torch.float32).permute(2, 0, 1)[None], size=(64, 128),
+                            mode="bilinear", align_corners=False, antialias=True)[0].numpy()
+    x = ((resized.transpose(1, 2, 0) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    hybrid_net, logits = hybrid_by_hand(tiny_model, x, (64, 128))
+    net = Predictor(tiny_model, metadata, PredictorConfig(output_resolution="network")).predict(img)
+    assert net.class_ids.shape == (64, 128)
+    np.testing.assert_allclose(net.hybrid, hybrid_net, atol=1e-4)
+    assert (net.class_ids == logits.argmax(dim=1)[0].numpy()).mean() > 0.99
+    full = Predictor(tiny_model, metadata).predict(img)
+    expected = F.interpolate(torch.tensor(net.hybrid)[None, None], size=(300, 500), mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(full.hybrid, expected, atol=1e-5)
+    rows, cols = (np.arange(300) * 64) // 300, (np.arange(500) * 128) // 500  # nearest: the covering grid cell
+    assert (full.class_ids == net.class_ids[rows][:, cols]).mean() > 0.99  # float rounding at cell edges aside
 
 
-def test_open_set_is_class_ids_with_unknown_over_threshold(tiny_model):
+def test_open_set_is_class_ids_with_unknown_at_or_over_threshold(tiny_model):
     probe = Predictor(tiny_model, default_metadata(TINY)).predict(image(64, 64))
     assert probe.open_set is None  # uncalibrated weights: no open-set map
-    threshold = float(np.median(probe.hybrid))
-    out = Predictor(tiny_model, default_metadata(TINY), PredictorConfig(threshold=threshold)).predict(image(64, 64))
-    unknown = out.hybrid > threshold
-    assert 0 < unknown.sum() < unknown.size
+    img = image(64, 64)
+    reference = Predictor(tiny_model, default_metadata(TINY)).predict(img)
+    threshold = float(np.sort(reference.hybrid, axis=None)[reference.hybrid.size // 2])  # an attained score
+    out = Predictor(tiny_model, default_metadata(TINY), PredictorConfig(threshold=threshold)).predict(img)
+    unknown = out.hybrid >= np.float32(threshold)
+    assert 0 < unknown.sum() < unknown.size and (out.hybrid[unknown] == np.float32(threshold)).any()
     assert np.all(out.open_set[unknown] == TINY.num_classes)
     assert np.array_equal(out.open_set[~unknown], out.class_ids[~unknown])
 

@@ -77,7 +77,21 @@ def test_open_set_fusion_by_hand():
     ids = torch.tensor([[[0, 1], [2, 3]]])
     score = torch.tensor([[[0.5, 2.0], [1.0, -1.0]]])
     fused = scores.open_set_fusion(ids, score, threshold=1.0, unknown_id=4)
-    assert fused.tolist() == [[[0, 4], [2, 3]]]  # strictly above the threshold becomes unknown
+    assert fused.tolist() == [[[0, 4], [4, 3]]]  # at or above the threshold becomes unknown (the score 1.0 too)
+
+
+def test_threshold_rule_is_score_at_least_threshold_in_the_scores_dtype():
+    values = np.array([0.25, 0.5, 0.75, 1.0], np.float32)
+    for t, expected in ((0.5, [False, True, True, True]), (0.75, [False, False, True, True]),
+                        (0.7500001, [False, False, False, True]), (-np.inf, [True] * 4)):
+        assert scores.is_anomalous(values, t).tolist() == expected, t
+        assert scores.is_anomalous(torch.from_numpy(values), t).tolist() == expected, t
+    # a float64 threshold that rounds to an attained float32 score flags it, in numpy as in torch (float32 compare)
+    a = np.float32(0.3)
+    t = float(a) + 1e-12
+    assert float(a) < t and np.float32(t) == a
+    assert scores.is_anomalous(np.array([a]), t).tolist() == [True]
+    assert scores.is_anomalous(torch.tensor([a]), t).tolist() == [True]
 
 
 def test_unknown_score_name_is_refused():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -93,12 +92,6 @@ def test_kill_and_resume_gives_the_same_weights(sim_train, tiny_model_yaml, tmp_
     assert (tmp_path / "full" / "tensorboard").is_dir()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("mode", ["segmenter", "finetune"])
 def test_ddp_two_processes_average_the_per_rank_gradients(sim_train, tiny_model_yaml, tmp_path, mode):
     extra = {"steps": 1}
@@ -110,8 +103,10 @@ def test_ddp_two_processes_average_the_per_rank_gradients(sim_train, tiny_model_
         extra.update({"data.negatives": "sim", "init": str(tmp_path / "seg" / "checkpoints" / "last.pt")})
     overrides = [f"mode={mode}"] + _overrides(sim_train, tiny_model_yaml, tmp_path / "ddp", **extra)
     (tmp_path / "overrides.txt").write_text("\n".join(overrides))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(_free_port()), str(ROOT / "test" / "ddp_grad_worker.py"), str(tmp_path / "overrides.txt"),
+    # --standalone: the rendezvous store binds a port the OS chooses (port 0) and the workers join through it, so no
+    # port is picked here that another process could take before torch.distributed binds it
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "test" / "ddp_grad_worker.py"), str(tmp_path / "overrides.txt"),
                           str(tmp_path / "ddp_grads.pt")], env=_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)

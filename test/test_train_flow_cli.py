@@ -107,3 +107,121 @@ def test_joint_finetuning_updates_segmenter_and_flow(pretrained, sim_train, tmp_
     before_seg = load_checkpoint(seg_out / "checkpoints" / "last.pt")["model"]
     assert any(not torch.equal(t, done["model"][n]) for n, t in before_seg.items() if t.is_floating_point())
     assert done["config"]["synthetic"]["boundary"] == boundary
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+def _optimizer_states_equal(a: dict, b: dict) -> None:
+    assert len(a["state"]) == len(b["state"])
+    for sa, sb in zip(a["state"].values(), b["state"].values()):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
+
+
+def test_flow_pretraining_resumed_equals_an_uninterrupted_run(sim_train, tmp_path):
+    """Stopped at its step-4 checkpoint and started again on the same directory, flow pretraining ends with the same
+    flow and optimizer as a run that never stopped."""
+    def run(out, steps: int) -> None:
+        args = ["flow-pretrain"]
+        for o in ("flow=tiny", f"out={out}", f"data.root={sim_train}", "data.crop=[32,32]", "batch_size=2",
+                  f"steps={steps}", "lr=0.02", "log_every=2", "checkpoint_every=4", "seed=3"):
+            args += ["--set", o]
+        assert train_main(args) == 0
+
+    run(tmp_path / "full", 8)
+    run(tmp_path / "resumed", 4)  # the interruption: this run ends at its step-4 checkpoint
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4
+    run(tmp_path / "resumed", 8)  # resumes from last.pt
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    _states_equal(a["model"], b["model"])
+    _optimizer_states_equal(a["optimizer"], b["optimizer"])
+    assert (tmp_path / "resumed" / "bits_per_dim.csv").read_text() == (tmp_path / "full" / "bits_per_dim.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def closed_set(sim_train, tmp_path_factory):
+    """A 1-step closed-set checkpoint of the tiny segmenter and its model file (the joint runs start from it)."""
+    out = tmp_path_factory.mktemp("closed")
+    model_yaml = out / "tiny.yaml"
+    model_yaml.write_text("num_classes: 15\nbackbone: resnet18\nbackbone_width: 8\ndecoder_width: 16\n"
+                          "spp_grids: [4, 2, 1]\n")
+    common = [f"model={model_yaml}", f"data.root={sim_train}", "data.crop=[64,128]", "batch_size=2", "seed=1",
+              "log_every=1", "image_every=100"]
+    args = ["segmenter"] + [a for o in common + [f"out={out / 'seg'}", "steps=1"] for a in ("--set", o)]
+    assert train_main(args) == 0
+    return common, out / "seg" / "checkpoints" / "last.pt", sim_train
+
+
+def test_joint_finetuning_resumed_equals_an_uninterrupted_run(pretrained, closed_set, tmp_path):
+    """SynDenseHybrid fine-tuning stopped after 2 of 4 steps and resumed: the segmenter, the jointly trained flow and
+    both optimizers end as in a run that never stopped (the flow's samples depend on the restored RNG states)."""
+    from training.cli import run_training
+
+    common, init, _ = closed_set
+    flow_ckpt = pretrained / "checkpoints" / "last.pt"
+
+    def overrides(out) -> list[str]:
+        return common + [f"out={out}", "steps=4", "checkpoint_every=2", f"init={init}",
+                         f"synthetic.flow_checkpoint={flow_ckpt}", "synthetic.side_range=[16,32]",
+                         "synthetic.flow_lr=0.01"]
+
+    run_training("finetune", None, overrides(tmp_path / "full"))
+    run_training("finetune", None, overrides(tmp_path / "resumed"), stop_after=2)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2
+    run_training("finetune", None, overrides(tmp_path / "resumed"))
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    _states_equal(a["model"], b["model"])
+    _optimizer_states_equal(a["optimizer"], b["optimizer"])
+    _states_equal(a["extra"]["joint"]["flow"], b["extra"]["joint"]["flow"])
+    _optimizer_states_equal(a["extra"]["joint"]["optimizer"], b["extra"]["joint"]["optimizer"])
+    pretrained_flow = load_checkpoint(flow_ckpt)["model"]
+    assert any(not torch.equal(t, pretrained_flow[n]) for n, t in a["extra"]["joint"]["flow"].items()
+               if t.is_floating_point())  # the flow did train
+
+
+@pytest.mark.parametrize("real_prob", [0.0, 1.0])
+def test_real_prob_is_the_share_of_images_with_a_real_negative(pretrained, closed_set, real_prob):
+    """SyntheticConfig.real_prob = b of (4.21): an image gets a real negative with probability b, else (in the joint
+    step) a flow sample; b = 0 and b = 1 are the two certain cases."""
+    from training.cli import build_model_and_dataset
+    from training.config import load_train_config
+
+    common, init, root = closed_set
+    cfg = load_train_config(None, ["mode=finetune", *common, f"init={init}", "data.negatives=sim",
+                                   f"data.negatives_root={root}",
+                                   f"synthetic.flow_checkpoint={pretrained / 'checkpoints' / 'last.pt'}",
+                                   f"synthetic.real_prob={real_prob}", "data.paste_prob=0.5"])
+    _, dataset, _ = build_model_and_dataset("finetune", cfg)
+    with_negative = [bool(dataset[(i, epoch)][2].any()) for i in range(len(dataset)) for epoch in (0, 1)]
+    assert with_negative == [real_prob == 1.0] * (2 * len(dataset))  # data.paste_prob is not used with a flow
+
+
+def test_sampling_temperature_scales_the_flow_samples(pretrained):
+    """temperature scales the latents' standard deviation: at 0 the pasted sample is the flow's image of the prior
+    means, the same whatever the random state; at 1 two random states give two different samples."""
+    from training.flow_train import load_flow
+    from training.synthetic import JointFlowTraining, SyntheticConfig
+
+    def pasted(temperature: float, torch_seed: int) -> torch.Tensor:
+        joint = JointFlowTraining(load_flow(pretrained / "checkpoints" / "last.pt"),
+                                  SyntheticConfig(side_range=(16, 16), temperature=temperature), (0.5, 0.5, 0.5),
+                                  (0.25, 0.25, 0.25), 0, torch.device("cpu"))
+        joint.flow.eval()
+        torch.manual_seed(torch_seed)
+        with torch.no_grad():
+            mixed, _, _, synthetic, _ = joint.mix(torch.zeros(1, 3, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long),
+                                                  torch.zeros(1, 32, 32, dtype=torch.bool), step=0)
+        return mixed[0][:, synthetic[0]]
+
+    assert torch.equal(pasted(0.0, 1), pasted(0.0, 2))
+    assert not torch.equal(pasted(1.0, 1), pasted(1.0, 2))
+    assert (pasted(0.5, 1) - pasted(0.0, 1)).abs().mean() < (pasted(1.0, 1) - pasted(0.0, 1)).abs().mean()

@@ -75,15 +75,29 @@ def test_gradient_routing_between_segmenter_and_flow():
 def test_mle_on_replaced_patches_only_touches_the_flow():
     torch.manual_seed(1)
     flow = build_flow("tiny")
-    joint = JointFlowTraining(flow, SyntheticConfig(side_range=(16, 16)), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0,
-                              torch.device("cpu"))
-    x = torch.randn(1, 3, 32, 32)
+    joint = JointFlowTraining(flow, SyntheticConfig(side_range=(16, 16), jsd_weight=0.0), (0.5, 0.5, 0.5),
+                              (0.25, 0.25, 0.25), 0, torch.device("cpu"))
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
     mixed, _, _, synthetic, replaced = joint.mix(x, torch.zeros(1, 32, 32, dtype=torch.long),
                                                  torch.zeros(1, 32, 32, dtype=torch.bool), step=3)
     # the replaced patch is the original image's content at the pasted rectangle, in [0, 1] units
-    x01 = x * 0.25 + 0.5
+    x01 = x.detach() * 0.25 + 0.5
     rows, cols = torch.nonzero(synthetic[0], as_tuple=True)
     top, left = int(rows.min()), int(cols.min())
-    torch.testing.assert_close(replaced[0], x01[0, :, top : top + 16, left : left + 16])
-    terms = joint.flow_loss(torch.zeros(1, 5, 32, 32), synthetic, replaced, step=0)
-    assert "mle_bpd" in terms and terms["mle_bpd"].item() > 0
+    torch.testing.assert_close(replaced[0].detach(), x01[0, :, top : top + 16, left : left + 16])
+    logits = torch.zeros(1, 5, 32, 32, requires_grad=True)
+    rng = torch.get_rng_state()  # bits/dim dequantises with random noise: the same draws for the checks below
+    terms = joint.flow_loss(logits, synthetic, replaced, step=0)
+    mle = terms["mle_bpd"]
+    # L_mle (4.18): the flow's NLL of the replaced inlier content in bits/dim, not of the pasted sample
+    torch.set_rng_state(rng)
+    torch.testing.assert_close(mle, flow.bits_per_dim(replaced.detach().clamp(0, 1)).mean())
+    sample = mixed.detach()[0, :, top : top + 16, left : left + 16] * 0.25 + 0.5
+    torch.set_rng_state(rng)
+    assert not torch.allclose(mle, flow.bits_per_dim(sample[None].clamp(0, 1)).mean())
+    assert terms["flow_total"] is mle or torch.equal(terms["flow_total"], mle)  # jsd_weight 0: L = L_mle
+    # its gradient reaches the flow's parameters and nothing else: not the segmenter's logits, not the image
+    flow_params = list(flow.parameters())
+    grads = torch.autograd.grad(mle, [logits, x, *flow_params], allow_unused=True)
+    assert grads[0] is None and grads[1] is None
+    assert sum(float(g.abs().sum()) for g in grads[2:] if g is not None) > 0

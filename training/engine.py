@@ -82,8 +82,10 @@ def compile_if_asked(cfg: TrainConfig, net: torch.nn.Module) -> torch.nn.Module:
 def make_loader(cfg: TrainConfig, dataset, sampler, device: torch.device) -> DataLoader:
     """Batches of `sampler`; with data.workers > 0, loaded ahead in worker processes (data.prefetch each)."""
     extra = {"prefetch_factor": cfg.data.prefetch, "persistent_workers": True} if cfg.data.workers else {}
+    # its own generator: a DataLoader iterator draws a base seed at creation, which from the global torch RNG would
+    # shift the restored RNG state of a resumed run by one draw (and with it the flow samples of joint fine-tuning)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
-                      pin_memory=device.type == "cuda", **extra)
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed), **extra)
 
 
 def batch_to_device(cfg: TrainConfig, batch, device: torch.device) -> tuple[torch.Tensor, ...]:

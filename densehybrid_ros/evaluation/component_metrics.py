@@ -109,7 +109,9 @@ def image_component_stats(pred_mask: np.ndarray, ood_labels: np.ndarray,
 
 
 def threshold_scores(scores: np.ndarray, ood_labels: np.ndarray, threshold: float) -> np.ndarray:
-    """SMIYC's binarisation: anomaly where ``score > threshold``; NaN/inf at non-void pixels is an error."""
+    """SMIYC's binarisation: anomaly where ``score > threshold`` (the benchmark code's strict rule, kept to reproduce
+    it; the project's own thresholds mean ``score >= t``: pass ``thresholds.fusion_threshold(t)`` to apply one);
+    NaN/inf at non-void pixels is an error."""
     values = as_scores(scores)
     labels = as_ood_labels(ood_labels)
     check_same_shape("scores", values, "ood_labels", labels)

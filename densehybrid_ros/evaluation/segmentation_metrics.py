@@ -9,7 +9,7 @@ Confusion matrices are int64 with rows = ground truth and columns = prediction, 
   ``IoU_k = TP_k / (TP_k + FP_k + FN_k)``; mIoU is the mean over the classes that occur (in ground truth
   or prediction) -- a class with TP + FP + FN = 0 is NaN and left out of the mean.
 - Open-set (5.4, 5.5): (K+1) x (K+1) matrix over all non-void pixels, prediction = closed-set class
-  overridden with K where the anomaly score exceeds the threshold. ``FP_k^os`` sums column k over all other
+  overridden with K where the anomaly score reaches the threshold (score >= t). ``FP_k^os`` sums column k over all other
   rows INCLUDING the anomaly row (class k predicted at an undetected anomaly); ``FN_k^os`` sums row k over
   all other columns INCLUDING the unknown column (inlier of class k flagged as anomaly). open-mIoU averages
   over the K known classes only, so a perfect anomaly detector gives open-mIoU == mIoU.
@@ -24,6 +24,7 @@ import numpy as np
 
 from densehybrid_ros.datasets.base import VOID
 from densehybrid_ros.evaluation._checks import as_class_map, as_ood_labels, as_scores, check_same_shape
+from densehybrid_ros.scores import is_anomalous
 
 
 def _check_num_classes(num_classes: int) -> None:
@@ -125,12 +126,10 @@ def mean_f1(open_cm: np.ndarray) -> float:
 
 
 def open_set_prediction(class_pred: np.ndarray, scores: np.ndarray, threshold: float, num_classes: int) -> np.ndarray:
-    """K+1-way map: closed-set class, overridden with K where ``score > threshold``.
+    """K+1-way map: closed-set class, overridden with K where ``score >= threshold``.
 
-    Same rule as the runtime's ``densehybrid_ros.scores.open_set_fusion``: strictly greater, compared in the
-    scores' own floating dtype (torch casts a Python threshold to a float32 tensor's dtype; so does this).
-    To reproduce an operating point "anomaly where score >= t" use
-    `densehybrid_ros.evaluation.thresholds.fusion_threshold` (t, score dtype).
+    The project's one rule (`densehybrid_ros.scores.is_anomalous`, as the runtime's ``open_set_fusion``), compared in
+    the scores' own floating dtype: an operating point t (e.g. AnomalyMetrics.threshold95) is used as it is.
     """
     _check_num_classes(num_classes)
     class_pred = as_class_map(class_pred, 0, num_classes - 1, "class predictions", allow_void=False)
@@ -140,7 +139,7 @@ def open_set_prediction(class_pred: np.ndarray, scores: np.ndarray, threshold: f
     check_same_shape("class predictions", class_pred, "scores", values)
     if np.isnan(values).any():
         raise ValueError("scores contain NaN")
-    return np.where(values > values.dtype.type(threshold), num_classes, class_pred).astype(np.int64)
+    return np.where(is_anomalous(values, threshold), num_classes, class_pred).astype(np.int64)
 
 
 def ood_labels_from_semantic(semantic: np.ndarray, num_classes: int) -> np.ndarray:
@@ -163,7 +162,7 @@ class OpenSetResult:
     f1: np.ndarray  # (K+1,)
     closed_confusion: np.ndarray  # (K, K)
     open_confusion: np.ndarray  # (K+1, K+1)
-    threshold: float  # fusion threshold used: unknown where score > threshold
+    threshold: float  # threshold used: unknown where score >= threshold
 
 
 def open_set_result(closed_cm: np.ndarray, open_cm: np.ndarray, threshold: float) -> OpenSetResult:

@@ -13,11 +13,12 @@ every fold is read twice: pass 1 finds its threshold with the exact bounded-memo
 stays bounded and the result is exact. (The alternative, histograms over a fixed list of candidate
 thresholds in a single pass, would only approximate the TPR-95% point; it is not used.)
 
-Threshold semantics: `AnomalyMetrics.threshold95` is the lowest score predicted anomalous at that operating
-point (anomaly where score >= t). The runtime fuses with ``score > threshold`` in the scores' dtype
-(``densehybrid_ros.scores.open_set_fusion``; float32 scores). `fusion_threshold` (t, dtype) returns the
-largest value of that dtype for which ``score > value`` selects exactly the scores ``>= t``; the protocol
-fuses with it, and it is the value the node's configuration should receive.
+Threshold semantics: the project's one rule, ``score >= t`` (`densehybrid_ros.scores.is_anomalous`, compared in
+the scores' dtype). `AnomalyMetrics.threshold95` is the lowest score predicted anomalous at that operating point, so
+it is applied as it is: the protocol fuses with it, and it is the value the node's configuration receives.
+`fusion_threshold` (t, dtype) is for binarisers with the strict rule ``score > value`` (SMIYC's benchmark code,
+`component_metrics.threshold_scores`): the largest value of the dtype for which ``score > value`` selects exactly the
+scores ``>= t``.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ FoldSource = Union[Callable[[], Iterable[FoldImage]], Iterable[FoldImage]]
 
 
 def fusion_threshold(operating_threshold: float, score_dtype: np.dtype | type = np.float32) -> float:
-    """Threshold T with ``score > T  <=>  score >= operating_threshold`` for every score of `score_dtype`.
+    """Threshold T with ``score > T  <=>  score >= operating_threshold`` for every score of `score_dtype`: the
+    project's rule (``>=``) expressed for a strict binariser such as SMIYC's (``>``).
 
     T is the representable value just below the smallest representable value >= operating_threshold, so a
     float32 comparison (the runtime's) and a float64 one agree.
@@ -90,7 +92,7 @@ def _open_set_pass(source: FoldSource, num_classes: int, threshold: float) -> tu
 
 
 def evaluate_open_set(source: FoldSource, num_classes: int, threshold: float) -> OpenSetResult:
-    """Pass 2: closed-set mIoU, open-mIoU and mean F1 of a fold at a fusion threshold (score > threshold)."""
+    """Pass 2: closed-set mIoU, open-mIoU and mean F1 of a fold at a threshold (score >= threshold)."""
     return _open_set_pass(source, num_classes, threshold)[0]
 
 
@@ -98,7 +100,7 @@ def evaluate_open_set(source: FoldSource, num_classes: int, threshold: float) ->
 class FoldResult:
     num_images: int
     anomaly: AnomalyMetrics  # this fold's own pooled anomaly metrics (threshold95 = its operating point)
-    applied_threshold: float  # fusion threshold taken from the OTHER fold
+    applied_threshold: float  # the OTHER fold's operating point (unknown where score >= it)
     segmentation: OpenSetResult  # this fold at applied_threshold
 
 
@@ -118,10 +120,10 @@ def _weighted(a: float, b: float, n_a: int, n_b: int) -> float:
 def cross_fold_open_set(fold_a: FoldSource, fold_b: FoldSource, num_classes: int,
                         max_buffer_pixels: int = 1 << 22, tmp_dir: str | None = None) -> CrossFoldResult:
     """Threshold at TPR 95% on fold A applied to fold B and vice versa; metrics weighted by image counts."""
-    anomaly_a, n_a, dtype_a = fold_operating_point(fold_a, num_classes, max_buffer_pixels, tmp_dir)
-    anomaly_b, n_b, dtype_b = fold_operating_point(fold_b, num_classes, max_buffer_pixels, tmp_dir)
-    thr_from_a = fusion_threshold(anomaly_a.threshold95, dtype_b)  # applied to fold B's scores
-    thr_from_b = fusion_threshold(anomaly_b.threshold95, dtype_a)
+    anomaly_a, n_a, _ = fold_operating_point(fold_a, num_classes, max_buffer_pixels, tmp_dir)
+    anomaly_b, n_b, _ = fold_operating_point(fold_b, num_classes, max_buffer_pixels, tmp_dir)
+    thr_from_a = anomaly_a.threshold95  # applied to fold B's scores: unknown where score >= it
+    thr_from_b = anomaly_b.threshold95
     seg_a, again_a = _open_set_pass(fold_a, num_classes, thr_from_b)
     seg_b, again_b = _open_set_pass(fold_b, num_classes, thr_from_a)
     if (again_a, again_b) != (n_a, n_b):

@@ -10,10 +10,13 @@ the bag reads back with rosbags (`AnyReader`) and with rosbag2.
 QoS: reliable when every publisher of the topic offers reliable, best effort otherwise (a best-effort
 subscription still receives from reliable publishers), volatile, depth --depth.
 SIGINT/SIGTERM (or --duration) stop the recording; the bag is closed properly (metadata.yaml written).
+--status-period S logs the per-topic counts ("recorded so far: /t: n, ...") every S s while they change, so that a
+caller can wait until everything it expects has been written before it stops the recorder (`recorded_counts`).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,8 @@ from densehybrid_ros.node.messages import message_class
 from densehybrid_ros.node.replay import split_ros_args
 
 TYPESTORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
+STATUS_PREFIX = "recorded so far: "
+_COUNT_RE = re.compile(r"(\S+): (\d+)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=100, help="subscription history depth")
     parser.add_argument("--distro", choices=sorted(TYPESTORES), default="kilted",
                         help="typestore for the message definitions stored in the bag")
+    parser.add_argument("--status-period", type=float, default=0.0, metavar="S",
+                        help="log the per-topic counts every S s while they change (0 = only at the end)")
     return parser
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """'/t: n, /u: m' (the form `recorded_counts` parses)."""
+    return ", ".join(f"{t}: {n}" for t, n in counts.items())
+
+
+def recorded_counts(log_text: str) -> dict[str, int]:
+    """Topic -> messages written, from the last --status-period line of a densehybrid-record log ({} if none yet)."""
+    lines = [line for line in log_text.splitlines() if STATUS_PREFIX in line]
+    if not lines:
+        return {}
+    return {topic: int(n) for topic, n in _COUNT_RE.findall(lines[-1].split(STATUS_PREFIX, 1)[1])}
 
 
 class Recorder:
@@ -97,18 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder(node, writer, args.topics, get_typestore(TYPESTORES[args.distro]), args.depth)
     node.get_logger().info(f"writing {args.out} ({args.storage}); waiting for {', '.join(recorder.pending)}")
     end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-    last_poll = 0.0
+    last_poll = last_status = 0.0
+    reported: dict[str, int] | None = None
     try:
         while not stop.is_set() and time.monotonic() < end and rclpy.ok():
-            if time.monotonic() - last_poll > 0.1:
+            now = time.monotonic()
+            if now - last_poll > 0.1:
                 recorder.poll()
-                last_poll = time.monotonic()
+                last_poll = now
+            if args.status_period > 0 and now - last_status >= args.status_period and recorder.counts != reported:
+                reported, last_status = dict(recorder.counts), now
+                node.get_logger().info(STATUS_PREFIX + format_counts(reported))
             rclpy.spin_once(node, timeout_sec=0.05)
     finally:
         for sub in recorder.subscriptions.values():
             node.destroy_subscription(sub)
         writer.close()
-        summary = ", ".join(f"{t}: {n}" for t, n in recorder.counts.items()) or "nothing"
+        summary = format_counts(recorder.counts) or "nothing"
         node.get_logger().info(f"closed {args.out}: {summary}")
         if recorder.pending:
             node.get_logger().warning(f"never appeared: {', '.join(recorder.pending)}")
