@@ -7,6 +7,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import Writer
 from rosbags.typesys import Stores, get_typestore
 
+from densehybrid_ros.node.record import recorded_counts
 from test_node_support import NAMESPACE, Process, wait_until
 
 STORE = get_typestore(Stores.ROS2_KILTED)
@@ -75,7 +76,8 @@ def test_replay_into_recorders_round_trips(tmp_path, source_bag):
               "/cam/image/compressed": f"{NAMESPACE}/image/compressed", "/markers": f"{NAMESPACE}/markers"}
     topics = [*remaps.values(), "/clock"]
     recorders = {storage: Process(["-m", "densehybrid_ros.node.record", "--out", str(tmp_path / storage),
-                                   "--storage", storage, "--topics", *topics], tmp_path / f"record_{storage}.log")
+                                   "--storage", storage, "--status-period", "0.2", "--topics", *topics],
+                                  tmp_path / f"record_{storage}.log")
                  for storage in ("sqlite3", "mcap")}
     replay = None
     try:
@@ -87,6 +89,9 @@ def test_replay_into_recorders_round_trips(tmp_path, source_bag):
         assert replay.proc.returncode == 0, replay.text()
         assert "without subscribers" not in replay.text(), replay.text()
         assert f"published {4 * N} message(s)" in replay.text(), replay.text()
+        # both recorders have written every message of the bag before they are stopped
+        wait_until(lambda: all(all(recorded_counts(r.text()).get(t, 0) >= N for t in remaps.values())
+                               for r in recorders.values()), 30, message="the recorders' writes")
     finally:
         if replay is not None:
             replay.stop()

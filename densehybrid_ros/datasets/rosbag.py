@@ -1,4 +1,5 @@
-"""Kind `bag`: camera images and ground-truth label images from a ROS 2 (or ROS 1) bag, read with rosbags.
+"""Kind `bag`: camera images and ground-truth label images from a ROS 2 (or ROS 1) bag, read with rosbags (or
+salvaged from a damaged one).
 
 Spec ``bag:PATH``. PATH is either
 
@@ -44,31 +45,43 @@ image frame, text, visible_pixels parsed from the sim's ``visible_px=N`` text) o
 markers for the frame, ``mount`` (height, pitch, roll in the node's convention, from the ground frame to the
 camera frame on /tf at the image stamp, else /tf_static) or None.
 
+Damaged bags (a recording cut short, flipped bytes; see densehybrid_ros.bagio): the bag is read by bagio.BagReader,
+which salvages what a damaged file holds. While indexing, every message is decoded and checked (images and depth
+images decodable, label images mono8 with values 0..K-1, anomaly_id or 255 when the classes are known, CameraInfo K
+usable, markers and transforms finite). A message that fails is skipped and counted under its topic, and its frame
+is left out (`dropped`: reason -> frames): also a frame whose label image, depth image or markers are missing while
+that topic lost messages to damage, or whose images disagree in size. `reading()` / `reading_lines()` give the
+per-topic counts and the frames for metrics.json and consoles; nothing damaged ends an evaluation.
+
 Memory: opening the dataset makes one pass over the bag and keeps only an index per topic (header stamp ->
-receive time, a few integers per message; /tf transforms between the two frames as 7 numbers). ``dataset[i]``
-reads the few messages of one frame through the reader's time-range query (start = stop - 1 = the receive time;
-an indexed query in sqlite3, the chunk index in mcap), so memory is one frame whatever the bag's length, and
-frames can be read in any order. The reader stays open until ``close()`` (or garbage collection).
+where the message is and what its check returned: a few numbers per message; /tf transforms between the two
+frames as 7 numbers). ``dataset[i]`` reads the few messages of one frame again (rosbags' time-range query: an
+indexed query in sqlite3, the chunk index in mcap; a salvaged bag: the row or the file offset), so memory is one
+frame whatever the bag's length, and frames can be read in any order. The reader stays open until ``close()``
+(or garbage collection).
 """
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
 
+from densehybrid_ros.bagio import BagError, BagReader, DecodeError, RawMessage
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, VOID, DatasetError, EvalSample, register
 from densehybrid_ros.node import image_codec
 from densehybrid_ros.node.image_codec import ImageRejected
-from densehybrid_ros.node.obstacles import pitch_roll_from_rotation, quaternion_to_rotation
+from densehybrid_ros.node.obstacles import CameraModel, pitch_roll_from_rotation, quaternion_to_rotation
 
 SIM_ANOMALY_ID = 15  # densehybrid_ros.sim.taxonomy.ANOMALY_ID (checked by a test; not imported: no pybullet needed)
 LABEL_ENCODINGS = ("mono8", "8UC1")
 TF_TOPIC, TF_STATIC_TOPIC = "/tf", "/tf_static"
+UNLABELLED = "unlabelled"  # _drop_reason: an image without a label image (not damage)
 VISIBLE_RE = re.compile(r"visible_px=(\d+)")
 
 
@@ -124,96 +137,111 @@ def message_stamp(msg: Any) -> int | None:
     return None
 
 
-def resolve_bag_path(path: Path) -> Path:
-    """A rosbag2 directory for its storage file, else the path itself."""
-    path = Path(path)
-    if path.is_file() and (path.name == "metadata.yaml" or (
-            path.suffix in (".db3", ".mcap") and (path.parent / "metadata.yaml").is_file())):
-        return path.parent
-    return path
+@dataclass(frozen=True)
+class IndexEntry:
+    """Where a message is (for BagReader.fetch) and what its topic's check returned (e.g. an image's size)."""
 
-
-def _rosbags_error(path: Path, exc: Exception) -> DatasetError:
-    return DatasetError(f"bag: cannot read {path}: {type(exc).__name__}: {exc} (truncated or not a bag?)")
+    receive_ns: int
+    locator: tuple
+    info: Any = None
 
 
 @dataclass
 class _Topic:
-    connections: list
     msgtype: str
-    index: dict[int, int] = field(default_factory=dict)  # header stamp -> receive time
-    unstamped: dict[int, int] = field(default_factory=dict)  # receive time -> receive time (stampless MarkerArrays)
+    index: dict[int, IndexEntry] = field(default_factory=dict)  # header stamp -> entry
+    unstamped: dict[int, tuple] = field(default_factory=dict)  # receive time -> locator (stampless MarkerArrays)
+    rejected: set[int] = field(default_factory=set)  # header stamps of messages that failed the topic's check
     duplicates: int = 0
 
 
+Check = Callable[[Any, str], Any]  # (message, msgtype) -> info to keep; raises (ValueError, ...) to reject
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
 class StampIndexedBag:
-    """A bag opened with rosbags' AnyReader, with per-topic header-stamp indexes and lazy reads of single messages.
+    """A bag read with densehybrid_ros.bagio.BagReader (rosbags, or salvaged when damaged), with per-topic
+    header-stamp indexes and lazy reads of single messages.
 
     `topics`: the topics to index; absent ones are simply not in `self.topics` (the caller decides whether that
-    is an error). /tf and /tf_static are parsed during the indexing pass (transforms `parent` -> any child)."""
+    is an error). `checks`: per topic, a function of (message, msgtype) run on every message during indexing; what
+    it returns is kept in the index entry, and a message it raises for is left out, counted under its topic and its
+    stamp remembered (`_Topic.rejected`). Messages that do not deserialize are counted and left out too. /tf and
+    /tf_static are parsed during the indexing pass (transforms `parent` -> any child; non-finite ones rejected).
+    `self.report` says what was read and lost (bagio.ReadReport)."""
 
-    def __init__(self, path: Path, topics: list[str], tf_parent: str | None = None) -> None:
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
-        self.path = resolve_bag_path(path)
-        if not self.path.exists():
-            raise DatasetError(f"bag: {self.path} does not exist")
+    def __init__(self, path: Path, topics: list[str], tf_parent: str | None = None,
+                 checks: dict[str, Check] | None = None) -> None:
         try:
-            self.reader = AnyReader([self.path], default_typestore=get_typestore(Stores.ROS2_KILTED))
-            self.reader.open()
-        except Exception as exc:  # noqa: BLE001  rosbags raises many kinds (ReaderError, apsw, struct, OSError)
-            self.reader = None
-            raise _rosbags_error(self.path, exc) from None
-        self.available = sorted({c.topic for c in self.reader.connections})
+            self.reader = BagReader(Path(path))
+        except BagError as exc:
+            raise DatasetError(f"bag: {exc}") from None
+        self.path = self.reader.path
+        self.report = self.reader.report
+        self.available = sorted(self.reader.topics)
         self.topics: dict[str, _Topic] = {}
-        for conn in self.reader.connections:
-            if conn.topic in topics:
-                entry = self.topics.setdefault(conn.topic, _Topic([], conn.msgtype))
-                if conn.msgtype != entry.msgtype:
-                    self.close()
-                    raise DatasetError(f"bag: {self.path}: topic {conn.topic} has two types ({entry.msgtype}, {conn.msgtype})")
-                entry.connections.append(conn)
+        for topic, msgtype in self.reader.connections:
+            if topic not in topics:
+                continue
+            entry = self.topics.setdefault(topic, _Topic(msgtype))
+            if msgtype != entry.msgtype:
+                self.close()
+                raise DatasetError(f"bag: {self.path}: topic {topic} has two types ({entry.msgtype}, {msgtype})")
+        self.checks = dict(checks or {})
         self.tf_parent = tf_parent
         self.tf: dict[tuple[str, int], tuple[float, ...]] = {}  # (child, stamp) -> translation + quaternion
         self.tf_static: dict[str, tuple[float, ...]] = {}
-        tf_conns = [c for c in self.reader.connections if tf_parent and c.topic in (TF_TOPIC, TF_STATIC_TOPIC)
-                    and c.msgtype == "tf2_msgs/msg/TFMessage"]
-        try:
-            self._index(tf_conns)
-        except DatasetError:
-            self.close()
-            raise
-        except Exception as exc:  # noqa: BLE001
-            self.close()
-            raise _rosbags_error(self.path, exc) from None
+        tf_topics = [t for t in (TF_TOPIC, TF_STATIC_TOPIC)
+                     if tf_parent and self.reader.topics.get(t) == "tf2_msgs/msg/TFMessage"]
+        self._index(tf_topics)
 
-    def _index(self, tf_conns: list) -> None:
-        wanted = [c for t in self.topics.values() for c in t.connections] + tf_conns
+    def _index(self, tf_topics: list[str]) -> None:
+        wanted = [*self.topics, *tf_topics]
         if not wanted:
             return
-        for conn, receive_ns, raw in self.reader.messages(connections=wanted):
-            msg = self.reader.deserialize(raw, conn.msgtype)
-            if conn in tf_conns:
-                self._add_transforms(msg, static=conn.topic == TF_STATIC_TOPIC)
+        for raw in self.reader.messages(wanted):
+            msg = self.reader.decode(raw)
+            if msg is None:
                 continue
-            entry = self.topics[conn.topic]
-            stamp = message_stamp(msg)
-            if stamp is None:
-                entry.unstamped.setdefault(receive_ns, receive_ns)
-            elif stamp in entry.index:
-                entry.duplicates += 1
+            if raw.topic in tf_topics:
+                self._add_transforms(msg, raw.topic)
             else:
-                entry.index[stamp] = receive_ns
+                self._add(raw, msg)
 
-    def _add_transforms(self, msg: Any, static: bool) -> None:
+    def _add(self, raw: RawMessage, msg: Any) -> None:
+        entry = self.topics[raw.topic]
+        stamp = message_stamp(msg)
+        info = None
+        check = self.checks.get(raw.topic)
+        if check is not None:
+            try:
+                info = check(msg, raw.msgtype)
+            except Exception as exc:  # noqa: BLE001  (a damaged message: skipped and counted, never fatal)
+                self.reader.reject(raw.topic, _reason(exc))
+                if stamp is not None:
+                    entry.rejected.add(stamp)
+                return
+        if stamp is None:
+            entry.unstamped.setdefault(raw.receive_ns, raw.locator)
+        elif stamp in entry.index:
+            entry.duplicates += 1
+        else:
+            entry.index[stamp] = IndexEntry(raw.receive_ns, raw.locator, info)
+
+    def _add_transforms(self, msg: Any, topic: str) -> None:
         for tf in msg.transforms:
             if tf.header.frame_id.lstrip("/") != self.tf_parent.lstrip("/"):
                 continue
             t, q = tf.transform.translation, tf.transform.rotation
             value = (float(t.x), float(t.y), float(t.z), float(q.x), float(q.y), float(q.z), float(q.w))
+            if not all(math.isfinite(v) for v in value) or not any(value[3:]):
+                self.reader.reject(topic, f"transform {tf.child_frame_id}: non-finite values or a zero quaternion")
+                continue
             child = tf.child_frame_id.lstrip("/")
-            if static:
+            if topic == TF_STATIC_TOPIC:
                 self.tf_static[child] = value
             else:
                 self.tf.setdefault((child, stamp_ns(tf.header.stamp)), value)
@@ -227,18 +255,28 @@ class StampIndexedBag:
             return self.tf_static[child], "tf_static"
         return None
 
+    def has_dynamic_transforms(self, child: str) -> bool:
+        """Whether /tf carried a transform of `child` at any stamp."""
+        child = child.lstrip("/")
+        return any(c == child for c, _ in self.tf)
+
+    def lost_messages(self, topic: str) -> bool:
+        """Whether messages of `topic` may have been lost to damage (a frame lacking one is then not trusted)."""
+        return self.report.lost_messages(topic)
+
     def read(self, topic: str, stamp: int, receive_ns: int | None = None) -> Any:
         """The message of `topic` with header stamp `stamp` (or, for a stampless one, received at `receive_ns`)."""
         entry = self.topics[topic]
-        t = entry.index[stamp] if receive_ns is None else receive_ns
+        locator = entry.index[stamp].locator if receive_ns is None else entry.unstamped[receive_ns]
         try:
-            for conn, _, raw in self.reader.messages(connections=entry.connections, start=t, stop=t + 1):
-                msg = self.reader.deserialize(raw, conn.msgtype)
-                if receive_ns is not None or message_stamp(msg) == stamp:
-                    return msg
-        except Exception as exc:  # noqa: BLE001
-            raise _rosbags_error(self.path, exc) from None
-        raise DatasetError(f"bag: {self.path}: message of {topic} at stamp {stamp} vanished between index and read")
+            return self.reader.deserialize(self.reader.fetch(topic, locator))
+        except (BagError, DecodeError) as exc:  # read and decoded when indexing: only a changing file gets here
+            raise DatasetError(f"bag: {self.path}: {exc}") from None
+
+    def has(self, topic: str, stamp: int, receive_ns: int) -> bool:
+        """Whether `lookup` finds a message of `topic` for the frame."""
+        entry = self.topics.get(topic)
+        return entry is not None and (stamp in entry.index or receive_ns in entry.unstamped)
 
     def lookup(self, topic: str, stamp: int, receive_ns: int) -> Any | None:
         """Message of `topic` with this exact stamp, else a stampless one received with the frame, else None."""
@@ -253,10 +291,7 @@ class StampIndexedBag:
 
     def close(self) -> None:
         if getattr(self, "reader", None) is not None:
-            try:
-                self.reader.close()
-            except Exception:  # noqa: BLE001  (closing a half-open reader)
-                pass
+            self.reader.close()
             self.reader = None
 
     def __del__(self) -> None:
@@ -298,6 +333,35 @@ def mount_from_transform(value: tuple[float, ...]) -> dict:
     return {"height": float(value[2]), "pitch": pitch, "roll": roll}
 
 
+def image_info(msg: Any, msgtype: str) -> tuple[tuple[int, int], str]:
+    """Check of the image topic: (height, width) and frame id of a decodable colour image."""
+    return decode_color(msg, msgtype).shape[:2], str(msg.header.frame_id)
+
+
+def labels_info(msg: Any, _msgtype: str = "") -> tuple[tuple[int, int], np.ndarray]:
+    """Check of the labels topic: (height, width) and the label values present (sorted)."""
+    labels = decode_labels(msg)
+    return labels.shape, np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
+
+
+def depth_info(msg: Any, _msgtype: str = "") -> tuple[int, int]:
+    """Check of the depth topic: (height, width) of a decodable depth image."""
+    return image_codec.decode_depth_msg(msg).shape
+
+
+def check_camera_info(msg: Any, _msgtype: str = "") -> None:
+    """Check of the camera_info topic: K usable for obstacle placement (9 finite numbers, positive focal lengths)."""
+    CameraModel.from_k(np.asarray(msg.k, np.float64), int(msg.width), int(msg.height))
+
+
+def check_markers(msg: Any, _msgtype: str = "") -> None:
+    """Check of the anomalies topic: finite positions and sizes of every marker."""
+    for m in msg.markers:
+        p, s = m.pose.position, m.scale
+        if not all(math.isfinite(float(v)) for v in (p.x, p.y, p.z, s.x, s.y, s.z)):
+            raise ValueError(f"marker {m.ns}/{m.id} has a non-finite position or size")
+
+
 class BagDataset:
     kind = "bag"
 
@@ -306,34 +370,124 @@ class BagDataset:
             raise DatasetError(f"bag: a bag has no splits (got split {split!r}); leave it out")
         self.split = "all"
         self.topics = topics
-        names = [t for t in (topics.image, topics.labels, topics.depth, topics.camera_info, topics.anomalies) if t]
-        self.bag = StampIndexedBag(Path(path), names, tf_parent=topics.ground_frame)
+        checks = {topics.image: image_info, topics.labels: labels_info, topics.depth: depth_info,
+                  topics.camera_info: check_camera_info, topics.anomalies: check_markers}
+        checks = {topic: check for topic, check in checks.items() if topic}
+        self.bag = StampIndexedBag(Path(path), list(checks), tf_parent=topics.ground_frame, checks=checks)
         self.root = self.bag.path
-        for key in topics.required:
-            topic = getattr(topics, key)
-            if topic and topic not in self.bag.topics:
-                self.bag.close()
-                raise DatasetError(f"bag: {self.root} has no {key} topic {topic!r}; its topics: {', '.join(self.bag.available)}")
-        image_type = self.bag.topics[topics.image].msgtype
-        if image_type not in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"):
+        try:
+            self._check_topics()
+            self.classes = self._classes(topics.classes)
+            self.stamps = self._frames()
+        except DatasetError:
             self.bag.close()
-            raise DatasetError(f"bag: image topic {topics.image} has type {image_type}, not sensor_msgs/msg/Image")
-        if self.bag.topics[topics.labels].msgtype != "sensor_msgs/msg/Image":
-            self.bag.close()
-            raise DatasetError(f"bag: labels topic {topics.labels} has type {self.bag.topics[topics.labels].msgtype}, "
-                               "not sensor_msgs/msg/Image (mono8)")
-        images = self.bag.topics[topics.image].index
-        labels = self.bag.topics[topics.labels].index
-        self.stamps = sorted(s for s in images if s in labels)
-        self.unlabelled = len(images) - len(self.stamps)
+            raise
         self.duplicates = self.bag.topics[topics.image].duplicates
-        if not self.stamps:
-            self.bag.close()
-            raise DatasetError(f"bag: {self.root}: none of the {len(images)} image(s) on {topics.image} has a label image "
-                               f"with the same header stamp on {topics.labels}")
         info = self.bag.topics.get(topics.camera_info) if topics.camera_info else None
         self._info_stamps = sorted(info.index) if info is not None else []
-        self.classes = self._classes(topics.classes)
+
+    def _check_topics(self) -> None:
+        topics, bag = self.topics, self.bag
+        for key in topics.required:
+            topic = getattr(topics, key)
+            if topic and topic not in bag.topics:
+                raise DatasetError(f"bag: {self.root} has no {key} topic {topic!r}; its topics: {', '.join(bag.available)}")
+        image_type = bag.topics[topics.image].msgtype
+        if image_type not in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"):
+            raise DatasetError(f"bag: image topic {topics.image} has type {image_type}, not sensor_msgs/msg/Image")
+        if bag.topics[topics.labels].msgtype != "sensor_msgs/msg/Image":
+            raise DatasetError(f"bag: labels topic {topics.labels} has type {bag.topics[topics.labels].msgtype}, "
+                               "not sensor_msgs/msg/Image (mono8)")
+
+    def _frames(self) -> list[int]:
+        """Header stamps of the usable frames. Sets `unlabelled` (images without a label image) and `dropped`
+        (reason -> frames left out because a message of theirs was damaged or does not fit the others)."""
+        image = self.bag.topics[self.topics.image]
+        frames, self.unlabelled, self.dropped = [], 0, {}
+        for stamp in sorted(set(image.index) | image.rejected):
+            reason = self._drop_reason(stamp)
+            if reason is None:
+                frames.append(stamp)
+            elif reason is UNLABELLED:
+                self.unlabelled += 1
+            else:
+                self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if not frames:
+            raise DatasetError(self._no_frames_message(len(set(image.index) | image.rejected)))
+        return frames
+
+    def _drop_reason(self, stamp: int) -> str | None:
+        """Why the frame at `stamp` cannot be scored (None: it can); UNLABELLED when it simply has no labels."""
+        t, bag = self.topics, self.bag
+        image, labels = bag.topics[t.image], bag.topics[t.labels]
+        if stamp in image.rejected and stamp not in image.index:
+            return f"image rejected ({t.image})"
+        if stamp not in labels.index:
+            if stamp in labels.rejected:
+                return f"label image rejected ({t.labels})"
+            return f"no label image ({t.labels} damaged)" if bag.lost_messages(t.labels) else UNLABELLED
+        (h, w), frame_id = image.index[stamp].info
+        (lh, lw), values = labels.index[stamp].info
+        if (lh, lw) != (h, w):
+            return f"the labels are {lw}x{lh} but the image is {w}x{h}"
+        bad = self._bad_label_values(values)
+        if bad is not None:
+            bag.reader.reject(t.labels, bad)
+            return f"label values out of range ({t.labels})"
+        receive_ns = image.index[stamp].receive_ns
+        for key in ("depth", "anomalies", "camera_info"):
+            topic = getattr(t, key)
+            entry = bag.topics.get(topic) if topic else None
+            if entry is None:
+                continue
+            if stamp in entry.rejected:
+                return f"{key} rejected ({topic})"
+            if key != "camera_info" and not bag.has(topic, stamp, receive_ns) and bag.lost_messages(topic):
+                return f"no {key} message ({topic} damaged)"
+            if key == "depth" and stamp in entry.index and entry.index[stamp].info != (h, w):
+                dh, dw = entry.index[stamp].info
+                return f"the depth image is {dw}x{dh}, the image {w}x{h}"
+        transform = bag.transform(frame_id, stamp)
+        if (bag.has_dynamic_transforms(frame_id) and (transform is None or transform[1] != "tf")
+                and bag.lost_messages(TF_TOPIC)):
+            return f"no {TF_TOPIC} transform ({TF_TOPIC} damaged)"
+        return None
+
+    def _bad_label_values(self, values: np.ndarray) -> str | None:
+        """With known classes, the reason when label values other than 0..K-1, anomaly_id, 255 (void) are present."""
+        if self.classes is None:
+            return None
+        allowed = set(range(len(self.classes))) | {self.topics.anomaly_id, VOID}
+        if all(int(v) in allowed for v in values):
+            return None
+        return (f"label values other than 0..{len(self.classes) - 1} (classes), {self.topics.anomaly_id} (anomaly), "
+                f"{VOID} (void)")
+
+    def _no_frames_message(self, images: int) -> str:
+        t = self.topics
+        if not self.dropped:
+            return (f"bag: {self.root}: none of the {images} image(s) on {t.image} has a label image with the same "
+                    f"header stamp on {t.labels}")
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in self.dropped.items())
+        skipped = [line.strip() for line in self.bag.report.lines()[1:]]
+        return (f"bag: {self.root}: no usable frame among the {images} image(s) on {t.image}: {dropped}"
+                + (f"; {self.unlabelled} without a label image" if self.unlabelled else "") + "; " + "; ".join(skipped))
+
+    def reading(self) -> dict:
+        """How the bag was read and what was skipped (for metrics.json): the reader's report and the frames."""
+        image = self.bag.topics[self.topics.image]
+        return {**self.bag.report.as_dict(),
+                "frames": {"images": len(set(image.index) | image.rejected), "used": len(self.stamps),
+                           "unlabelled": self.unlabelled, "duplicates": self.duplicates, "dropped": dict(self.dropped)}}
+
+    def reading_lines(self) -> list[str]:
+        """`reading()` for a console."""
+        frames = self.reading()["frames"]
+        line = (f"  frames: {frames['used']} of {frames['images']} used; {frames['unlabelled']} without a label image, "
+                f"{frames['duplicates']} duplicate stamp(s)")
+        if self.dropped:
+            line += "; dropped: " + ", ".join(f"{reason}: {n}" for reason, n in self.dropped.items())
+        return [*self.bag.report.lines(), line]
 
     def _classes(self, spec: Any) -> list[str] | None:
         if isinstance(spec, (list, tuple)):
@@ -351,6 +505,10 @@ class BagDataset:
 
     def __len__(self) -> int:
         return len(self.stamps)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of frame `index`'s image, known from indexing (no read)."""
+        return self.bag.topics[self.topics.image].index[self.stamps[index]].info[0]
 
     def close(self) -> None:
         self.bag.close()
@@ -375,31 +533,19 @@ class BagDataset:
         stamp = self.stamps[index]
         name = f"{stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d}"
         image_msg = self.bag.read(t.image, stamp)
-        try:
+        try:  # every message was decoded and checked when indexing (see _drop_reason): this cannot fail
             image = decode_color(image_msg, self.bag.topics[t.image].msgtype)
-        except ImageRejected as exc:
-            raise DatasetError(f"bag: {self.root}: image {t.image} at {name}: {exc}") from None
-        try:
             labels = decode_labels(self.bag.read(t.labels, stamp))
-        except ImageRejected as exc:
-            raise DatasetError(f"bag: {self.root}: labels {t.labels} at {name}: {exc}") from None
-        if labels.shape != image.shape[:2]:
-            raise DatasetError(f"bag: {self.root}: at {name} the labels are {labels.shape[1]}x{labels.shape[0]} but the "
-                               f"image is {image.shape[1]}x{image.shape[0]}")
-        depth = None
-        if t.depth and t.depth in self.bag.topics and stamp in self.bag.topics[t.depth].index:
-            try:
+            depth = None
+            if t.depth and t.depth in self.bag.topics and stamp in self.bag.topics[t.depth].index:
                 depth = image_codec.decode_depth_msg(self.bag.read(t.depth, stamp))
-            except ImageRejected as exc:
-                raise DatasetError(f"bag: {self.root}: depth {t.depth} at {name}: {exc}") from None
-            if depth.shape != labels.shape:
-                raise DatasetError(f"bag: {self.root}: at {name} the depth image is {depth.shape[1]}x{depth.shape[0]}, "
-                                   f"the image {image.shape[1]}x{image.shape[0]}")
+        except ImageRejected as exc:
+            raise DatasetError(f"bag: {self.root}: at {name}: {exc} (the file changed since it was opened?)") from None
         ood = np.full(labels.shape, OOD_INLIER, np.uint8)
         ood[labels == t.anomaly_id] = OOD_ANOMALY
         ood[labels == VOID] = VOID
         frame_id = str(image_msg.header.frame_id)
-        receive_ns = self.bag.topics[t.image].index[stamp]
+        receive_ns = self.bag.topics[t.image].index[stamp].receive_ns
         markers = self.bag.lookup(t.anomalies, stamp, receive_ns) if t.anomalies else None
         transform = self.bag.transform(frame_id, stamp)
         mount = None

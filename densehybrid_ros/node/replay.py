@@ -6,6 +6,11 @@ publishes it at  start + (t - t_first) / rate  (t = the bag's receive time). Hea
 recorded. Like `ros2 bag play` this is open-loop: a slow subscriber drops frames; for deterministic scoring
 read the bag directly (see docs/ros-notes).
 
+Damaged bags (a recording cut short, flipped bytes) are played as far as they can be read
+(densehybrid_ros/bagio.py: the salvage reader goes through the storage file up to the damage); a message that
+does not deserialize or convert is skipped and counted. The summary at the end says what was published per topic,
+what was lost and, per topic, how many messages were skipped and why.
+
   densehybrid-replay BAG [--rate R] [--loop] [--clock [HZ]] [--remap OLD:=NEW ...] [--topics T ...]
                          [--delay S] [--wait-for-subscribers S [--min-subscribers N]]
                          [--reliability reliable|best_effort]
@@ -19,16 +24,19 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
 
+from densehybrid_ros.bagio import BagReader, RawMessage
 from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import message_class, to_rclpy
+
+
+ACK_TIMEOUT_S = 10.0  # at the end: how long to wait for the subscribers to acknowledge the last reliable samples
 
 
 def parse_remaps(remaps: Iterable[str]) -> dict[str, str]:
@@ -58,6 +66,27 @@ def play_offset(t_ns: int, first_ns: int, rate: float) -> float:
     return (t_ns - first_ns) / 1e9 / rate
 
 
+def convert(reader: BagReader, raw: RawMessage, cls: type) -> Any | None:
+    """The rclpy message of a bag message, or None (counted under its topic) when it does not deserialize or
+    convert."""
+    msg = reader.decode(raw)
+    if msg is None:
+        return None
+    try:
+        return to_rclpy(msg, cls)
+    except Exception as error:  # noqa: BLE001  (a damaged message: skipped and counted, never fatal)
+        reader.reject(raw.topic, f"cannot convert to {raw.msgtype}: {type(error).__name__}: {error}")
+        return None
+
+
+def summary_lines(reader: BagReader) -> list[str]:
+    """How the bag was read and, per topic, the messages read and skipped in the last pass."""
+    lines = reader.report.lines()
+    skipped = sum(t.skipped for t in reader.report.topics.values())
+    lines.append(f"skipped {skipped} damaged message(s) in the last pass" if skipped else "no message skipped")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="densehybrid-replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag")
@@ -85,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         remaps = parse_remaps(args.remap)
         if not args.rate > 0:
             raise ValueError(f"--rate must be > 0, got {args.rate}")
-        reader = AnyReader([args.bag], default_typestore=get_typestore(Stores.ROS2_KILTED))
-        reader.open()
-    except Exception as error:  # noqa: BLE001
+        reader = BagReader(args.bag)
+    except Exception as error:  # noqa: BLE001  (BagError names the bag and why; OSError)
         print(f"densehybrid-replay: {error}", file=sys.stderr)
         return 2
     stop = init_ros_process(ros_argv)
@@ -95,19 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     log = node.get_logger()
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=args.depth, durability=DurabilityPolicy.VOLATILE,
                      reliability=ReliabilityPolicy.RELIABLE if args.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT)
-    connections, publishers, classes = [], {}, {}
-    for conn in reader.connections:
-        if args.topics is not None and conn.topic not in args.topics:
+    connections, publishers, classes = set(), {}, {}
+    for bag_topic, msgtype in reader.connections:
+        if args.topics is not None and bag_topic not in args.topics:
             continue
         try:
-            classes[conn.msgtype] = message_class(conn.msgtype)
+            classes[msgtype] = message_class(msgtype)
         except ValueError as error:
-            log.warning(f"skipping {conn.topic}: {error}")
+            log.warning(f"skipping {bag_topic}: {error}")
             continue
-        topic = remaps.get(conn.topic, conn.topic)
+        topic = remaps.get(bag_topic, bag_topic)
         if topic not in publishers:
-            publishers[topic] = node.create_publisher(classes[conn.msgtype], topic, qos)
-        connections.append(conn)
+            publishers[topic] = node.create_publisher(classes[msgtype], topic, qos)
+        connections.add((bag_topic, msgtype))
+    if reader.report.damaged:
+        for line in reader.report.lines()[:1] + [f"  damage: {d}" for d in reader.report.damage]:
+            log.warning(line)
     if not connections:
         log.error(f"no playable topics in {args.bag}")
         reader.close()
@@ -150,27 +181,39 @@ def main(argv: list[str] | None = None) -> int:
     topics = sorted(publishers)
     log.info(f"playing {args.bag} ({len(connections)} topic(s): {', '.join(topics)}) at rate {args.rate}"
              + (" in a loop" if args.loop else ""))
-    published, loops = 0, 0
+    published, per_topic, loops = 0, {}, 0
     try:
         while not stop.is_set():
             start, first = time.monotonic(), None
-            for conn, t_ns, raw in reader.messages(connections=connections):
+            for raw in reader.messages({topic for topic, _ in connections}):
                 if stop.is_set():
                     break
+                if (raw.topic, raw.msgtype) not in connections:
+                    continue
+                t_ns = raw.receive_ns
                 first = t_ns if first is None else first
-                msg = to_rclpy(reader.deserialize(raw, conn.msgtype), classes[conn.msgtype])
+                msg = convert(reader, raw, classes[raw.msgtype])
+                if msg is None:
+                    continue
                 wait_until(start + play_offset(t_ns, first, args.rate), t_ns if first != t_ns else None)
                 if stop.is_set():
                     break
                 publish_clock(t_ns)
-                publishers[remaps.get(conn.topic, conn.topic)].publish(msg)
+                publishers[remaps.get(raw.topic, raw.topic)].publish(msg)
                 published += 1
+                per_topic[raw.topic] = per_topic.get(raw.topic, 0) + 1
             loops += 1
             if not args.loop:
                 break
     finally:
-        log.info(f"published {published} message(s) in {loops} pass(es)")
-        # let reliable writers deliver their last samples before the participant goes away
+        log.info(f"published {published} message(s) in {loops} pass(es)"
+                 + (": " + ", ".join(f"{t}: {n}" for t, n in sorted(per_topic.items())) if per_topic else ""))
+        for line in summary_lines(reader):
+            (log.warning if reader.report.damaged else log.info)(line)
+        # let reliable writers deliver their last samples (acknowledged by every matched reader, ACK_TIMEOUT_S at
+        # most) before the participant goes away; best-effort ones get half a second
+        for publisher in [*publishers.values(), *([clock_pub] if clock_pub is not None else [])]:
+            publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
         wait_until(time.monotonic() + 0.5)
         reader.close()
         node.destroy_node()
