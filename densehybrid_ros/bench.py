@@ -239,7 +239,7 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
         for name, per_cycle in latencies.items():
             seconds = sum(max(c) for c in per_cycle)
             fps[name] = n * cycles / seconds
-            rows.append({"cameras": n, "mode": name, "frames": n * cycles, "seconds": round(seconds, 4),
+            rows.append({"cameras": n, "mode": name, "frames": n * cycles, "seconds": seconds,
                          "fps": round(fps[name], 3),
                          "cycle_ms": round(statistics.median(max(c) for c in per_cycle) * 1e3, 2),
                          "frame_latency_ms": round(statistics.fmean(x for c in per_cycle for x in c) * 1e3, 2)})

@@ -393,8 +393,9 @@ def anomaly_entry(metrics: dict) -> dict:
 
 def obstacles_entry(obstacles: dict) -> dict:
     """eval-bag's obstacle localisation without the per-match rows."""
-    keys = ("options", "frames", "predicted", "matched", "eligible", "detected", "detection_rate", "false_obstacles",
-            "false_obstacles_per_frame", "distance_error", "detection_by_distance", "frames_skipped", "mount_sources")
+    keys = ("options", "threshold", "frames", "candidates", "predicted", "matched", "eligible", "detected",
+            "detection_rate", "false_obstacles", "false_obstacles_per_frame", "distance_error", "detection_by_distance",
+            "frames_skipped", "mount_sources")
     return {key: obstacles.get(key) for key in keys}
 
 
@@ -514,6 +515,7 @@ def write_report(summary: dict, out: Path) -> Path:
     """OUT/report.md: the setup, both tables, the overlay animation and frames, links to eval-bag's reports."""
     bag, mount, live = summary["bag"], summary["mount"], summary["live"]
     o = summary["offline"]["obstacles"]["options"]
+    n = o["node"]
     lines = ["# densehybrid_ros demo", "",
              f"Weights `{summary['weights']}` (sha256 `{summary['weights_sha256'][:16]}...`, threshold "
              f"{_num(summary['offline']['open_set']['threshold'], '{:.4g}')}). Sim bag: {bag['frames']} frames "
@@ -533,8 +535,14 @@ def write_report(summary: dict, out: Path) -> Path:
                   f"scored ({live['missing_outputs']} missing).", ""]
     lines += ["## Anomaly segmentation", "", markdown_table(*score_rows(summary)), "",
               "## Segmentation and obstacle localisation", "", markdown_table(*result_rows(summary)), "",
-              f"Obstacles: anomaly components of at least {o['min_area']} px placed on the ground plane with the "
-              f"camera mount, matched to the sim's true boxes (3-D centre distance gate {o['gate_m']:g} m + "
+              f"Obstacles: anomaly components of at least {o['min_area']} px whose ground contact is on "
+              f"{' or '.join(n['drivable_classes'])} (or in the bottom {n['ground_band']:g} of the image), placed "
+              f"on the ground plane with the camera mount, {n['obstacle_min_width']:g}-{n['obstacle_max_width']:g} m "
+              "wide and "
+              f"{n['obstacle_min_height']:g}-{n['obstacle_max_height']:g} m tall, published once seen in "
+              f"{n['confirm_hits']} of the last {n['confirm_window']} frames (a new obstacle {n['confirm_hits'] - 1} "
+              f"frame(s) late) and kept through {n['miss_budget']} missed frames, as the node does them; "
+              f"matched to the sim's true boxes (3-D centre distance gate {o['gate_m']:g} m + "
               f"{100 * o['gate_rel']:g}% of the true range); distance error = |predicted - true| range of the box "
               f"centre over the matched boxes; detection rate over the true boxes with at least {o['min_visible']} "
               f"visible pixels within {o['max_distance']:g} m. The live node gets the first CameraInfo after the first "

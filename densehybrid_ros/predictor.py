@@ -29,7 +29,7 @@ from densehybrid_ros.models import DenseHybrid
 from densehybrid_ros.models.resnet import ResNet
 from densehybrid_ros.onnx_backend import OnnxBackend
 from densehybrid_ros.scores import SCORES, open_set_fusion
-from densehybrid_ros.weights import WeightsMetadata, load_weights
+from densehybrid_ros.weights import WeightsMetadata, load_weights, resolve_threshold
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_WARMUP_SIZE = (256, 512)  # (h, w) of the warm-up forward when the weights fix no grid
@@ -42,7 +42,8 @@ class PredictorConfig:
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU
     output_resolution: str = "input"  # "input" (camera resolution) or "network" (the grid it ran at)
     extra_scores: tuple[str, ...] = ()  # any of SCORES besides "hybrid"
-    threshold: float | None = None  # overrides the weights' calibrated threshold
+    threshold: float | None = None  # overrides the weights' operating points (weights.resolve_threshold)
+    operating_point: str | None = None  # a named operating point of the weights; None = their default
     retain_host_memory: bool = True  # on CPU: reuse freed activation buffers (see cpu_memory.py)
     backend: str = "torch"  # "torch" or "onnxruntime" (device then picks the ONNX Runtime providers)
 
@@ -109,7 +110,7 @@ class Predictor:
             retain_freed_memory()
         self.metadata = metadata
         self.num_classes = metadata.num_classes
-        self.threshold = config.threshold if config.threshold is not None else metadata.threshold
+        self.threshold = resolve_threshold(metadata.calibration, config.threshold, config.operating_point).value
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if onnx:
             self.model = model

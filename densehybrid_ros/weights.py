@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -55,14 +56,46 @@ class Normalization:
             raise ValueError(f"std must be > 0, got {self.std}")
 
 
+OPERATING_POINT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")  # names of operating points (also a node parameter)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One calibrated threshold on the hybrid score and how it was chosen (a pixel is anomalous where score >=
+    threshold, `densehybrid_ros.scores.is_anomalous`), with the rates it reached on the calibration data."""
+
+    threshold: float
+    method: str  # how it was chosen, in words (e.g. "lowest threshold flagging at most 1% of inlier pixels")
+    tpr: float | None = None  # share of the calibration data's anomaly pixels flagged at it
+    fpr: float | None = None  # share of its inlier pixels flagged at it
+
+    def validate(self) -> None:
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if not self.method:
+            raise ValueError("method must say how the threshold was chosen")
+        for name in ("tpr", "fpr"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """The open-set threshold on the hybrid score and how it was chosen."""
+    """The open-set thresholds on the hybrid score and how they were chosen.
+
+    `threshold` is the thesis protocol's point (TPR 95% on held-out anomalies, used for open-mIoU); files written
+    before operating points existed have only it. `operating_points` holds every calibrated threshold by name (e.g.
+    "tpr95", "fpr1"); `default` names the one the node applies unless told otherwise. The point named like `method`
+    must have `threshold` as its value (the same fact, kept for older readers). Which threshold applies at run time:
+    `resolve_threshold`."""
 
     threshold: float | None = None
     method: str = "uncalibrated"  # e.g. "tpr95": 95% of held-out anomaly pixels score above it
     target_tpr: float | None = None
     dataset: str | None = None  # held-out data it was chosen on
+    operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
+    default: str | None = None  # the operating point the node uses; None = `threshold`
 
     def validate(self) -> None:
         if self.threshold is None and self.method != "uncalibrated":
@@ -71,6 +104,57 @@ class Calibration:
             raise ValueError("a threshold must be finite and name its calibration method")
         if self.target_tpr is not None and not 0 < self.target_tpr <= 1:
             raise ValueError(f"target_tpr must be in (0, 1], got {self.target_tpr}")
+        for name, point in self.operating_points.items():
+            try:
+                point.validate()
+            except ValueError as error:
+                raise ValueError(f"operating point {name!r}: {error}") from None
+        bad = [name for name in self.operating_points if not OPERATING_POINT_RE.match(name)]
+        if bad:
+            raise ValueError(f"operating point names {bad} must start with a letter and hold only letters, digits, "
+                             "'_', '.' and '-'")
+        if self.default is not None and self.default not in self.operating_points:
+            raise ValueError(f"default {self.default!r} is not one of the operating points "
+                             f"{sorted(self.operating_points)}")
+        same = self.operating_points.get(self.method)
+        if same is not None and self.threshold is not None and same.threshold != self.threshold:
+            raise ValueError(f"operating point {self.method!r} has threshold {same.threshold}, but threshold (the "
+                             f"{self.method} point) is {self.threshold}")
+
+    def points(self) -> dict[str, OperatingPoint]:
+        """The named thresholds: `operating_points`, or for a file without them its one `threshold` under its method's
+        name (e.g. "tpr95"); empty when uncalibrated."""
+        if self.operating_points or self.threshold is None:
+            return dict(self.operating_points)
+        return {self.method: OperatingPoint(self.threshold, self.method)}
+
+
+class ThresholdChoice(NamedTuple):
+    """The threshold in force (None: none known, open-set outputs off) and where it comes from, in words."""
+
+    value: float | None
+    source: str
+
+
+def resolve_threshold(calibration: Calibration, threshold: float | None = None,
+                      operating_point: str | None = None) -> ThresholdChoice:
+    """Which threshold applies, the one rule for the node, the Predictor and the tools: an explicit `threshold` >
+    the named `operating_point` of the weights > the weights' default point > their legacy `threshold` > none.
+    An `operating_point` the weights do not hold is a ValueError naming the ones they do ("" counts as None)."""
+    if threshold is not None:
+        return ThresholdChoice(float(threshold), "parameter")
+    points = calibration.points()
+    if operating_point:
+        if operating_point not in points:
+            raise ValueError(f"operating point {operating_point!r} is not in the weights; they hold "
+                             f"{sorted(points) or 'none (uncalibrated)'}")
+        return ThresholdChoice(points[operating_point].threshold, f"operating point {operating_point} (parameter)")
+    if calibration.default is not None:
+        return ThresholdChoice(points[calibration.default].threshold,
+                               f"operating point {calibration.default} (weights default)")
+    if calibration.threshold is not None:
+        return ThresholdChoice(calibration.threshold, "weights calibration")
+    return ThresholdChoice(None, "none")
 
 
 @dataclass(frozen=True)
@@ -84,6 +168,7 @@ class WeightsMetadata:
     format_version: int = FORMAT_VERSION
 
     def validate(self) -> None:
+        self.calibration.validate()
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})")
         if len(self.classes) != self.architecture.num_classes:

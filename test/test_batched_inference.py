@@ -94,7 +94,10 @@ def test_frame_processor_predict_then_present_per_camera(tiny_weights, one_torch
     processor = FrameProcessor(Predictor.from_weights(tiny_weights))
     front, left = image(48, 80), image(40, 64)
     low = -1e6  # every pixel unknown: one obstacle per camera
-    settings = Settings.from_values({"threshold": low, "min_obstacle_area": 1, "cameras": ["front", "left"]})
+    # each frame's obstacles as they come (1 of 1 frames) and no size limit: one whole-image obstacle per camera
+    settings = Settings.from_values({"threshold": low, "min_obstacle_area": 1, "cameras": ["front", "left"],
+                                     "confirm_hits": 1, "confirm_window": 1, "obstacle_max_width": 1000.0,
+                                     "obstacle_max_height": 1000.0})
     predictions = processor.predict([front, left], settings)
     everything = Wanted(True, True, True, True, True, True)
     trackers = {"front": ObstacleTracker(), "left": ObstacleTracker()}

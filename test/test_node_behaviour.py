@@ -22,6 +22,7 @@ from conftest import TINY, randomize_batchnorm
 from test_node_ros import FRAME, OUTPUTS, H, W, pixels, scene_image
 from test_node_support import (
     NAMESPACE,
+    PER_FRAME_OBSTACLES,
     Harness,
     camera_info_message,
     image_message,
@@ -85,9 +86,11 @@ def served(tmp_path_factory):
     probe = Predictor.from_weights(calibrated_weights(tmp, None)).predict(scene_image())
     calibrated = float(np.quantile(probe.hybrid, 0.7))
     weights = calibrated_weights(tmp, calibrated)
+    # obstacles of each frame as they come, at any size: these tests check one frame's components and their geometry
+    # (confirmation and the size rule: test_obstacle_rules.py, test_node_operating_points.py)
     node = node_process(tmp, f"weights:={weights}", f"min_obstacle_area:={MIN_AREA}", f"camera_pitch:={PITCH}",
                         "depth_topic:=depth", "qos_reliability:=reliable", "qos_depth:=5", "marker_lifetime:=0.0",
-                        "diagnostics_period:=0.3", name="behaviour", namespace=NS)
+                        "diagnostics_period:=0.3", *PER_FRAME_OBSTACLES, name="behaviour", namespace=NS)
     harness = Harness("behaviour")
     try:
         outputs = {name: harness.collector(Image, f"{NODE}/{name}") for name in OUTPUTS}

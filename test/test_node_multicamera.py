@@ -22,6 +22,7 @@ from test_node_support import (
     DOMAIN_ID,
     NAMESPACE,
     NODE,
+    PER_FRAME_OBSTACLES,
     ROOT,
     Harness,
     node_process,
@@ -67,7 +68,8 @@ def rig(tmp_path_factory):
     reference = {name: predictor.predict(f[0][0]) for name, f in frames.items()}
     node = node_process(tmp, f"weights:={weights}", "cameras:=[front, left]", f"threshold:={threshold!r}",
                         "min_obstacle_area:=5", "left.camera_pitch:=0.3", "batch_wait_ms:=300.0",
-                        "diagnostics_period:=0.3", params_file=ROOT / "config" / "perception.yaml", name="multicamera")
+                        "diagnostics_period:=0.3", *PER_FRAME_OBSTACLES,  # each frame's components, at any size
+                        params_file=ROOT / "config" / "perception.yaml", name="multicamera")
     harness = Harness("multicamera")
     try:
         outputs = {(c, o): harness.collector(Image, f"{NODE}/{c}/{o}") for c in CAMERAS for o in OUTPUTS}

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from test_node_support import NAMESPACE, NODE, Harness, image_message, node_process, publish_until, wait_until
+from test_node_support import (NAMESPACE, NODE, PER_FRAME_OBSTACLES, Harness, image_message, node_process, publish_until,
+                               wait_until)
 
 W, H = 512, 256
 SEEDS, FRAMES_PER_SEED, RATE, SPEED = (0, 1, 2), 6, 2.0, 8.0
@@ -121,9 +122,11 @@ def served(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("planner")
     model = oracle_onnx(tmp / "oracle.onnx", W, H)
+    # each frame's obstacles as they come, at any size: every frame is another scene (confirmation across frames and
+    # the size rule are tested in test_node_operating_points.py)
     node = node_process(tmp, "backend:=onnxruntime", f"onnx_model:={model}", f"min_obstacle_area:={MIN_AREA}",
                         f"grid_frame:={GRID_FRAME}", *(f"{k}:={v!r}" for k, v in GRID.items()),
-                        "diagnostics_period:=0.5", name="planner")
+                        "diagnostics_period:=0.5", *PER_FRAME_OBSTACLES, name="planner")
     harness = Harness("planner")
     try:
         points = harness.collector(PointCloud2, f"{NODE}/obstacle_points")
@@ -399,7 +402,8 @@ def test_with_a_registered_depth_image_the_points_are_the_true_surface(tmp_path,
     mount = dict(zip(("camera_height", "camera_pitch", "camera_roll"), node_mount(frame.pose)))  # for the grid
     model = oracle_onnx(tmp_path / "oracle.onnx", W, H)
     node = node_process(tmp_path, "backend:=onnxruntime", f"onnx_model:={model}", f"min_obstacle_area:={MIN_AREA}",
-                        "depth_topic:=depth", *(f"{k}:={v!r}" for k, v in mount.items()), name="planner_depth")
+                        "depth_topic:=depth", *(f"{k}:={v!r}" for k, v in mount.items()), *PER_FRAME_OBSTACLES,
+                        name="planner_depth")
     harness = Harness("planner_depth")
     try:
         points = harness.collector(PointCloud2, f"{NODE}/obstacle_points")

@@ -56,6 +56,17 @@ class Process(Child):
         return self.log.read_text(errors="replace")
 
 
+# node parameters that publish every frame's obstacles as they come, at any size (confirmation over 1 of 1 frames, no
+# miss budget, no size limits): for tests of one frame's components and geometry, not of the obstacle rules
+PER_FRAME_OBSTACLES = ("confirm_hits:=1", "confirm_window:=1", "miss_budget:=0", "obstacle_min_width:=0.0",
+                       "obstacle_max_width:=1000.0", "obstacle_min_height:=0.0", "obstacle_max_height:=1000.0")
+
+
+def eval_bag_options(*params: str) -> list[str]:
+    """densehybrid-eval-bag's options for node parameters ("name:=value"): the same names, e.g. --confirm-hits 1."""
+    return [arg for p in params for arg in ("--" + p.split(":=")[0].replace("_", "-"), p.split(":=")[1])]
+
+
 def node_name(namespace: str = NAMESPACE) -> str:
     """Fully qualified name of the perception node started in `namespace`."""
     return f"{namespace}/densehybrid_perception"

@@ -26,8 +26,6 @@ from densehybrid_ros.node.image_codec import (
 from densehybrid_ros.node.mailbox import Mailbox
 from densehybrid_ros.node.obstacles import (
     CameraModel,
-    Obstacle,
-    ObstacleTracker,
     extract_components,
     ground_point,
     level_from_camera,
@@ -170,29 +168,6 @@ def test_locate_with_depth_uses_median_depth_along_centroid_ray():
     np.testing.assert_allclose(ob.anchor, [0.0, 0.0, 5.0], atol=1e-9)
     assert ob.size[0] == pytest.approx(20 * 5.0 / 100)
     assert locate_with_depth(comps[0], labels, np.full((100, 100), np.nan, np.float32), cam) is None
-
-
-def _obstacle(x, z):
-    return Obstacle(component=None, center=np.array([x, 0.0, z]), size=(1, 1, 1), orientation=(0, 0, 0, 1),
-                    anchor=np.array([x, 0.0, z]), distance=z, source="ground")
-
-
-def test_tracker_keeps_ids_by_greedy_nearest_match():
-    tracker = ObstacleTracker()
-    first = [_obstacle(0, 10), _obstacle(5, 20)]
-    assert tracker.update(first, 2.0) == set()
-    assert [o.id for o in first] == [0, 1]
-    second = [_obstacle(5.3, 20.5), _obstacle(0.2, 9.8)]  # moved a little, listed in the other order
-    assert tracker.update(second, 2.0) == set()
-    assert [o.id for o in second] == [1, 0]
-    third = [_obstacle(0.1, 9.9), _obstacle(-20, 30)]  # id 1 vanished, a far new one appears
-    assert tracker.update(third, 2.0) == {1}
-    assert [o.id for o in third] == [0, 2]
-    # two candidates for one track: the nearer keeps the id, the other gets a fresh one
-    fourth = [_obstacle(1.5, 9.9), _obstacle(0.3, 9.9)]
-    assert tracker.update(fourth, 2.0) == {2}
-    assert [o.id for o in fourth] == [3, 0]
-    assert tracker.update([], 2.0) == {0, 3}
 
 
 # ---------------------------------------------------------------- image decoding
@@ -492,7 +467,10 @@ def test_frame_processor_runs_the_predictor_and_builds_outputs(tiny_weights):
     processor = FrameProcessor(predictor)
     rgb = RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8)
     reference = Predictor.from_weights(tiny_weights).predict(rgb)
-    settings = Settings.from_values({"min_obstacle_area": 1, "camera_pitch": 0.2})
+    # every frame's obstacles published as they come (1 of 1 frames, no miss budget) and no size limit: the outputs of
+    # one frame are under test here; the obstacle rules are in test_obstacle_rules.py
+    settings = Settings.from_values({"min_obstacle_area": 1, "camera_pitch": 0.2, "confirm_hits": 1, "confirm_window": 1,
+                                     "miss_budget": 0, "obstacle_max_width": 1000.0, "obstacle_max_height": 1000.0})
     result = processor.process(rgb, settings, Wanted(semantic=True))
     assert result.threshold is None and result.prediction.open_set is None  # uncalibrated, no parameter
     assert result.semantic_color is None and result.overlay is None and result.obstacles == []

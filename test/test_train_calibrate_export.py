@@ -1,6 +1,6 @@
-"""training's calibrate() and export(): the threshold written into the weights is the TPR-95% operating point counted
-by hand (and by sklearn) on the same held-out frames; export copies a checkpoint's tensors one by one into node weights
-with the checkpoint's classes, colours and grid."""
+"""training's calibrate() and export(): the thresholds written into the weights are the TPR-95% and the FPR-1%
+operating points counted by hand (and by sklearn) on the same held-out frames; export copies a checkpoint's tensors
+one by one into node weights with the checkpoint's classes, colours and grid."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +23,7 @@ def held_out(tmp_path_factory):
 def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path, one_torch_thread):
     from densehybrid_ros.datasets import open_dataset
     from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER
-    from densehybrid_ros.predictor import Predictor
+    from densehybrid_ros.predictor import Predictor, PredictorConfig
     from densehybrid_ros.weights import load_weights
     from training.calibrate import calibrate
 
@@ -54,18 +54,36 @@ def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path
     assert metrics["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
     assert metrics["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
     assert metrics["fpr95"] == pytest.approx((s[~y] >= threshold).mean(), abs=1e-12)
-    # written into the weights: the threshold and how it was chosen; every tensor unchanged
+    # the low-false-alarm point: the lowest attained score flagging at most 1% of the inlier pixels
+    negatives = np.sort(s[~y])
+    fpr_at = (negatives.size - np.searchsorted(negatives, candidates, side="left")) / negatives.size  # share >= t
+    last = int(np.flatnonzero(fpr_at <= 0.01)[-1])
+    low = candidates[last]
+    assert last + 1 < candidates.size and fpr_at[last + 1] > 0.01  # the next lower score flags more than 1%
+    assert low == sk_thr[np.flatnonzero(fpr <= 0.01)[-1]]  # sklearn agrees
+    assert low > threshold
+    # written into the weights: both thresholds and how they were chosen (default: fpr1); every tensor unchanged
     _, meta = load_weights(out)
     cal = meta.calibration
     assert (cal.threshold, cal.method, cal.target_tpr) == (threshold, "tpr95", 0.95)
     assert cal.dataset == f"sim:{held_out} split=val images=4"
+    points = cal.operating_points
+    assert cal.default == "fpr1" and (points["tpr95"].threshold, points["fpr1"].threshold) == (threshold, low)
+    assert points["fpr1"].fpr == pytest.approx(fpr_at[last], abs=1e-12)
+    assert points["fpr1"].tpr == pytest.approx((s[y] >= low).mean(), abs=1e-12)
+    assert points["tpr95"].tpr == pytest.approx(tpr[first], abs=1e-12)
+    assert metrics["operating_points"]["fpr1"]["threshold"] == low
     before, after = load_file(str(weights)), load_file(str(out))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    # the Predictor of the calibrated weights flags exactly the pixels scoring >= that threshold
+    # the Predictor of the calibrated weights flags exactly the pixels scoring >= the default point's threshold, or
+    # >= the tpr95 one when that point is named
     calibrated = Predictor.from_weights(out)
     sample = dataset[0]
     prediction = calibrated.predict(sample.image)
-    np.testing.assert_array_equal(prediction.open_set == calibrated.num_classes, prediction.hybrid >= threshold)
+    np.testing.assert_array_equal(prediction.open_set == calibrated.num_classes, prediction.hybrid >= low)
+    protocol = Predictor.from_weights(out, PredictorConfig(operating_point="tpr95"))
+    prediction = protocol.predict(sample.image)
+    np.testing.assert_array_equal(prediction.open_set == protocol.num_classes, prediction.hybrid >= threshold)
 
 
 def test_export_copies_the_checkpoint_tensor_by_tensor(tmp_path):

@@ -1,24 +1,52 @@
-"""Open-set threshold at TPR 95% on held-out data with anomalies, written into the weights' metadata."""
+"""Open-set operating points on held-out data with anomalies, written into the weights' metadata (one pass).
+
+- ``tpr95``: the highest threshold flagging at least 95% of the anomaly pixels (the thesis protocol; evaluation's
+  open-mIoU uses it; also the metadata's legacy ``threshold``);
+- ``fpr1``: the lowest threshold flagging at most 1% of the inlier pixels (few false alarms: the node's default);
+- ``f1``: the threshold of the best pixel F1.
+
+Every threshold is an attained score applied with the project's rule ``score >= threshold``
+(`densehybrid_ros.scores.is_anomalous`); all three come from one exact pooled curve
+(`densehybrid_ros.evaluation.anomaly_metrics.AnomalyMetrics`).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from densehybrid_ros.datasets import open_dataset
+from densehybrid_ros.evaluation.anomaly_metrics import AnomalyMetrics
 from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics
-from densehybrid_ros.evaluation.thresholds import fusion_threshold
 from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.weights import Calibration, load_weights, save_weights
+from densehybrid_ros.weights import Calibration, OperatingPoint, load_weights, save_weights
 
 TARGET_TPR = 0.95
+LOW_FALSE_ALARM_FPR = "0.01"  # AnomalyMetrics.tpr_at_fpr level of the node's default point
+DEFAULT_POINT = "fpr1"
+
+
+def operating_points(metrics: AnomalyMetrics) -> dict[str, OperatingPoint]:
+    """The calibrated points of one exact pooled curve: tpr95, fpr1 and f1 (see the module docstring)."""
+    low = metrics.tpr_at_fpr[LOW_FALSE_ALARM_FPR]
+    if not math.isfinite(low["threshold"]):
+        raise ValueError("the highest score already flags more than 1% of the inlier pixels: no fpr1 point")
+    return {
+        "tpr95": OperatingPoint(metrics.threshold95, "highest threshold flagging at least 95% of the held-out anomaly "
+                                "pixels (thesis protocol, used for open-mIoU)", metrics.tpr95, metrics.fpr95),
+        DEFAULT_POINT: OperatingPoint(low["threshold"], "lowest threshold flagging at most 1% of the held-out inlier "
+                                      "pixels", low["tpr"], low["fpr"]),
+        "f1": OperatingPoint(metrics.best_f1_threshold, f"best pixel F1 ({metrics.best_f1:.4f}) on the held-out data"),
+    }
 
 
 def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, device: str = "cpu",
               max_images: int | None = None, progress: bool = True) -> tuple[float, dict]:
-    """Choose the hybrid-score threshold detecting 95% of the anomaly pixels of `dataset_spec` (exact, pooled),
-    save `out` = the same weights with that threshold. Returns (threshold, anomaly metrics on that data)."""
+    """Compute the operating points of `dataset_spec` (exact, pooled) and save `out` = the same weights with them
+    (default: fpr1; legacy threshold: tpr95). Returns (the tpr95 threshold, anomaly metrics on that data with
+    "operating_points": name -> {threshold, method, tpr, fpr})."""
     model, meta = load_weights(weights)
     predictor = Predictor(model, meta, PredictorConfig(device=device))
     dataset = open_dataset(dataset_spec, split)
@@ -30,9 +58,13 @@ def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, de
                 raise ValueError(f"{dataset_spec}: image {sample.name} has no anomaly labels; calibration needs them")
             stream.update(predictor.predict(sample.image).hybrid, sample.ood)
         metrics = stream.compute()
-    # the node marks unknown where score > threshold; this value makes that select exactly score >= threshold95
-    threshold = fusion_threshold(metrics.threshold95)
-    calibrated = replace(meta, calibration=Calibration(threshold=threshold, method="tpr95", target_tpr=TARGET_TPR,
-                                                       dataset=f"{dataset_spec} split={split or dataset.split} images={n}"))
+    points = operating_points(metrics)
+    calibrated = replace(meta, calibration=Calibration(
+        threshold=points["tpr95"].threshold, method="tpr95", target_tpr=TARGET_TPR,
+        dataset=f"{dataset_spec} split={split or dataset.split} images={n}", operating_points=points,
+        default=DEFAULT_POINT))
     save_weights(out, model, calibrated)
-    return threshold, {"ap": metrics.ap, "fpr95": metrics.fpr95, "auroc": metrics.auroc, "tpr": metrics.tpr95}
+    return points["tpr95"].threshold, {
+        "ap": metrics.ap, "fpr95": metrics.fpr95, "auroc": metrics.auroc, "tpr": metrics.tpr95,
+        "operating_points": {name: {"threshold": p.threshold, "method": p.method, "tpr": p.tpr, "fpr": p.fpr}
+                             for name, p in points.items()}}

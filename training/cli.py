@@ -2,7 +2,7 @@
 
     densehybrid-train segmenter --config C.yaml [--set key=value ...]      closed-set cross-entropy
     densehybrid-train finetune  --config C.yaml [--set key=value ...]      DenseHybrid with pasted negatives (4.16)
-    densehybrid-train calibrate --weights W --dataset KIND:PATH [--split S] --out W2   threshold at TPR 95%
+    densehybrid-train calibrate --weights W --dataset KIND:PATH [--split S] --out W2   operating points tpr95, fpr1, f1
     densehybrid-train flow-pretrain --config F.yaml [--set key=value ...]  DenseFlow MLE on inlier crops
     densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--images", type=int, default=64)
     f.add_argument("--k", type=int, default=16, help="importance samples of the IWBO")
     f.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("calibrate", help="threshold at TPR 95%% written into the weights")
+    c = sub.add_parser("calibrate", help="operating points (TPR 95%%, FPR 1%% = the node's default, best F1) written "
+                                         "into the weights")
     c.add_argument("--weights", type=Path, required=True)
     c.add_argument("--dataset", required=True, help="held-out data with anomalies, KIND:PATH (e.g. sim:data/val)")
     c.add_argument("--split", default=None)
@@ -153,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calibrate":
             from training.calibrate import calibrate
 
-            threshold, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images)
-            print(f"threshold {threshold:.6g} (TPR {m['tpr']:.4f}; AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, "
-                  f"AUROC {100 * m['auroc']:.2f} on the calibration data) -> {args.out}")
+            _, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images)
+            print(f"AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, AUROC {100 * m['auroc']:.2f} on the "
+                  f"calibration data; operating points (default fpr1) -> {args.out}")
+            for name, p in m["operating_points"].items():
+                rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
+                print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
         else:
             from training.export import export
 

@@ -19,6 +19,7 @@ import numpy as np
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER
 from densehybrid_ros.evaluation.distance_bins import check_bin_edges
 from densehybrid_ros.evaluation.score_grid import ScoreGrid
+from densehybrid_ros.scores import is_anomalous
 
 SIZE_EDGES = (0.0, 100.0, 400.0, 1600.0, 6400.0, math.inf)  # anomaly component size in pixels
 
@@ -70,6 +71,33 @@ class RecallByBin:
                           {name: (float(h[b] / self.positives[b]) if self.positives[b] else None)
                            for name, h in self.hits.items()})
                 for b in range(self.edges.size - 1)]
+
+
+class FlaggedAtThresholds:
+    """Exact shares of the anomaly pixels (TPR) and of the inlier pixels (FPR) flagged at named thresholds (the
+    project's rule, `is_anomalous`: score >= threshold); void pixels are left out."""
+
+    def __init__(self, thresholds: dict[str, float]) -> None:
+        self.thresholds = dict(thresholds)
+        self.positives = self.negatives = 0
+        self.hits = dict.fromkeys(self.thresholds, 0)
+        self.false_alarms = dict.fromkeys(self.thresholds, 0)
+
+    def update(self, scores: np.ndarray, ood_labels: np.ndarray) -> None:
+        labels = np.asarray(ood_labels)
+        anomaly, inlier = labels == OOD_ANOMALY, labels == OOD_INLIER
+        self.positives += int(anomaly.sum())
+        self.negatives += int(inlier.sum())
+        for name, t in self.thresholds.items():
+            flagged = is_anomalous(np.asarray(scores), t)
+            self.hits[name] += int((flagged & anomaly).sum())
+            self.false_alarms[name] += int((flagged & inlier).sum())
+
+    def compute(self) -> dict[str, dict]:
+        """name -> {"threshold", "tpr", "fpr"} (a rate is None without pixels of its class)."""
+        share = lambda n, d: n / d if d else None  # noqa: E731
+        return {name: {"threshold": t, "tpr": share(self.hits[name], self.positives),
+                       "fpr": share(self.false_alarms[name], self.negatives)} for name, t in self.thresholds.items()}
 
 
 @dataclass(frozen=True)

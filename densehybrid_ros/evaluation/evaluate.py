@@ -4,6 +4,11 @@ One pass, bounded memory: exact streaming AP/AUROC/FPR95 per score, distance bin
 SMIYC component metrics for the SMIYC kinds, closed-set mIoU and open-mIoU / mean F1 where the dataset's
 classes are the model's, and the generative/discriminative ensemble analysis. A seeded pixel subsample
 per score feeds the report's curves and histograms (the metrics themselves are exact).
+
+Thresholds: open-mIoU, the SMIYC components and recall by distance / size are taken at `threshold` (the thesis
+protocol: the weights' TPR-95% point unless one is given); every operating point of the weights (e.g. fpr1, the
+node's default) is reported as well (metrics "operating_points": TPR and FPR on this data, open-mIoU, mean F1;
+recall by distance / size under its name).
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from tqdm import tqdm
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalDataset, EvalSample
 from densehybrid_ros.evaluation.bootstrap import (DEFAULT_RESAMPLES, GroupedConfusion, GroupedScoreHistograms,
                                                   GroupIndex, group_weights)
-from densehybrid_ros.evaluation.breakdown import SIZE_EDGES, RecallByBin, SizeBinnedAnomalyMetrics, component_sizes
+from densehybrid_ros.evaluation.breakdown import (SIZE_EDGES, FlaggedAtThresholds, RecallByBin,
+                                                  SizeBinnedAnomalyMetrics, component_sizes)
 from densehybrid_ros.evaluation.component_metrics import ANOMALY_TRACK, OBSTACLE_TRACK, ComponentMetrics
 from densehybrid_ros.evaluation.distance_bins import DistanceBinnedAnomalyMetrics
 from densehybrid_ros.evaluation.ensemble import EnsembleAccumulator
@@ -36,7 +42,8 @@ class EvalOptions:
     scores: tuple[str, ...] = ("hybrid",)
     max_images: int | None = None
     per_image: bool = False  # the StreetHazards per-image-averaged variant as well
-    threshold: float | None = None  # open-set / component threshold; None -> the predictor's (calibrated) one
+    threshold: float | None = None  # open-set / component threshold; None -> `protocol_threshold` of the predictor
+    operating_points: dict[str, float] | None = None  # further named thresholds to report; None -> the weights' points
     distance_edges: tuple[float, ...] = DISTANCE_EDGES
     subsample_per_image: int = 20000
     keep_examples: int = 6
@@ -63,6 +70,21 @@ def _same_taxonomy(dataset: EvalDataset, predictor: Predictor) -> bool:
     return classes is not None and list(classes) == [c.name for c in predictor.metadata.classes]
 
 
+PROTOCOL_POINT = "tpr95"  # the thesis protocol's operating point (open-mIoU)
+
+
+def weights_points(predictor: Predictor) -> dict[str, float]:
+    """The predictor's weights' operating points, name -> threshold (none for a stand-in without weights)."""
+    calibration = getattr(getattr(predictor, "metadata", None), "calibration", None)
+    return {} if calibration is None else {name: p.threshold for name, p in calibration.points().items()}
+
+
+def protocol_threshold(predictor: Predictor) -> float | None:
+    """The threshold of the thesis protocol: the weights' TPR-95% point, else the predictor's threshold (weights with
+    a manual threshold, stand-ins)."""
+    return weights_points(predictor).get(PROTOCOL_POINT, predictor.threshold)
+
+
 def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = EvalOptions(),
              progress: bool = True, on_image: Callable[[int], None] | None = None) -> EvalResult:
     """Evaluate `predictor` on `dataset`; see the module doc for what is computed when."""
@@ -72,7 +94,8 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
     n = len(dataset) if options.max_images is None else min(len(dataset), options.max_images)
     if n == 0:
         raise ValueError(f"dataset {dataset.kind}:{dataset.root} has no images")
-    threshold = options.threshold if options.threshold is not None else predictor.threshold
+    threshold = options.threshold if options.threshold is not None else protocol_threshold(predictor)
+    points = options.operating_points if options.operating_points is not None else weights_points(predictor)
     kind = dataset.kind
     semantic_ok = _same_taxonomy(dataset, predictor)
     K = predictor.num_classes
@@ -84,12 +107,14 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
     ensemble = EnsembleAccumulator() if {"generative", "discriminative"} <= set(options.scores) else None
     closed_cm = np.zeros((K, K), np.int64)
     open_acc = OpenSetAccumulator(K, threshold) if semantic_ok and threshold is not None else None
+    open_at = {name: OpenSetAccumulator(K, t) for name, t in points.items()} if semantic_ok else {}
+    flagged = FlaggedAtThresholds(points)
     groups = GroupIndex()
     group_of = getattr(dataset, "group", None)
     grouped = {s: GroupedScoreHistograms() for s in options.scores}
     grouped_cm = GroupedConfusion(K)
     sizes = {s: SizeBinnedAnomalyMetrics(options.size_edges) for s in options.scores}
-    named_thresholds = {} if threshold is None else {"threshold": float(threshold)}
+    named_thresholds = {**({} if threshold is None else {"threshold": float(threshold)}), **points}
     recall_distance = RecallByBin(options.distance_edges, named_thresholds)
     recall_size = RecallByBin(options.size_edges, named_thresholds)
     sub_values: dict[str, list] = {s: [] for s in options.scores}
@@ -106,8 +131,9 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                 cm = closed_set_confusion(sample.semantic, pred.class_ids, K)
                 closed_cm += cm
                 grouped_cm.update(g, cm)
-                if open_acc is not None:
-                    open_acc.update(sample.semantic, pred.class_ids, pred.hybrid)
+                for acc in (open_acc, *open_at.values()):
+                    if acc is not None:
+                        acc.update(sample.semantic, pred.class_ids, pred.hybrid)
             if sample.ood is not None:
                 labelled += 1
                 has_anomaly = bool((sample.ood == OOD_ANOMALY).any())
@@ -121,6 +147,7 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                     if sample.depth is not None:
                         bins.setdefault(s, DistanceBinnedAnomalyMetrics(options.distance_edges)).update(
                             maps[s], sample.ood, sample.depth)
+                flagged.update(pred.hybrid, sample.ood)
                 recall_size.update(pred.hybrid, sample.ood, component_sizes(sample.ood))
                 if sample.depth is not None:
                     recall_distance.update(pred.hybrid, sample.ood, sample.depth)
@@ -176,6 +203,8 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
                 metrics["open_set_skipped"] = "no threshold: weights uncalibrated and none given"
         elif not semantic_ok:
             metrics["semantic_skipped"] = "dataset classes differ from the model's: no mIoU / open-mIoU"
+        if points:
+            metrics["operating_points"] = operating_point_entries(flagged, open_at)
         if named_thresholds and labelled:
             metrics["recall_by_size"] = [asdict(b) for b in recall_size.compute()]
             if recall_distance.positives.sum():
@@ -193,6 +222,18 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, options: EvalOptions = 
     finally:
         for acc in list(streams.values()) + list(bins.values()):
             acc.close()
+
+
+def operating_point_entries(flagged: FlaggedAtThresholds,
+                            open_at: dict[str, OpenSetAccumulator]) -> dict[str, dict]:
+    """Per operating point: its threshold, TPR and FPR on the evaluated pixels, and open-mIoU / mean F1 at it (when
+    the dataset's classes are the model's)."""
+    entries = flagged.compute()
+    for name, acc in open_at.items():
+        if acc.num_images:
+            r = acc.compute()
+            entries[name].update(open_miou=r.open_miou, mean_f1=r.mean_f1)
+    return entries
 
 
 def _floats(values: Iterable) -> list:

@@ -62,6 +62,16 @@ def summary_table(metrics: dict) -> str:
     if "open_set" in metrics:
         o = metrics["open_set"]
         rows.append(f"open-mIoU {100 * o['open_miou']:.2f}  mean F1 {100 * o['mean_f1']:.2f}  (threshold {o['threshold']:.4g})")
+    if metrics.get("operating_points"):
+        rows.append(f"{'operating point':<16}{'threshold':>11}{'TPR':>8}{'FPR':>8}{'open-mIoU':>11}{'mean F1':>9}")
+        for name, p in metrics["operating_points"].items():
+            rows.append(f"{name:<16}{p['threshold']:>11.4g}{_pct(p['tpr']):>8}{_pct(p['fpr']):>8}"
+                        f"{_pct(p.get('open_miou')):>11}{_pct(p.get('mean_f1')):>9}")
+        for name in metrics["operating_points"]:
+            bins = metrics.get("recall_by_distance") or []
+            if bins:
+                rows.append(f"  {name} recall by distance [m]: " + "; ".join(
+                    f"{_edge(b['lower'])}-{_edge(b['upper'])}: {_pct(b['recall'].get(name))}" for b in bins))
     if "cross_fold" in metrics:
         c = metrics["cross_fold"]
         rows.append(f"two-fold protocol: open-mIoU {100 * c['open_miou']:.2f}  mean F1 {100 * c['mean_f1']:.2f}  "

@@ -11,6 +11,11 @@ No DDS, no clock: the bag is read with rosbags (`bag` dataset, densehybrid_ros/d
 in stamp order, so the numbers do not depend on the machine's speed (ros-notes: "deterministic scoring reads the
 bag directly").
 
+Damaged bags (a recording cut short, flipped bytes) are read as far as they go (densehybrid_ros/bagio.py); a message
+that fails to decode or to pass its check is skipped and counted per topic, its frame left out, and the evaluation
+goes on. metrics.json "bag_reading" and the console say per bag how it was read, what was lost, and per topic how
+many messages were read, expected, unreadable, undecodable or rejected (and why), and which frames were dropped.
+
 Modes
 - `--weights`: the shared `Predictor` runs through `densehybrid_ros.evaluation.evaluate` on the bag dataset
   (pixel AP / AUROC / FPR95, distance bins, mIoU / open-mIoU when the classes agree): DIR/metrics.json and
@@ -18,15 +23,20 @@ Modes
 - `--outputs RECORDED_BAG`: no model runs. The node's outputs recorded from a live run (densehybrid-record of
   ~/anomaly_score 32FC1, ~/semantic mono8 and ~/obstacles; topic names configurable) are matched to the
   ground-truth frames by header stamp and scored by the same `evaluate` (the recorded maps stand in for the
-  Predictor's). Ground-truth frames the node never answered are left out and counted (`missing_outputs`).
+  Predictor's). Ground-truth frames the node never answered are left out and counted (`missing_outputs`), so are
+  those whose recorded maps are damaged or do not fit the ground truth (`skipped_outputs`: reason -> frames).
   `--weights` (optional) supplies the class names (for mIoU) and the calibrated threshold.
-- `--oracle`: the ground-truth anomaly mask goes through the obstacle extraction; only "obstacles" is written.
+- `--oracle`: the ground-truth anomaly mask and classes go through the obstacle code; only "obstacles" is written.
 
-Obstacle localisation (metrics.json "obstacles"): per frame, the anomaly mask (open-set map == unknown at the
-threshold: `--threshold`, else the weights' calibrated one; the true mask with --oracle) goes through the node's
-ROS-free obstacle code (densehybrid_ros/node/obstacles.py: connected components, ground-plane intersection
-with the camera mount, or the bag's depth with --locate depth) with the bag's CameraInfo. In --outputs mode the
-recorded ~/obstacles markers are used when the recorded bag has them. Predicted boxes are matched to the true
+Obstacle localisation (metrics.json "obstacles"): frame by frame in stamp order, the anomaly mask (open-set map ==
+unknown at the node's threshold: `--threshold`, else `--operating-point`, else the weights' default point; the true
+mask with --oracle) goes through the node's ROS-free obstacle code with the bag's CameraInfo, exactly as the node's
+FrameProcessor runs it (densehybrid_ros/node/obstacles.py: `frame_obstacles`: connected components whose ground
+contact is on the drivable surface of the predicted classes, placed on the ground plane of the camera mount, or with
+the bag's depth with --locate depth, of a real object's size; then `ObstacleTracker`: published after N of the last M
+frames, kept through the miss budget). The node's parameters of the filter and confirmation are options of the same
+names (--confirm-hits ...), with the node's defaults. In --outputs mode the recorded ~/obstacles markers are used
+when the recorded bag has them. Predicted boxes are matched to the true
 boxes of the anomalies topic (MarkerArray, ns "anomaly") greedily by increasing 3-D distance between box
 centres, each at most once, within a gate of `gate_m + gate_rel x true range`.
 - distance = range of the box centre from the optical centre; per match: absolute and relative distance error
@@ -57,15 +67,16 @@ import numpy as np
 from densehybrid_ros.datasets.base import OOD_ANOMALY, DatasetError, EvalSample
 from densehybrid_ros.node import image_codec
 from densehybrid_ros.node.image_codec import ImageRejected
-from densehybrid_ros.node.obstacles import (
-    CameraModel,
-    Obstacle,
-    extract_components,
-    place_obstacles,
-)
+from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker, frame_obstacles
+from densehybrid_ros.node.params import DEFAULTS, SPECS, Settings
+from densehybrid_ros.scores import is_anomalous
 
 DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
 DEFAULT_MOUNT = (1.5, 0.0, 0.0)  # the node's camera_height / camera_pitch / camera_roll defaults
+# the node's obstacle filter and confirmation parameters, taken by densehybrid-eval-bag under the same names
+NODE_OBSTACLE_PARAMS = ("drivable_classes", "ground_band", "obstacle_min_width", "obstacle_max_width",
+                        "obstacle_min_height", "obstacle_max_height", "confirm_hits", "confirm_window", "miss_budget",
+                        "track_match_distance")
 OUTPUT_TOPICS = {"score": "/densehybrid_perception/anomaly_score", "semantic": "/densehybrid_perception/semantic",
                  "obstacles": "/densehybrid_perception/obstacles"}
 
@@ -80,9 +91,9 @@ class Mount:
 
 @dataclass(frozen=True)
 class ObstacleOptions:
-    min_area: int = 50  # the node's min_obstacle_area
-    max_obstacles: int = 32
-    max_distance: float = 60.0  # the node's obstacle_max_distance; also bounds the eligible true boxes
+    min_area: int = DEFAULTS["min_obstacle_area"]  # the node's min_obstacle_area
+    max_obstacles: int = DEFAULTS["max_obstacles"]
+    max_distance: float = DEFAULTS["obstacle_max_distance"]  # the node's; also bounds the eligible true boxes
     locate: str = "ground"  # "ground" (the node's default) or "depth" (the bag's depth image, as depth_topic does)
     gate_m: float = 2.0
     gate_rel: float = 0.2
@@ -91,8 +102,18 @@ class ObstacleOptions:
     camera_height: float | None = None  # overrides /tf; None = from the bag, else DEFAULT_MOUNT
     camera_pitch: float | None = None
     camera_roll: float | None = None
+    node: tuple[tuple[str, Any], ...] = ()  # the node's NODE_OBSTACLE_PARAMS given (name, value); others: its defaults
+
+    def node_settings(self) -> Settings:
+        """The node's settings with these options: its obstacle rules and confirmation, validated by its checks."""
+        return Settings.from_values({"min_obstacle_area": self.min_area, "max_obstacles": self.max_obstacles,
+                                     "obstacle_max_distance": self.max_distance, **dict(self.node)})
 
     def validate(self) -> None:
+        unknown = sorted(set(dict(self.node)) - set(NODE_OBSTACLE_PARAMS))
+        if unknown:
+            raise ValueError(f"not obstacle parameters of the node: {unknown}")
+        self.node_settings()
         if self.locate not in ("ground", "depth"):
             raise ValueError(f"locate must be 'ground' or 'depth', got {self.locate!r}")
         if self.min_area < 1 or self.max_obstacles < 1 or not self.max_distance > 0:
@@ -124,13 +145,17 @@ def camera_model(sample: EvalSample) -> CameraModel | None:
     return CameraModel.from_k(info["k"], info["width"], info["height"]).for_image(w, h)
 
 
-def locate_obstacles(mask: np.ndarray, score: np.ndarray | None, camera: CameraModel, mount: Mount,
-                     options: ObstacleOptions, depth: np.ndarray | None = None) -> list[Obstacle]:
-    """One frame as the node's FrameProcessor places obstacles (densehybrid_ros/node/processing.py), without the id
-    tracker: 8-connected components of `mask` (>= min_area pixels, largest max_obstacles), each placed with the depth
-    image when given, else on the ground plane of the mount; those beyond max_distance dropped."""
-    components, labels = extract_components(mask, score, options.min_area, options.max_obstacles)
-    return place_obstacles(components, labels, camera, mount.height, mount.pitch, mount.roll, options.max_distance, depth)
+def locate_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.ndarray, camera: CameraModel,
+                     mount: Mount, options: ObstacleOptions, class_names: Sequence[str], tracker: ObstacleTracker,
+                     depth: np.ndarray | None = None) -> tuple[list[Obstacle], int]:
+    """One frame of a sequence as the node's FrameProcessor (densehybrid_ros/node/processing.py) does it: the frame's
+    candidates (`obstacles.frame_obstacles` with the node's rules: drivable-surface contact by the predicted classes
+    `class_ids`, real-object size), confirmed across the frames by `tracker` (`ObstacleTracker`: published after N of
+    the last M frames, kept through the miss budget). Returns (the published obstacles, the number of candidates)."""
+    settings = options.node_settings()
+    candidates = frame_obstacles(mask, score, class_ids, camera, (mount.height, mount.pitch, mount.roll),
+                                 settings.obstacle_rules(class_names), depth)
+    return tracker.update(candidates, settings.confirmation()).published, len(candidates)
 
 
 def match_greedy(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], gate_m: float,
@@ -159,6 +184,9 @@ class ObstacleScorer:
     """Accumulates obstacle localisation over frames; `compute()` gives the "obstacles" entry of metrics.json."""
 
     options: ObstacleOptions = field(default_factory=ObstacleOptions)
+    class_names: tuple[str, ...] = ()  # of the semantic maps (the drivable classes are looked up in them)
+    tracker: ObstacleTracker = field(default_factory=ObstacleTracker)  # confirms obstacles across the frames
+    candidates: int = 0  # obstacle candidates before confirmation, over all frames
     frames: int = 0
     skipped: dict = field(default_factory=dict)  # reason -> frames
     mount_sources: dict = field(default_factory=dict)
@@ -218,10 +246,13 @@ class ObstacleScorer:
                          "mean_rel_error": float(np.mean(errors)) if errors else None})
         detected = sum(d for _, d in self.eligible)
         options = asdict(self.options)
+        settings = self.options.node_settings()
+        options["node"] = {name: getattr(settings, name) for name in NODE_OBSTACLE_PARAMS}  # in force, defaults too
         options["distance_edges"] = [e if math.isfinite(e) else None for e in edges]
         return {
             "options": options, "frames": self.frames, "frames_skipped": dict(self.skipped),
-            "mount_sources": dict(self.mount_sources), "predicted": self.predicted, "matched": len(self.matches),
+            "mount_sources": dict(self.mount_sources), "candidates": self.candidates, "predicted": self.predicted,
+            "matched": len(self.matches),
             "eligible": len(self.eligible), "detected": int(detected),
             "detection_rate": detected / len(self.eligible) if self.eligible else None,
             "false_obstacles": self.false_obstacles,
@@ -235,8 +266,9 @@ class ObstacleScorer:
 
 
 def score_frame_obstacles(scorer: ObstacleScorer, sample: EvalSample, mask: np.ndarray | None,
-                          score: np.ndarray | None) -> None:
-    """Locate the obstacles of `mask` (None: nothing to place, e.g. no threshold) in one frame and score them."""
+                          score: np.ndarray | None, class_ids: np.ndarray | None) -> None:
+    """Locate the obstacles of `mask` (None: nothing to place, e.g. no threshold) in the next frame of the sequence
+    (`locate_obstacles`, with the predicted classes `class_ids` for the drivable surface) and score them."""
     options = scorer.options
     if mask is None:
         scorer.skip("no threshold: no anomaly mask")
@@ -252,7 +284,10 @@ def score_frame_obstacles(scorer: ObstacleScorer, sample: EvalSample, mask: np.n
             return
         depth = sample.depth
     mount = options.mount(sample)
-    obstacles = locate_obstacles(mask, score, camera, mount, options, depth)
+    class_ids = np.zeros(mask.shape, np.uint8) if class_ids is None else class_ids
+    obstacles, candidates = locate_obstacles(mask, score, class_ids, camera, mount, options, scorer.class_names,
+                                             scorer.tracker, depth)
+    scorer.candidates += candidates
     scorer.update(sample, [ob.center for ob in obstacles], mount)
 
 
@@ -321,15 +356,27 @@ def decode_float_image(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(rows).view(dtype).reshape(int(msg.height), int(msg.width)).astype(np.float32)
 
 
+def score_info(msg: Any, _msgtype: str = "") -> tuple[int, int]:
+    """Check of a recorded score topic: (height, width) of a 32FC1 image of finite scores."""
+    score = decode_float_image(msg)
+    if not np.isfinite(score).all():
+        raise ImageRejected(f"score image with {int((~np.isfinite(score)).sum())} non-finite value(s)")
+    return score.shape
+
+
 class RecordedOutputs:
-    """The node's outputs in a recorded bag, by header stamp: a stand-in for the Predictor in evaluate()."""
+    """The node's outputs in a recorded bag, by header stamp: a stand-in for the Predictor in evaluate(). Damaged
+    recordings are read as far as they go; score and semantic maps that do not decode are skipped and counted
+    (`skip_reason`, the bag's report)."""
 
     def __init__(self, path: Path, topics: dict[str, str], threshold: float | None, metadata: Any | None):
-        from densehybrid_ros.datasets.rosbag import StampIndexedBag
+        from densehybrid_ros.datasets.rosbag import StampIndexedBag, check_markers, labels_info
         from densehybrid_ros.predictor import PredictorConfig
 
         self.topics = topics
-        self.bag = StampIndexedBag(Path(path), [t for t in topics.values() if t])
+        checks = {topics["score"]: score_info, topics.get("semantic"): labels_info, topics.get("obstacles"): check_markers}
+        checks = {topic: check for topic, check in checks.items() if topic}
+        self.bag = StampIndexedBag(Path(path), [t for t in topics.values() if t], checks=checks)
         if topics["score"] not in self.bag.topics:
             self.bag.close()
             raise DatasetError(f"outputs bag {self.bag.path} has no anomaly score topic {topics['score']!r}; its topics: "
@@ -363,8 +410,32 @@ class RecordedOutputs:
                                f"{sample.image.shape[0]} (the node publishes at camera resolution)")
         open_set = None
         if self.threshold is not None:
-            open_set = np.where(score > self.threshold, self.num_classes, class_ids).astype(np.uint8)
+            open_set = np.where(is_anomalous(score, self.threshold), self.num_classes, class_ids).astype(np.uint8)
         return Prediction(class_ids=class_ids, hybrid=score, open_set=open_set)
+
+    def skip_reason(self, stamp: int, shape: tuple[int, int]) -> str | None:
+        """Why the recorded maps of the ground-truth frame at `stamp` (images of `shape`) cannot be scored, or None."""
+        score = self.bag.topics[self.topics["score"]]
+        if stamp not in score.index:
+            return f"score map rejected ({self.topics['score']})" if stamp in score.rejected else "no output"
+        size = score.index[stamp].info
+        if size != shape:
+            return f"recorded maps {size[1]}x{size[0]}, ground truth {shape[1]}x{shape[0]}"
+        if not self.has_semantic:
+            return None
+        topic = self.topics["semantic"]
+        semantic = self.bag.topics[topic]
+        if stamp in semantic.rejected:
+            return f"semantic map rejected ({topic})"
+        if stamp not in semantic.index:
+            return f"no semantic map ({topic} damaged)" if self.bag.lost_messages(topic) else None
+        (h, w), values = semantic.index[stamp].info
+        if (h, w) != shape:
+            return f"recorded maps {w}x{h}, ground truth {shape[1]}x{shape[0]}"
+        if self.metadata.classes and values.max() >= self.num_classes:
+            self.bag.reader.reject(topic, f"class ids of {self.num_classes} classes or more")
+            return f"semantic class ids out of range ({topic})"
+        return None
 
     def recorded_centres(self, sample: EvalSample) -> list[np.ndarray]:
         from densehybrid_ros.datasets.rosbag import parse_markers
@@ -397,83 +468,115 @@ def obstacle_options(args: argparse.Namespace) -> ObstacleOptions:
                               locate=args.locate, gate_m=args.gate, gate_rel=args.gate_rel,
                               min_visible=args.min_visible if args.min_visible is not None else args.min_area,
                               camera_height=args.camera_height, camera_pitch=args.camera_pitch,
-                              camera_roll=args.camera_roll)
+                              camera_roll=args.camera_roll,
+                              node=tuple((name, getattr(args, name)) for name in NODE_OBSTACLE_PARAMS
+                                         if getattr(args, name) is not None))
     options.validate()
     return options
 
 
+def class_names(metadata: Any) -> tuple[str, ...]:
+    """The class names of weights' metadata (or a stand-in's; none without classes)."""
+    return tuple(c.name for c in getattr(metadata, "classes", ()))
+
+
 def run_oracle(dataset: Any, options: ObstacleOptions, max_frames: int | None = None) -> dict:
-    """Obstacle localisation on the ground-truth anomaly masks (no model): the geometry's own accuracy."""
-    scorer = ObstacleScorer(options)
+    """Obstacle localisation on the ground-truth anomaly masks and classes (no model) through the node's filter and
+    confirmation: the ceiling of the geometry and the obstacle rules."""
+    scorer = ObstacleScorer(options, class_names=tuple(dataset.classes or ()))
     n = len(dataset) if max_frames is None else min(max_frames, len(dataset))
     for i in range(n):
         sample = dataset[i]
-        score_frame_obstacles(scorer, sample, sample.ood == OOD_ANOMALY, None)
+        score_frame_obstacles(scorer, sample, sample.ood == OOD_ANOMALY, None, sample.semantic)
     return {"mode": "oracle", "dataset": {"kind": dataset.kind, "root": str(dataset.root), "images": n},
             "obstacles": scorer.compute()}
 
 
 def run_predictor(dataset: Any, predictor: Any, options: ObstacleOptions, eval_options: Any, progress: bool = False):
-    """evaluate() with the shared Predictor; the obstacle pass rides on its predictions. Returns the EvalResult with
-    metrics["obstacles"] added."""
+    """evaluate() with the shared Predictor; the obstacle pass rides on its predictions, at the predictor's threshold
+    (the node's: `weights.resolve_threshold`) or `eval_options.threshold` when given; evaluate() takes its own
+    (the thesis protocol's, unless given). Returns the EvalResult with metrics["obstacles"] added."""
     from densehybrid_ros.evaluation.evaluate import evaluate
 
-    threshold = eval_options.threshold if eval_options.threshold is not None else predictor.threshold
-    predictor.threshold = threshold  # the open-set map (and so the obstacle mask) at this threshold, as the node does
-    scorer = ObstacleScorer(options)
+    if eval_options.threshold is not None:
+        predictor.threshold = eval_options.threshold  # the open-set map (and so the obstacle mask) at this threshold
+    scorer = ObstacleScorer(options, class_names=class_names(predictor.metadata))
     tap = _Tap(dataset, lambda sample: predictor.predict(sample.image), predictor)
     K = predictor.num_classes
 
     def on_image(_: int) -> None:
         pred = tap.prediction
         mask = pred.open_set == K if pred.open_set is not None else None
-        score_frame_obstacles(scorer, tap.sample, mask, pred.hybrid)
+        score_frame_obstacles(scorer, tap.sample, mask, pred.hybrid, pred.class_ids)
 
-    result = evaluate(tap.predictor, tap.dataset, replace(eval_options, threshold=threshold), progress=progress,
-                      on_image=on_image)
+    result = evaluate(tap.predictor, tap.dataset, eval_options, progress=progress, on_image=on_image)
     result.metrics["mode"] = "predictor"
-    result.metrics["obstacles"] = scorer.compute()
+    result.metrics["obstacles"] = {**scorer.compute(), "threshold": predictor.threshold}
     return result
 
 
 def run_outputs(dataset: Any, recorded: RecordedOutputs, options: ObstacleOptions, eval_options: Any,
-                recompute_obstacles: bool = False, progress: bool = False):
-    """evaluate() on the recorded node outputs (no model), over the ground-truth frames that have them."""
+                recompute_obstacles: bool = False, progress: bool = False, obstacle_threshold: float | None = None):
+    """evaluate() on the recorded node outputs (no model), over the ground-truth frames that have them. Recomputed
+    obstacles (no recorded markers, or `recompute_obstacles`) are taken at `obstacle_threshold` (the node's; default:
+    the recording's threshold)."""
     from densehybrid_ros.evaluation.evaluate import evaluate
 
     stamps = dataset.stamps
-    indices = [i for i, s in enumerate(stamps) if s in recorded.stamps]
-    if not indices:
+    indices, skipped = [], {}
+    for i, stamp in enumerate(stamps):
+        reason = recorded.skip_reason(stamp, dataset.image_size(i))
+        if reason is None:
+            indices.append(i)
+        else:
+            skipped[reason] = skipped.get(reason, 0) + 1
+    missing = skipped.pop("no output", 0)
+    if not indices and not skipped:
         raise DatasetError(f"no recorded output on {recorded.topics['score']} has the header stamp of a ground-truth "
                            f"frame of {dataset.root} (were the outputs recorded while this bag was replayed?)")
+    if not indices:
+        raise DatasetError(f"none of the recorded outputs in {recorded.bag.path} can be scored: {skipped} (the node "
+                           "publishes at camera resolution)")
     subset = _Subset(dataset, indices)
-    scorer = ObstacleScorer(options)
+    scorer = ObstacleScorer(options, class_names=class_names(recorded.metadata))
     tap = _Tap(subset, recorded.predict, recorded)
     use_markers = recorded.has_obstacles and not recompute_obstacles
+    threshold = obstacle_threshold if obstacle_threshold is not None else recorded.threshold
 
     def on_image(_: int) -> None:
         sample, pred = tap.sample, tap.prediction
         if use_markers:
             scorer.update(sample, recorded.recorded_centres(sample))
         else:
-            mask = pred.hybrid > recorded.threshold if recorded.threshold is not None else None
-            score_frame_obstacles(scorer, sample, mask, pred.hybrid)
+            mask = is_anomalous(pred.hybrid, threshold) if threshold is not None else None
+            score_frame_obstacles(scorer, sample, mask, pred.hybrid, pred.class_ids)
 
     result = evaluate(tap.predictor, tap.dataset, replace(eval_options, threshold=recorded.threshold), progress=progress,
                       on_image=on_image)
     result.metrics["mode"] = "outputs"
     result.metrics["outputs"] = {"bag": str(recorded.bag.path), "topics": recorded.topics,
                                  "ground_truth_frames": len(stamps), "scored_frames": len(indices),
-                                 "missing_outputs": len(stamps) - len(indices),
+                                 "missing_outputs": missing, "skipped_outputs": skipped,
                                  "obstacles_from": "recorded markers" if use_markers else "recorded anomaly score"}
     result.metrics["obstacles"] = scorer.compute()
     return result
 
 
+def bag_reading(dataset: Any, recorded: RecordedOutputs | None) -> tuple[dict, list[str]]:
+    """metrics.json's "bag_reading" (per bag: how it was read, what was lost, per-topic skipped messages; the frames
+    used) and the same for the console."""
+    reading, lines = {"ground_truth": dataset.reading()}, dataset.reading_lines()
+    if recorded is not None:
+        reading["outputs"] = recorded.bag.report.as_dict()
+        lines += recorded.bag.report.lines()
+    return reading, lines
+
+
 def obstacle_summary(obstacles: dict) -> str:
     e = obstacles["distance_error"]
     fmt = lambda v, s="{:.3f}": "n/a" if v is None else s.format(v)  # noqa: E731
-    lines = [f"obstacles: {obstacles['frames']} frames, {obstacles['predicted']} predicted, {obstacles['matched']} matched, "
+    lines = [f"obstacles: {obstacles['frames']} frames, {obstacles.get('candidates', 'n/a')} candidates, "
+             f"{obstacles['predicted']} published, {obstacles['matched']} matched, "
              f"detection {fmt(obstacles['detection_rate'])} ({obstacles['detected']}/{obstacles['eligible']} eligible), "
              f"false/frame {fmt(obstacles['false_obstacles_per_frame'])}",
              f"  distance error: mean {fmt(e['mean_abs_m'], '{:.2f}')} m, median {fmt(e['median_abs_m'], '{:.2f}')} m; "
@@ -518,12 +621,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--camera-pitch", type=float, default=None, help="[rad], > 0 = looking down (default: /tf, else 0)")
     b.add_argument("--camera-roll", type=float, default=None, help="[rad] (default: /tf, else 0)")
     b.add_argument("--locate", choices=("ground", "depth"), default="ground")
-    b.add_argument("--min-area", type=int, default=50, help="smallest component [px] (the node's min_obstacle_area)")
-    b.add_argument("--max-obstacles", type=int, default=32)
-    b.add_argument("--max-distance", type=float, default=60.0)
+    b.add_argument("--min-area", type=int, default=DEFAULTS["min_obstacle_area"],
+                   help="smallest component [px] (the node's min_obstacle_area)")
+    b.add_argument("--max-obstacles", type=int, default=DEFAULTS["max_obstacles"])
+    b.add_argument("--max-distance", type=float, default=DEFAULTS["obstacle_max_distance"])
     b.add_argument("--min-visible", type=int, default=None, help="eligible true boxes: visible pixels (default --min-area)")
     b.add_argument("--gate", type=float, default=2.0, help="matching gate [m] ...")
     b.add_argument("--gate-rel", type=float, default=0.2, help="... plus this fraction of the true range")
+    b.add_argument("--operating-point", default=None,
+                   help="the weights' operating point the obstacles are taken at, as the node's parameter (default: "
+                        "the weights' default point; --threshold overrides it). Pixel metrics and open-mIoU: "
+                        "--threshold, else the weights' TPR-95%% point, and every operating point reported")
+    for name in NODE_OBSTACLE_PARAMS:  # the node's parameters, same names, meanings and defaults
+        spec = SPECS[name]
+        kind = (lambda text: tuple(n.strip() for n in text.split(",") if n.strip())) if spec.type is list else spec.type
+        b.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                       help=f"{spec.description} (the node's {name}; default {spec.default!r})".replace("%", "%%"))
     return ap
 
 
@@ -531,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from densehybrid_ros.evaluation.evaluate import EvalOptions
     from densehybrid_ros.evaluation.report import summary_table, write_report
-    from densehybrid_ros.weights import WeightsError
+    from densehybrid_ros.weights import WeightsError, resolve_threshold
 
     dataset = recorded = None
     try:
@@ -543,9 +656,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = _open_dataset(args)
         if args.oracle:
             metrics = run_oracle(dataset, options, args.max_frames)
+            metrics["bag_reading"], reading_lines = bag_reading(dataset, None)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
             print(obstacle_summary(metrics["obstacles"]))
+            print("\n".join(reading_lines))
             return 0
         from densehybrid_ros.predictor import Predictor, PredictorConfig
 
@@ -562,13 +677,18 @@ def main(argv: list[str] | None = None) -> int:
             threshold = args.threshold if args.threshold is not None else (metadata.threshold if metadata else None)
             topics = {"score": args.score_topic, "semantic": args.semantic_topic, "obstacles": args.obstacles_topic}
             recorded = RecordedOutputs(args.outputs, topics, threshold, metadata)
-            result = run_outputs(dataset, recorded, options, eval_options, args.recompute_obstacles, not args.quiet)
+            node_threshold = (resolve_threshold(metadata.calibration, args.threshold, args.operating_point).value
+                              if metadata else args.threshold)
+            result = run_outputs(dataset, recorded, options, eval_options, args.recompute_obstacles, not args.quiet,
+                                 node_threshold)
             colors = [c.color for c in metadata.classes] if metadata else [(128, 128, 128)]
         else:
             extra = tuple(s for s in scores if s != "hybrid")
-            predictor = Predictor.from_weights(args.weights, PredictorConfig(device=args.device, extra_scores=extra))
+            predictor = Predictor.from_weights(args.weights, PredictorConfig(
+                device=args.device, extra_scores=extra, threshold=args.threshold, operating_point=args.operating_point))
             result = run_predictor(dataset, predictor, options, eval_options, not args.quiet)
             colors = [c.color for c in predictor.metadata.classes]
+        result.metrics["bag_reading"], reading_lines = bag_reading(dataset, recorded)
         report = write_report(result, args.out, colors, title="densehybrid_ros bag evaluation")
     except (DatasetError, WeightsError, ValueError, OSError) as exc:
         print(f"densehybrid-eval-bag: error: {exc}", file=sys.stderr)
@@ -579,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                 closable.close()
     print(summary_table(result.metrics))
     print(obstacle_summary(result.metrics["obstacles"]))
+    print("\n".join(reading_lines))
     print(f"report: {report}")
     return 0
 

@@ -1,4 +1,9 @@
-"""Anomaly components -> 3D obstacles in the camera optical frame, and stable ids. ROS-free.
+"""Anomaly components -> 3D obstacles in the camera optical frame, confirmed across frames with stable ids. ROS-free.
+
+Per frame (`frame_obstacles`): components of the anomaly mask that stand on the drivable surface, placed on the
+ground plane (or with depth) and of a real object's size, are the candidates; `ObstacleTracker` publishes a
+candidate once it was seen in N of the last M frames and keeps it through a miss budget. The node, densehybrid-eval-bag
+and the demo all run these two.
 
 Frames (REP 103/105 optical convention):
 - camera optical frame C: x right, y down, z forward (the image header's frame_id).
@@ -15,7 +20,7 @@ bottom edge of a component whose lowest pixel row is r is at v = r + 0.5.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -179,7 +184,8 @@ class Obstacle:
     distance: float  # |anchor|: range from the camera's optical centre [m]
     source: str  # "ground", "depth" (or "image": no intrinsics, 2D only)
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0, 0.0]))  # box's up axis, camera frame
-    id: int = -1  # stable id, set by ObstacleTracker
+    id: int = -1  # stable public id, set by ObstacleTracker once confirmed
+    missed: int = 0  # frames since it was last seen (0: seen in this frame; > 0: the last view, within the miss budget)
 
 
 def locate_on_ground(component: Component, camera: CameraModel, height: float, pitch: float, roll: float,
@@ -243,8 +249,8 @@ def locate_with_depth(component: Component, labels: np.ndarray, depth: np.ndarra
 def place_obstacles(components: list[Component], labels: np.ndarray, camera: CameraModel, height: float, pitch: float,
                     roll: float, max_distance: float = math.inf, depth: np.ndarray | None = None) -> list[Obstacle]:
     """Each component placed with the registered depth image when given, else on the ground plane of the mount
-    (height, pitch, roll); components that cannot be placed or lie beyond `max_distance` are dropped. The node's
-    FrameProcessor and densehybrid-eval-bag both place obstacles through this."""
+    (height, pitch, roll); components that cannot be placed or lie beyond `max_distance` are dropped
+    (`frame_obstacles` places the candidates of a frame through this)."""
     obstacles = []
     for component in components:
         if depth is not None:
@@ -256,41 +262,172 @@ def place_obstacles(components: list[Component], labels: np.ndarray, camera: Cam
     return obstacles
 
 
+@dataclass(frozen=True)
+class ObstacleRules:
+    """Which anomaly components become obstacle candidates (the node's parameters of the same meaning, see
+    densehybrid_ros/node/params.py: `Settings.obstacle_rules`; densehybrid-eval-bag uses the same)."""
+
+    min_area: int  # pixels of a component
+    max_obstacles: int  # per frame, largest first
+    max_distance: float  # [m] range of the anchor
+    drivable_ids: tuple[int, ...] | None  # class ids of the drivable surface; None = the surface is not checked
+    ground_band: float  # share of the image height at its bottom where any contact counts as ground
+    width: tuple[float, float]  # [m] inclusive limits of the box width
+    height: tuple[float, float]  # [m] inclusive limits of the box height
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """When a candidate is published (`ObstacleTracker`): after `hits` of the last `window` frames, kept through
+    `miss_budget` frames without it, matched between frames by anchor within `match_distance` [m]."""
+
+    hits: int
+    window: int
+    miss_budget: int
+    match_distance: float
+
+
+CONTACT_ROWS = 3  # rows just below a component's bottom edge that tell what it stands on
+DRIVABLE_SHARE = 0.5  # the contact is on the drivable surface when at least this share of those pixels is
+
+
+def contact_pixels(component: Component, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels just below the component's bottom edge: in each of its columns, the `CONTACT_ROWS`
+    rows under its lowest pixel there, inside the image and outside every anomaly component (labels 0)."""
+    crop = labels[component.y0:component.y1, component.x0:component.x1] == component.label
+    columns = np.flatnonzero(crop.any(axis=0))
+    lowest = crop.shape[0] - 1 - np.argmax(crop[::-1, columns], axis=0)
+    rows = (component.y0 + lowest + 1)[:, None] + np.arange(CONTACT_ROWS)[None, :]
+    cols = np.broadcast_to((component.x0 + columns)[:, None], rows.shape)
+    inside = rows < labels.shape[0]
+    rows, cols = rows[inside], cols[inside]
+    free = labels[rows, cols] == 0
+    return rows[free], cols[free]
+
+
+def stands_on_drivable(component: Component, labels: np.ndarray, class_ids: np.ndarray, drivable_ids: tuple[int, ...],
+                       ground_band: float) -> bool:
+    """Whether a component's ground contact lies on the drivable surface: its bottom edge is in the bottom
+    `ground_band` of the image, or at least `DRIVABLE_SHARE` of the pixels just below it (`contact_pixels`) are of a
+    drivable class in the predicted semantic map `class_ids`."""
+    if component.bottom_v >= labels.shape[0] * (1.0 - ground_band):
+        return True
+    rows, cols = contact_pixels(component, labels)
+    return rows.size > 0 and float(np.isin(class_ids[rows, cols], drivable_ids).mean()) >= DRIVABLE_SHARE
+
+
+def fits_object_size(obstacle: Obstacle, rules: ObstacleRules) -> bool:
+    """Whether the placed box's width and height [m] lie within the rules' limits (inclusive)."""
+    width, height = obstacle.size[0], obstacle.size[1]
+    return rules.width[0] <= width <= rules.width[1] and rules.height[0] <= height <= rules.height[1]
+
+
+def frame_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.ndarray, camera: CameraModel | None,
+                    mount: tuple[float, float, float], rules: ObstacleRules,
+                    depth: np.ndarray | None = None) -> list[Obstacle]:
+    """One frame's obstacle candidates, the one implementation for the node (FrameProcessor), densehybrid-eval-bag and
+    the demo: 8-connected components of `mask` with >= min_area pixels whose contact is on the drivable surface
+    (`stands_on_drivable`, when `rules.drivable_ids` is set), placed with `depth` when given, else on the ground plane
+    of the mount (height, pitch, roll), within max_distance and of a real object's size (`fits_object_size`); the
+    largest max_obstacles of them. Without a camera model: the components passing the surface check as 2-D boxes
+    (source "image", for the overlay only)."""
+    components, labels = extract_components(mask, score, rules.min_area)
+    if rules.drivable_ids is not None:
+        components = [c for c in components if stands_on_drivable(c, labels, class_ids, rules.drivable_ids,
+                                                                    rules.ground_band)]
+    if camera is None:
+        return [Obstacle(c, np.zeros(3), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), np.zeros(3), math.nan, "image")
+                for c in components[:rules.max_obstacles]]
+    placed = place_obstacles(components, labels, camera, *mount, rules.max_distance, depth)
+    return [ob for ob in placed if fits_object_size(ob, rules)][:rules.max_obstacles]
+
+
+@dataclass
+class Track:
+    """One obstacle followed across frames: its last observation, whether it was seen in each recent frame, and its
+    public id (-1 until confirmed)."""
+
+    obstacle: Obstacle
+    seen: list[bool]  # one entry per frame since it appeared, newest last (at most MAX_HISTORY kept)
+    misses: int = 0  # frames in a row without a match
+    id: int = -1
+
+    def confirmed_by(self, rule: Confirmation) -> bool:
+        return sum(self.seen[-rule.window:]) >= rule.hits
+
+
+MAX_HISTORY = 64  # frames of `Track.seen` kept: the largest confirm_window (the node's parameter range)
+
+
+@dataclass
+class TrackerStep:
+    published: list[Obstacle]  # confirmed obstacles: seen now (missed 0) or within the miss budget (the last view)
+    removed_ids: set[int]  # public ids of obstacles dropped in this frame
+
+
 @dataclass
 class ObstacleTracker:
-    """Stable ids across frames: greedy nearest matching of box centres to the last frame's obstacles.
+    """Confirms obstacles across frames and gives them stable ids.
 
-    All (new, previous) pairs within `max_distance` are taken in order of increasing distance, each obstacle
-    and each previous id at most once; unmatched obstacles get fresh ids (never reused)."""
+    Per frame, candidates are matched to the tracks by anchor (ground contact, or the depth point): all pairs within
+    `match_distance` taken in order of increasing distance, each at most once. A track is confirmed once it was seen
+    in `hits` of the last `window` frames and then gets the next public id (never reused); a confirmed track missed
+    for more than `miss_budget` frames in a row is dropped (its id reported removed), an unconfirmed one as soon as
+    its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
+    `hits - 1` frames after it first appears."""
 
-    tracks: dict[int, np.ndarray] = field(default_factory=dict)
+    tracks: list[Track] = field(default_factory=list)
     next_id: int = 0
 
-    def update(self, obstacles: list[Obstacle], max_distance: float) -> set[int]:
-        """Assign `obstacle.id` in place; returns the ids of the last frame that disappeared."""
-        previous = list(self.tracks.items())
-        pairs = sorted(
-            (float(np.linalg.norm(ob.center - center)), n, track_id)
-            for n, ob in enumerate(obstacles)
-            for track_id, center in previous
-        )
-        taken_new, taken_old = set(), set()
-        for dist, n, track_id in pairs:
-            if dist > max_distance:
+    def update(self, candidates: list[Obstacle], rule: Confirmation) -> TrackerStep:
+        """Advance one frame with its candidates; the published obstacles are copies with `id` and `missed` set."""
+        matched = self._match(candidates, rule.match_distance)
+        seen_now = set()
+        for n, candidate in enumerate(candidates):
+            track = matched.get(n)
+            if track is None:
+                track = Track(candidate, [])
+                self.tracks.append(track)
+            track.obstacle, track.misses = candidate, 0
+            track.seen.append(True)
+            seen_now.add(id(track))
+        removed, kept = set(), []
+        for track in self.tracks:
+            if id(track) not in seen_now:
+                track.misses += 1
+                track.seen.append(False)
+            del track.seen[:-MAX_HISTORY]
+            if track.id < 0 and track.confirmed_by(rule):
+                track.id, self.next_id = self.next_id, (self.next_id + 1) % 2**31
+            if not self._expired(track, rule):
+                kept.append(track)
+            elif track.id >= 0:
+                removed.add(track.id)
+        self.tracks = kept
+        published = [replace(t.obstacle, id=t.id, missed=t.misses) for t in kept if t.id >= 0]
+        return TrackerStep(published, removed)
+
+    @staticmethod
+    def _expired(track: Track, rule: Confirmation) -> bool:
+        """A confirmed track beyond its miss budget; an unconfirmed one that can no longer reach `hits` seen frames
+        in a window holding its past sightings (more than window - hits misses in a row)."""
+        return track.misses > (rule.miss_budget if track.id >= 0 else rule.window - rule.hits)
+
+    def _match(self, candidates: list[Obstacle], gate: float) -> dict[int, Track]:
+        """Candidate index -> the track it continues (nearest anchors within `gate` first, each at most once)."""
+        pairs = sorted((float(np.linalg.norm(ob.anchor - track.obstacle.anchor)), n, k)
+                       for n, ob in enumerate(candidates) for k, track in enumerate(self.tracks))
+        matched: dict[int, Track] = {}
+        taken: set[int] = set()
+        for dist, n, k in pairs:
+            if dist > gate:
                 break
-            if n in taken_new or track_id in taken_old:
-                continue
-            obstacles[n].id = track_id
-            taken_new.add(n)
-            taken_old.add(track_id)
-        for n, ob in enumerate(obstacles):
-            if n not in taken_new:
-                ob.id = self.next_id
-                self.next_id = (self.next_id + 1) % 2**31
-        self.tracks = {ob.id: ob.center.copy() for ob in obstacles}
-        return {track_id for track_id, _ in previous} - taken_old
+            if n not in matched and k not in taken:
+                matched[n] = self.tracks[k]
+                taken.add(k)
+        return matched
 
     def reset(self) -> set[int]:
-        gone = set(self.tracks)
-        self.tracks = {}
+        gone = {t.id for t in self.tracks if t.id >= 0}
+        self.tracks = []
         return gone

@@ -20,9 +20,11 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
+from densehybrid_ros.node.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
 from densehybrid_ros.planner_outputs import MAX_GRID_CELLS, GridSpec
+from densehybrid_ros.weights import OPERATING_POINT_RE
 
 Value = Union[bool, int, float, str, list]
 
@@ -91,12 +93,35 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("batch_wait_ms", 10.0, "multi-camera: after the first frame of a cycle, wait at most this long [ms] "
               "for the other live cameras' frames before the batched forward (0 = take what is there)",
               runtime=True, low=0.0, high=1000.0),
-    ParamSpec("threshold", math.nan, "open-set threshold on the hybrid score s_H (higher = more anomalous); "
-              "NaN = the calibrated threshold stored in the weights. Without either, ~/open_set and "
-              "~/obstacles are off", runtime=True, allow_nan=True),
-    ParamSpec("min_obstacle_area", 50, "smallest anomaly component (pixels at camera resolution) reported as an "
+    ParamSpec("threshold", math.nan, "open-set threshold on the hybrid score s_H (higher = more anomalous; anomalous "
+              "where s_H >= threshold); NaN = an operating point stored in the weights (operating_point). Without "
+              "either, ~/open_set and ~/obstacles are off", runtime=True, allow_nan=True),
+    ParamSpec("operating_point", "", "calibrated operating point of the weights to use when threshold is NaN, e.g. "
+              "fpr1 (at most 1% of held-out inlier pixels flagged: few false alarms) or tpr95 (95% of held-out "
+              "anomaly pixels flagged: the thesis protocol); empty = the weights' default point (fpr1 when "
+              "calibrated by densehybrid-train calibrate), else their one calibrated threshold", runtime=True),
+    ParamSpec("min_obstacle_area", 50, "smallest anomaly component (pixels at camera resolution) that may become an "
               "obstacle", runtime=True, low=1, high=100_000_000),
-    ParamSpec("max_obstacles", 32, "at most this many obstacles (largest first) per frame", runtime=True, low=1, high=1000),
+    ParamSpec("max_obstacles", 32, "at most this many obstacle candidates (largest first) per frame", runtime=True,
+              low=1, high=1000),
+    ParamSpec("drivable_classes", ["road", "sidewalk"], "class names (of the weights) of the drivable surface: a "
+              "component becomes an obstacle only where the predicted classes just below its bottom edge are mostly "
+              "these (or its bottom edge is in the ground_band); names the weights lack are ignored (with a "
+              "warning), none known = no surface check", runtime=True),
+    ParamSpec("ground_band", 0.05, "share of the image height at its bottom in which any ground contact counts as "
+              "drivable (1.0 = no surface check)", runtime=True, low=0.0, high=1.0),
+    ParamSpec("obstacle_min_width", 0.1, "narrowest obstacle [m] (box width at its ground contact)", runtime=True,
+              low=0.0, high=1000.0),
+    ParamSpec("obstacle_max_width", 3.0, "widest obstacle [m]", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("obstacle_min_height", 0.1, "lowest obstacle [m] (box height at its ground contact)", runtime=True,
+              low=0.0, high=1000.0),
+    ParamSpec("obstacle_max_height", 3.0, "tallest obstacle [m]", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("confirm_hits", 2, "an obstacle is published once seen in confirm_hits of the last confirm_window frames "
+              "(added latency for a new obstacle: confirm_hits - 1 frames)", runtime=True, low=1, high=MAX_HISTORY),
+    ParamSpec("confirm_window", 3, "frames over which confirm_hits are counted", runtime=True, low=1,
+              high=MAX_HISTORY),
+    ParamSpec("miss_budget", 2, "a published obstacle missing from this many frames in a row is still published (its "
+              "last view); one frame more and it is dropped", runtime=True, low=0, high=1000),
     *(ParamSpec(f"publish_{name}", True, _TOGGLE.format(name), runtime=True) for name in OUTPUTS),
     ParamSpec("overlay_alpha", 0.5, "opacity of the class colours in ~/overlay", runtime=True, low=0.0, high=1.0),
     ParamSpec("camera_height", 1.5, "height of the camera's optical centre above the ground plane [m]",
@@ -117,8 +142,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               runtime=True, low=0.1, high=10000.0),
     ParamSpec("grid_width", 20.0, "extent of ~/obstacle_grid across, centred on the camera's heading [m]",
               runtime=True, low=0.1, high=10000.0),
-    ParamSpec("track_match_distance", 2.0, "an obstacle keeps the id of the nearest last-frame obstacle within this "
-              "distance [m]", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("track_match_distance", 3.0, "an obstacle candidate continues the track whose last anchor (ground "
+              "contact, or depth point) is nearest within this distance [m]; it must exceed the vehicle's motion "
+              "between frames (8 m/s at 4 Hz: 2 m) plus the placement jitter", runtime=True, low=0.0, high=1000.0),
     ParamSpec("marker_lifetime", 0.5, "lifetime of obstacle markers [s] (0 = until deleted)", runtime=True,
               low=0.0, high=3600.0),
     ParamSpec("use_compressed", False, "subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
@@ -164,7 +190,22 @@ def check_value(name: str, value: Any) -> str | None:
         return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
     if name == "cameras":
         return check_cameras(value)
+    if name == "drivable_classes" and not all(isinstance(n, str) and n for n in value):
+        return f"drivable_classes must be non-empty class names, got {value!r}"
+    if name == "operating_point" and value and not OPERATING_POINT_RE.match(value):
+        return f"operating_point must be empty or an operating point name (e.g. fpr1, tpr95), got {value!r}"
     return None
+
+
+def obstacle_errors(values: Mapping[str, Any]) -> list[str]:
+    """Why the obstacle filter and confirmation parameters do not go together, if they don't."""
+    errors = []
+    for low, high in (("obstacle_min_width", "obstacle_max_width"), ("obstacle_min_height", "obstacle_max_height"),
+                      ("confirm_hits", "confirm_window")):
+        a, b = values.get(low), values.get(high)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) and a > b:
+            errors.append(f"{low} ({a}) must not exceed {high} ({b})")
+    return errors
 
 
 def check_cameras(names: list) -> str | None:
@@ -238,8 +279,18 @@ class Settings:
     cameras: tuple[str, ...]
     batch_wait_ms: float
     threshold: float | None
+    operating_point: str
     min_obstacle_area: int
     max_obstacles: int
+    drivable_classes: tuple[str, ...]
+    ground_band: float
+    obstacle_min_width: float
+    obstacle_max_width: float
+    obstacle_min_height: float
+    obstacle_max_height: float
+    confirm_hits: int
+    confirm_window: int
+    miss_budget: int
     publish_semantic: bool
     publish_semantic_color: bool
     publish_anomaly_score: bool
@@ -283,6 +334,7 @@ class Settings:
             errors.append(f"depth_topic {merged['depth_topic']!r} is absolute, but there are {len(cameras)} cameras: "
                           "give a relative name, subscribed per camera as <camera>/<depth_topic>")
         errors += grid_errors(merged)
+        errors += obstacle_errors(merged)
         if errors:
             raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
         kwargs = {}
@@ -305,6 +357,24 @@ class Settings:
 
     def publishes(self, output: str) -> bool:
         return bool(getattr(self, f"publish_{output}"))
+
+    def drivable_ids(self, class_names: Sequence[str]) -> tuple[int, ...] | None:
+        """Ids of the `drivable_classes` among the weights' `class_names`; None (no surface check) if there are none."""
+        ids = tuple(i for i, name in enumerate(class_names) if name in self.drivable_classes)
+        return ids or None
+
+    def obstacle_rules(self, class_names: Sequence[str]) -> ObstacleRules:
+        """What makes a component an obstacle candidate, for weights with these class names."""
+        return ObstacleRules(
+            min_area=self.min_obstacle_area, max_obstacles=self.max_obstacles, max_distance=self.obstacle_max_distance,
+            drivable_ids=self.drivable_ids(class_names) if self.ground_band < 1.0 else None,
+            ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
+            height=(self.obstacle_min_height, self.obstacle_max_height))
+
+    def confirmation(self) -> Confirmation:
+        """When a candidate is published, and for how long it is kept (ObstacleTracker)."""
+        return Confirmation(hits=self.confirm_hits, window=self.confirm_window, miss_budget=self.miss_budget,
+                            match_distance=self.track_match_distance)
 
     def grid_spec(self) -> GridSpec:
         """The cells of ~/obstacle_grid."""

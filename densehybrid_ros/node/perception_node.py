@@ -36,9 +36,13 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
   ~/open_set        mono8   class ids with K = unknown where s_H >= threshold (only when a threshold is known)
   ~/overlay         rgb8    open-set colours blended over the image, unknown pixels highlighted, obstacle boxes
   ~/obstacles       visualization_msgs/MarkerArray in the image's frame (optical frame): a CUBE (ns "obstacles")
-                    and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per anomaly component;
-                    ids are stable across frames, vanished ids get DELETE markers (no DELETEALL)
-  ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every placed obstacle in
+                    and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per confirmed obstacle: an
+                    anomaly component standing on the drivable surface, of a real object's size, seen in confirm_hits
+                    of the last confirm_window frames (densehybrid_ros/node/obstacles.py; a new obstacle appears
+                    confirm_hits - 1 frames after it is first seen), kept (its last box) through miss_budget missed
+                    frames; ids are stable across frames, dropped ids get DELETE markers (no DELETEALL)
+  ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every confirmed obstacle seen
+                    in this frame, in
                     3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/planner_outputs.py): on the
                     ground plane at the obstacle's ground contact (its front face), or at the depth image's depth;
                     a Nav2 obstacle-layer marking source (data_type PointCloud2)
@@ -247,6 +251,7 @@ class PerceptionNode(LifecycleNode):
         if configured and self.settings is not None and (ours or mounts):
             try:
                 settings = self.settings.replace(**{p.name: p.value for p in ours}) if ours else self.settings
+                self.processor.threshold_choice(settings)  # an operating_point the weights lack is rejected, named
                 channel_mounts = {name: dict(ch.mount) for name, ch in self.channels.items()}
                 for p, (camera, base) in mounts:
                     if camera in channel_mounts:
@@ -257,6 +262,8 @@ class PerceptionNode(LifecycleNode):
             self.settings = settings
             for name, ch in self.channels.items():
                 ch.mount, ch.settings = channel_mounts[name], channel_settings[name]
+            if any(p.name == "drivable_classes" for p in ours):
+                self._warn_unknown_drivable(settings)
             changed = [*ours, *(p for p, _ in mounts)]
             self.get_logger().info("updated " + ", ".join(f"{p.name}={p.value!r}" for p in changed))
         return SetParametersResult(successful=True)
@@ -293,10 +300,13 @@ class PerceptionNode(LifecycleNode):
             mounts = self._declare_mounts(settings)
             channels = {name: Channel(name, settings, mounts.get(name, {})) for name in settings.cameras or ("",)}
             predictor, model_path = self._load_predictor(settings)
+            processor = FrameProcessor(predictor)
+            processor.threshold_choice(settings)  # an operating_point the weights lack fails here, named
         except Exception as error:  # noqa: BLE001  any configure problem is a clean FAILURE, never a crash
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
-        self.settings, self.processor, self.channels = settings, FrameProcessor(predictor), channels
+        self.settings, self.processor, self.channels = settings, processor, channels
+        self._warn_unknown_drivable(settings)
         self.model_path = str(model_path)
         out = qos(settings.output_reliability, 1)
         for ch in channels.values():
@@ -310,14 +320,34 @@ class PerceptionNode(LifecycleNode):
                 OccupancyGrid, f"~/{ch.prefix}obstacle_grid", out)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.diag_timer = self.create_timer(settings.diagnostics_period, self._publish_diagnostics)
-        threshold = self.processor.threshold(settings)
+        choice = self.processor.threshold_choice(settings)
         cameras = f", cameras {', '.join(settings.cameras)}" if settings.cameras else ""
         self.get_logger().info(
             f"configured: {model_path} ({predictor.num_classes} classes, device {settings.device}, backend "
             f"{settings.backend}{self._providers(predictor)}{cameras}), threshold "
-            f"{'none: open_set and obstacles off' if threshold is None else threshold}")
+            f"{'none: open_set and obstacles off' if choice.value is None else f'{choice.value} ({choice.source})'}; "
+            f"obstacles: {self._obstacle_policy(settings)}")
         self.state = "inactive"
         return super().on_configure(state)
+
+    def _obstacle_policy(self, settings: Settings) -> str:
+        """The obstacle filter and confirmation in force, in words (log and /diagnostics)."""
+        rules = settings.obstacle_rules(self.processor.class_names)
+        surface = ("not checked" if rules.drivable_ids is None else
+                   ", ".join(self.processor.class_names[i] for i in rules.drivable_ids)
+                   + f" or the bottom {settings.ground_band:g} of the image")
+        return (f"contact on {surface}; {settings.obstacle_min_width:g}-{settings.obstacle_max_width:g} m wide, "
+                f"{settings.obstacle_min_height:g}-{settings.obstacle_max_height:g} m tall; published after "
+                f"{settings.confirm_hits} of {settings.confirm_window} frames (+{settings.confirm_hits - 1} frames "
+                f"latency), kept through {settings.miss_budget} missed frames")
+
+    def _warn_unknown_drivable(self, settings: Settings) -> None:
+        unknown = [n for n in settings.drivable_classes if n not in self.processor.class_names]
+        if unknown:
+            known = settings.drivable_ids(self.processor.class_names)
+            self.get_logger().warning(
+                f"drivable_classes {unknown} are not classes of the weights ({', '.join(self.processor.class_names)})"
+                + ("" if known else ": no drivable class known, obstacles are not checked for a drivable surface"))
 
     @staticmethod
     def _load_predictor(settings: Settings):
@@ -407,6 +437,7 @@ class PerceptionNode(LifecycleNode):
             if ch.live_markers and "obstacles" in ch.pubs:
                 ch.pubs["obstacles"].publish(self._marker_deletes(ch.live_markers))
             ch.live_markers = set()
+            ch.tracker.reset()  # no track outlives the stream it was confirmed in (ids are never reused)
             ch.camera = None
             with ch.depth_lock:
                 ch.depth_msgs.clear()
@@ -596,7 +627,8 @@ class PerceptionNode(LifecycleNode):
             return
         ch, header, s = job.channel, job.msg.header, job.channel.settings
         anomalous = prediction.open_set == num_classes
-        points = obstacle_points(result.obstacles, anomalous, prediction.hybrid, job.camera, s.camera_height,
+        seen = [ob for ob in result.obstacles if ob.missed == 0]  # a missed obstacle has no pixels in this frame
+        points = obstacle_points(seen, anomalous, prediction.hybrid, job.camera, s.camera_height,
                                  s.camera_pitch, s.camera_roll, job.depth)
         if want_points:
             ch.pubs["obstacle_points"].publish(pointcloud_msg(header, points))
@@ -679,13 +711,13 @@ class PerceptionNode(LifecycleNode):
         settings, processor = self.settings, self.processor
         if settings is None or processor is None:
             return
-        threshold = processor.threshold(settings)
+        choice = processor.threshold_choice(settings)
+        threshold = choice.value
         info = [("state", self.state), ("device", settings.device), ("weights", settings.weights),
                 ("backend", settings.backend + self._providers(processor.predictor)),
                 *((("model file", self.model_path),) if settings.backend == "onnxruntime" else ()),
                 ("threshold", "none" if threshold is None else f"{threshold:.6g}"),
-                ("threshold source", "parameter" if settings.threshold is not None else
-                 ("weights calibration" if threshold is not None else "none"))]
+                ("threshold source", choice.source), ("obstacles", self._obstacle_policy(settings))]
         multi = not (len(self.channels) == 1 and "" in self.channels)
         batches = self.batch_stats.report() if multi and self.batch_stats is not None else []
         array = DiagnosticArray()

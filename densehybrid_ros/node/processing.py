@@ -14,16 +14,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from densehybrid_ros.node.obstacles import (
-    CameraModel,
-    Obstacle,
-    ObstacleTracker,
-    extract_components,
-    place_obstacles,
-)
+from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker, frame_obstacles
 from densehybrid_ros.node.params import Settings
 from densehybrid_ros.predictor import Prediction, Predictor
 from densehybrid_ros.visualize import colorize, overlay, palette
+from densehybrid_ros.weights import ThresholdChoice, resolve_threshold
 
 BOX_COLOR = (255, 64, 0)  # RGB, obstacle boxes in ~/overlay
 
@@ -46,7 +41,7 @@ class FrameResult:
     threshold: float | None
     semantic_color: np.ndarray | None = None
     overlay: np.ndarray | None = None
-    obstacles: list[Obstacle] = field(default_factory=list)
+    obstacles: list[Obstacle] = field(default_factory=list)  # confirmed (with a camera model), else 2-D candidates
     removed_ids: set[int] = field(default_factory=set)  # obstacle ids of earlier frames that are gone
     located: bool = False  # obstacles carry 3D positions/ids (camera model known)
 
@@ -57,13 +52,20 @@ class FrameProcessor:
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.num_classes = predictor.num_classes
-        self.calibrated_threshold = predictor.metadata.threshold
+        self.calibration = predictor.metadata.calibration
+        self.class_names = tuple(c.name for c in predictor.metadata.classes)
         self.palette = palette([c.color for c in predictor.metadata.classes])
         self.tracker = ObstacleTracker()
 
+    def threshold_choice(self, settings: Settings) -> ThresholdChoice:
+        """The threshold in force and its source (`weights.resolve_threshold`: the threshold parameter, else the named
+        operating_point, else the weights' default point, else their calibrated threshold); ValueError for an
+        operating point the weights do not hold."""
+        return resolve_threshold(self.calibration, settings.threshold, settings.operating_point or None)
+
     def threshold(self, settings: Settings) -> float | None:
-        """The threshold in force: the parameter if set, else the weights' calibration, else None."""
-        return settings.threshold if settings.threshold is not None else self.calibrated_threshold
+        """The threshold in force (None: none known)."""
+        return self.threshold_choice(settings).value
 
     def process(self, rgb: np.ndarray, settings: Settings, wanted: Wanted, camera: CameraModel | None = None,
                 depth: np.ndarray | None = None) -> FrameResult:
@@ -92,22 +94,22 @@ class FrameProcessor:
 
     def _obstacles(self, result: FrameResult, settings: Settings, camera: CameraModel | None,
                    depth: np.ndarray | None, shape: tuple[int, int], tracker: ObstacleTracker) -> None:
+        """Candidates of this frame (`obstacles.frame_obstacles`), confirmed by `tracker`. No intrinsics: the candidates
+        as 2-D boxes for the overlay only (no 3D, no ids, no confirmation)."""
         prediction = result.prediction
-        components, labels = extract_components(
-            prediction.open_set == self.num_classes, prediction.hybrid, settings.min_obstacle_area, settings.max_obstacles)
-        if camera is None:
-            # No intrinsics: boxes for the overlay only, no 3D and no ids.
-            result.obstacles = [Obstacle(c, np.zeros(3), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), np.zeros(3), float("nan"),
-                                         "image") for c in components]
-            return
-        camera = camera.for_image(shape[1], shape[0])
+        if camera is not None:
+            camera = camera.for_image(shape[1], shape[0])
         if depth is not None and depth.shape != shape:
             depth = cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-        obstacles = place_obstacles(components, labels, camera, settings.camera_height, settings.camera_pitch,
-                                    settings.camera_roll, settings.obstacle_max_distance, depth)
-        result.removed_ids = tracker.update(obstacles, settings.track_match_distance)
-        result.obstacles = obstacles
-        result.located = True
+        candidates = frame_obstacles(
+            prediction.open_set == self.num_classes, prediction.hybrid, prediction.class_ids, camera,
+            (settings.camera_height, settings.camera_pitch, settings.camera_roll),
+            settings.obstacle_rules(self.class_names), depth)
+        if camera is None:
+            result.obstacles = candidates
+            return
+        step = tracker.update(candidates, settings.confirmation())
+        result.obstacles, result.removed_ids, result.located = step.published, step.removed_ids, True
 
     def render_overlay(self, rgb: np.ndarray, result: FrameResult, alpha: float) -> np.ndarray:
         """Class colours blended over the image; unknown pixels (open-set class K) in the unknown colour at full

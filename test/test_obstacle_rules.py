@@ -1,0 +1,213 @@
+"""Obstacle rules of the node, ROS-free, on hand-built masks and semantic maps: the drivable-surface contact, the size
+of a real object at its distance (geometry worked by hand), and the N-of-M confirmation with its miss budget and ids."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from densehybrid_ros.node.obstacles import (
+    CameraModel,
+    Confirmation,
+    Obstacle,
+    ObstacleRules,
+    ObstacleTracker,
+    extract_components,
+    frame_obstacles,
+    stands_on_drivable,
+)
+from densehybrid_ros.node.params import Settings, SettingsError
+
+ROAD, SIDEWALK, BUILDING, CAR = 0, 1, 2, 12
+H, W = 100, 160
+# pinhole with f = 100 px, principal point at the image centre; mount 1.5 m high, level (pitch 0, roll 0):
+# a contact at bottom edge v lies z = 1.5 * 100 / (v - 49.5) m ahead; a span of n pixels there is n * z / 100 m
+CAMERA = CameraModel(fx=100.0, fy=100.0, cx=79.5, cy=49.5)
+MOUNT = (1.5, 0.0, 0.0)
+
+
+def rules(drivable=(ROAD, SIDEWALK), band=0.05, width=(0.1, 3.0), height=(0.1, 3.0), min_area=10) -> ObstacleRules:
+    return ObstacleRules(min_area=min_area, max_obstacles=32, max_distance=60.0, drivable_ids=drivable,
+                         ground_band=band, width=width, height=height)
+
+
+def one_component(mask: np.ndarray):
+    (component,), labels = extract_components(mask, None)
+    return component, labels
+
+
+# ---------------------------------------------------------------- drivable surface
+def test_contact_on_road_or_sidewalk_counts_other_classes_do_not():
+    mask = np.zeros((H, W), bool)
+    mask[60:70, 40:50] = True  # bottom row 69: the contact pixels are rows 70..72 of columns 40..49
+    component, labels = one_component(mask)
+    for below, expected in ((ROAD, True), (SIDEWALK, True), (BUILDING, False), (CAR, False)):
+        classes = np.full((H, W), BUILDING, np.uint8)
+        classes[70:73, 40:50] = below
+        assert stands_on_drivable(component, labels, classes, (ROAD, SIDEWALK), 0.05) is expected, below
+
+
+def test_contact_is_read_per_column_just_below_the_bottom_edge_by_majority():
+    # an L-shaped component: columns 40..44 end at row 79, columns 45..49 at row 69
+    mask = np.zeros((H, W), bool)
+    mask[60:70, 40:50] = True
+    mask[70:80, 40:45] = True
+    component, labels = one_component(mask)
+    classes = np.full((H, W), ROAD, np.uint8)
+    # under the long leg (rows 80..82, columns 40..44): building; under the short one (rows 70..72, 45..49): road
+    classes[80:83, 40:45] = BUILDING
+    assert stands_on_drivable(component, labels, classes, (ROAD,), 0.05)  # 15 of 30 contact pixels: half is enough
+    classes[70, 45] = BUILDING  # 14 of 30
+    assert not stands_on_drivable(component, labels, classes, (ROAD,), 0.05)
+    # what lies elsewhere below (further down, or beside the contact) does not matter
+    classes = np.full((H, W), BUILDING, np.uint8)
+    classes[80:83, 40:45] = ROAD
+    classes[70:73, 45:50] = ROAD
+    assert stands_on_drivable(component, labels, classes, (ROAD,), 0.05)
+
+
+def test_contact_in_the_bottom_band_counts_whatever_lies_below():
+    classes = np.full((H, W), BUILDING, np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[85:95, 40:50] = True  # bottom edge v = 94.5 >= 100 * (1 - 0.06)
+    component, labels = one_component(mask)
+    assert stands_on_drivable(component, labels, classes, (ROAD,), 0.06)
+    assert not stands_on_drivable(component, labels, classes, (ROAD,), 0.05)  # band ends at v = 95
+    mask[:] = False
+    mask[90:100, 40:50] = True  # touching the image's bottom: no pixel below it, in any band
+    component, labels = one_component(mask)
+    assert stands_on_drivable(component, labels, classes, (ROAD,), 0.05)
+    assert not stands_on_drivable(component, labels, classes, (ROAD,), 0.0)
+
+
+def test_anomalous_pixels_below_are_not_read_as_ground():
+    mask = np.zeros((H, W), bool)
+    mask[60:70, 40:50] = True
+    mask[71:74, 40:50] = True  # another anomaly component one row below (not 8-connected: row 70 is free)
+    classes = np.full((H, W), BUILDING, np.uint8)
+    classes[70, 40:50] = ROAD  # the only free contact pixels
+    components, labels = extract_components(mask, None)
+    upper = min(components, key=lambda c: c.y0)
+    assert stands_on_drivable(upper, labels, classes, (ROAD,), 0.05)  # 10 of 10 free contact pixels are road
+
+
+# ---------------------------------------------------------------- size at the distance, and the whole frame
+def box_mask(rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros((H, W), bool)
+    mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+    return mask
+
+
+def test_size_limits_by_hand_geometry():
+    classes = np.full((H, W), ROAD, np.uint8)
+    # bottom row 79 -> v = 79.5, z = 1.5 * 100 / 30 = 5 m; 20 px wide = 1.0 m; rows 60..79: top edge 59.5 -> 1.0 m tall
+    (ob,) = frame_obstacles(box_mask((60, 80), (60, 80)), None, classes, CAMERA, MOUNT, rules())
+    assert ob.anchor[2] == pytest.approx(5.0) and ob.size[0] == pytest.approx(1.0) and ob.size[1] == pytest.approx(1.0)
+    # 70 px wide at 5 m = 3.5 m: wider than a real object
+    assert frame_obstacles(box_mask((60, 80), (40, 110)), None, classes, CAMERA, MOUNT, rules()) == []
+    wider = rules(width=(0.1, 3.6))
+    assert len(frame_obstacles(box_mask((60, 80), (40, 110)), None, classes, CAMERA, MOUNT, wider)) == 1
+    # 1 px tall at 5 m = 0.05 m (rows 79..79): too low; 4 px = 0.2 m: fits
+    assert frame_obstacles(box_mask((79, 80), (60, 90)), None, classes, CAMERA, MOUNT, rules(min_area=1)) == []
+    (low,) = frame_obstacles(box_mask((76, 80), (60, 90)), None, classes, CAMERA, MOUNT, rules(min_area=1))
+    assert low.size[1] == pytest.approx(0.2)
+    # 60 rows tall at bottom row 89 (z = 1.5 * 100 / 40 = 3.75 m): 60 * 3.75 / 100 = 2.25 m; limit 2.0 m drops it
+    assert len(frame_obstacles(box_mask((30, 90), (60, 70)), None, classes, CAMERA, MOUNT, rules())) == 1
+    assert frame_obstacles(box_mask((30, 90), (60, 70)), None, classes, CAMERA, MOUNT, rules(height=(0.1, 2.0))) == []
+
+
+def test_frame_obstacles_keeps_what_stands_on_the_road_and_fits():
+    classes = np.full((H, W), BUILDING, np.uint8)
+    classes[80:, :] = ROAD
+    mask = box_mask((60, 80), (20, 40)) | box_mask((60, 70), (100, 120))  # on the road / on the building
+    obstacles = frame_obstacles(mask, None, classes, CAMERA, MOUNT, rules())
+    assert [(ob.component.x0, ob.component.y1) for ob in obstacles] == [(20, 80)]
+    everything = frame_obstacles(mask, None, classes, CAMERA, MOUNT, rules(drivable=None))  # surface not checked
+    assert sorted(ob.component.x0 for ob in everything) == [20, 100]
+    # without intrinsics: the surface check only, 2-D boxes for the overlay
+    (flat,) = frame_obstacles(mask, None, classes, None, MOUNT, rules())
+    assert flat.source == "image" and flat.component.x0 == 20
+
+
+def test_settings_map_class_names_to_drivable_ids_and_check_limits():
+    names = ["road", "sidewalk", "building", "car"]
+    settings = Settings.from_values({})
+    assert settings.obstacle_rules(names).drivable_ids == (0, 1)
+    assert settings.replace(drivable_classes=["sidewalk", "kerb"]).obstacle_rules(names).drivable_ids == (1,)
+    assert settings.obstacle_rules(["class_0", "class_1"]).drivable_ids is None  # none known: no surface check
+    assert settings.replace(ground_band=1.0).obstacle_rules(names).drivable_ids is None
+    c = settings.confirmation()
+    assert (c.hits, c.window, c.miss_budget) == (2, 3, 2)
+    with pytest.raises(SettingsError, match="obstacle_min_width .* must not exceed obstacle_max_width"):
+        Settings.from_values({"obstacle_min_width": 4.0})
+    with pytest.raises(SettingsError, match="confirm_hits .* must not exceed confirm_window"):
+        Settings.from_values({"confirm_hits": 4})
+
+
+# ---------------------------------------------------------------- confirmation: N of M, miss budget, ids
+def candidate(x: float, z: float) -> Obstacle:
+    anchor = np.array([x, 1.5, z])
+    return Obstacle(component=None, center=anchor + [0.0, -0.5, 0.5], size=(1.0, 1.0, 1.0), orientation=(0, 0, 0, 1),
+                    anchor=anchor, distance=float(np.linalg.norm(anchor)), source="ground")
+
+
+def run(tracker: ObstacleTracker, frames: list[list[Obstacle]], rule: Confirmation):
+    return [tracker.update(frame, rule) for frame in frames]
+
+
+TWO_OF_THREE = Confirmation(hits=2, window=3, miss_budget=2, match_distance=2.0)
+
+
+def test_a_blip_is_never_published_a_persistent_obstacle_after_one_frame_with_a_stable_id():
+    tracker = ObstacleTracker()
+    frames = [[candidate(0, 10), candidate(6, 20)], [candidate(0.3, 9.5)], [candidate(0.5, 9.0)], [candidate(0.6, 8.6)]]
+    steps = run(tracker, frames, TWO_OF_THREE)
+    assert steps[0].published == []  # seen once: not yet (latency N - 1 = 1 frame)
+    ids = [[ob.id for ob in s.published] for s in steps[1:]]
+    assert ids == [[0], [0], [0]]  # the one at x ~ 0, id 0 from its confirmation on
+    for step, frame in zip(steps[1:], frames[1:]):
+        np.testing.assert_array_equal(step.published[0].anchor, frame[0].anchor)  # the current view
+        assert step.published[0].missed == 0
+    assert all(abs(ob.anchor[0] - 6) > 1 for s in steps for ob in s.published)  # the blip at x = 6: never
+    assert all(not s.removed_ids for s in steps)  # an unconfirmed track leaves without a removal
+
+
+def test_two_of_three_confirms_across_a_gap_but_not_across_two():
+    gap = run(ObstacleTracker(), [[candidate(0, 10)], [], [candidate(0, 10)]], TWO_OF_THREE)
+    assert [len(s.published) for s in gap] == [0, 0, 1]
+    # two misses in a row: the first sighting can no longer count (window 3); the third sighting starts over
+    seen = [candidate(0, 10)]
+    long_gap = run(ObstacleTracker(), [seen, [], [], seen, seen], TWO_OF_THREE)
+    assert [len(s.published) for s in long_gap] == [0, 0, 0, 0, 1]
+
+
+def test_a_confirmed_obstacle_is_kept_through_the_miss_budget_then_dropped():
+    tracker = ObstacleTracker()
+    seen = [candidate(0, 10), candidate(0, 9.5)]
+    steps = run(tracker, [[seen[0]], [seen[1]], [], [], []], TWO_OF_THREE)
+    kept = [s.published for s in steps[2:4]]
+    assert [[(ob.id, ob.missed) for ob in p] for p in kept] == [[(0, 1)], [(0, 2)]]
+    for published in kept:
+        np.testing.assert_array_equal(published[0].anchor, seen[1].anchor)  # its last view
+    assert steps[4].published == [] and steps[4].removed_ids == {0}
+    # seen again within the budget: the same id goes on
+    tracker = ObstacleTracker()
+    steps = run(tracker, [[candidate(0, 10)], [candidate(0, 10)], [], [], [candidate(0.5, 9)]], TWO_OF_THREE)
+    assert [(ob.id, ob.missed) for ob in steps[4].published] == [(0, 0)]
+
+
+def test_ids_follow_the_nearest_anchor_and_are_never_reused():
+    every_frame = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0)
+    tracker = ObstacleTracker()
+    by_x = lambda step: {round(float(ob.anchor[0])): ob.id for ob in step.published}  # noqa: E731
+    first = tracker.update([candidate(0, 10), candidate(5, 20)], every_frame)
+    assert by_x(first) == {0: 0, 5: 1}
+    second = tracker.update([candidate(5.3, 20.5), candidate(0.2, 9.8)], every_frame)  # listed the other way round
+    assert by_x(second) == {5: 1, 0: 0}
+    third = tracker.update([candidate(0.1, 9.9), candidate(-20, 30)], every_frame)  # id 1 vanished, a new one appears
+    assert by_x(third) == {0: 0, -20: 2} and third.removed_ids == {1}
+    # two candidates for one track: the nearer continues it, the other gets a fresh id
+    fourth = tracker.update([candidate(1.5, 9.9), candidate(0.3, 9.9)], every_frame)
+    assert {(round(float(ob.anchor[0]), 1), ob.id) for ob in fourth.published} == {(0.3, 0), (1.5, 3)}
+    assert fourth.removed_ids == {2}
+    assert tracker.update([], every_frame).removed_ids == {0, 3}
+    assert {ob.id for ob in tracker.update([candidate(0, 10)], every_frame).published} == {4}
