@@ -66,9 +66,12 @@ class DenseFlowConfig:
     in_channels: int = 3
     num_bits: int = 8
     dequantization: str = "variational"  # 'variational' (3.14, thesis 5.1) or 'uniform' (3.13)
-    dequant_steps: int = 4
-    dequant_width: int = 64
-    dequant_context: int = 32
+    dequant_steps: int = 4  # conditional couplings of the variational dequantizer (authors: 4)
+    dequant_width: int = 64  # its coupling / context-network width (authors: 64)
+    dequant_context: int = 64  # channels of its context features (authors: 64)
+    dequant_depth: int = 4  # layers of each dense block in the dequantizer (authors: 4)
+    dequant_growth: int = 64  # dense growth in the dequantizer's coupling networks (authors: 64)
+    dequant_context_growth: int = 16  # dense growth in its context network (authors: 16)
     drop_prior: str = "standard"  # squeeze-and-drop prior: 'standard' N(0, I) or 'conditional'
     lu: bool = False  # LU-parameterised invertible 1x1 convolutions
     checkpointing: bool = False  # recompute coupling nets in backward (memory for speed; BN stats update twice)
@@ -77,7 +80,8 @@ class DenseFlowConfig:
         if not self.blocks or any(u < 1 or m < 1 for u, m in self.blocks):
             raise ValueError(f"blocks must be a non-empty list of (units >= 1, modules >= 1), got {self.blocks}")
         for name in ("growth", "coupling_width", "dense_layers", "dense_growth", "attention_heads",
-                     "in_channels", "dequant_steps", "dequant_width", "dequant_context"):
+                     "in_channels", "dequant_steps", "dequant_width", "dequant_context", "dequant_depth",
+                     "dequant_growth", "dequant_context_growth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.attention_dim < 0 or min(self.landmarks) < 1 or self.pinv_iterations < 1:
@@ -112,7 +116,8 @@ PRESETS: dict[str, DenseFlowConfig] = {
     # unit tests: same structure (3 blocks, cross-unit coupling), ~57k parameters
     "tiny": DenseFlowConfig(blocks=((2, 1), (2, 1), (1, 2)), growth=2, coupling_width=8, dense_layers=2,
                             dense_growth=4, landmarks=(2, 2), dequantization="uniform", dequant_steps=1,
-                            dequant_width=8, dequant_context=4),
+                            dequant_width=8, dequant_context=4, dequant_depth=2, dequant_growth=4,
+                            dequant_context_growth=4),
 }
 
 
@@ -208,8 +213,10 @@ class DenseFlow(nn.Module):
         self.config = config
         self.levels = 2 ** config.num_bits
         if config.dequantization == "variational":
-            self.dequantizer = VariationalDequantization(config.in_channels, config.num_bits, config.dequant_steps,
-                                                         config.dequant_width, config.dequant_context, config.lu)
+            self.dequantizer = VariationalDequantization(
+                config.in_channels, config.num_bits, config.dequant_steps, config.dequant_width,
+                config.dequant_context, config.lu, depth=config.dequant_depth, growth=config.dequant_growth,
+                context_depth=config.dequant_depth, context_growth=config.dequant_context_growth)
         else:
             self.dequantizer = UniformDequantization()
         self.input_scaling = ScaleShift(1.0 / self.levels, -0.5)
@@ -386,9 +393,10 @@ def parameter_breakdown(preset: str | DenseFlowConfig = "74-10", height: int = 6
     The flow is fully convolutional with per-channel priors, so the counts do not depend on the
     spatial size; it is only checked to be valid and reported with the final latent shape.
     Measured (``python -c "from training.flow import parameter_breakdown as p; print(p('74-10'))"``):
-    74-10: 128,431,318 in total (coupling networks 116,868,398; cross-unit g 8,947,480; ActNorm and
-    1x1 convs 2,435,016; variational dequantizer 179,808; priors 616), latent (308, 8, 8) at 64x64;
-    45-6: 72,804,546 (70,893,450; 1,198,152; 532,800; 179,808; 336), latent (168, 8, 8).
+    74-10: 130,647,294 in total (coupling networks 116,868,398; cross-unit g 8,947,480; ActNorm and
+    1x1 convs 2,435,016; variational dequantizer 2,395,784; priors 616), latent (308, 8, 8) at 64x64;
+    45-6: 75,020,522 (70,893,450; 1,198,152; 532,800; 2,395,784; 336), latent (168, 8, 8). Both totals
+    equal those of the authors' code (matejgrcic/DenseFlow).
     """
     model = build_flow(preset, in_channels=in_channels)
     latent = model.latent_shape(height, width)
