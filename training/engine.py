@@ -209,14 +209,20 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
 
 def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, labels, d_out, step: int) -> dict:
     """One SynDenseHybrid step: paste flow samples, one segmenter forward, gradients routed by
-    `training.synthetic.route_gradients`, both optimizers step."""
-    from training.synthetic import route_gradients
+    `training.synthetic.route_gradients`, both optimizers step. Every `synthetic.diagnostics_every` steps the
+    step's diagnostics (`JointFlowTraining.diagnostics`, read-only on gradients) go to OUT (`JointDiagnostics`)."""
+    from training.synthetic import JointDiagnostics, route_gradients
 
     mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
     out = model(mixed)
     weights = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
     terms = densehybrid_loss(out.logits, out.inlier_logit, labels, d_out, cfg.loss, weights)
     flow_terms = joint.flow_loss(out.logits, synthetic, replaced, step, out.inlier_logit)
+    if joint.diagnostics_due(step + 1):
+        if joint.log is None:
+            joint.log = JointDiagnostics(Path(cfg.out))
+        joint.log.write(step + 1, joint.diagnostics(out.logits, labels, d_out, synthetic, flow_terms),
+                        joint.last_samples)
     seg_params = [p for p in model.parameters() if p.requires_grad]
     route_gradients(terms["total"], flow_terms["flow_total"], seg_params, list(joint.flow.parameters()))
     optimizer.step()

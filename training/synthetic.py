@@ -9,12 +9,17 @@ run the segmenter once, then route gradients:
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from densehybrid_ros.scores import class_posterior
 from training.paste import VOID
 
 
@@ -30,6 +35,10 @@ class SyntheticConfig:
     # the flow's boundary term: 'jsd' (4.19, the thesis's choice) or 'detector' (the Tab. 6.10 ablation:
     # L_d + L_x^UB of the generated pixels, the segmenter's own negative-data terms, also weighted by lambda)
     boundary: str = "jsd"
+    # every N steps: the boundary term's share of the flow gradient, JSD-to-uniform and max softmax on pasted vs
+    # inlier pixels, sample statistics (OUT/joint_diagnostics.csv, TensorBoard) and a grid of what is pasted
+    # (TensorBoard, OUT/pasted/step_*.png); 0 = off
+    diagnostics_every: int = 0
 
     def validate(self) -> None:
         if not 0.0 <= self.real_prob <= 1.0:
@@ -40,6 +49,8 @@ class SyntheticConfig:
             raise ValueError(f"boundary must be 'jsd' or 'detector', got {self.boundary!r}")
         if self.jsd_weight < 0 or self.flow_lr <= 0 or self.temperature < 0 or self.mle_every < 1:
             raise ValueError("jsd_weight >= 0, flow_lr > 0, temperature >= 0 and mle_every >= 1 are required")
+        if self.diagnostics_every < 0:
+            raise ValueError(f"diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
 
 
 def jsd_to_uniform(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,6 +80,89 @@ def detector_boundary_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, mas
 def flow_mle_loss(flow, patches: torch.Tensor) -> torch.Tensor:
     """L_mle (4.18): mean NLL of inlier patches in bits/dim (patches in [0, 1], sides multiples of 8)."""
     return flow.bits_per_dim(patches).mean()
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run `module` in eval mode (BatchNorm normalises with, and never updates, its running statistics), then
+    restore every submodule's own train/eval flag. Gradients are not switched off: use it for differentiable
+    sampling (3.7) whose batch must not leak into the normalisation."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def masked_confidence(logits: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The segmenter's confidence over the pixels of `mask`: mean JSD[U || P(y|x)] (4.19; ln 2 at most, 0 for a
+    uniform posterior) and mean max_y P(y|x) (4.5), without gradients; NaN for an empty mask."""
+    if not bool(mask.any()):
+        return {"jsd": math.nan, "max_softmax": math.nan}
+    with torch.no_grad():
+        msp = class_posterior(logits.float()).amax(dim=1)[mask]
+        return {"jsd": float(jsd_to_uniform(logits.detach(), mask)), "max_softmax": float(msp.mean())}
+
+
+def flow_gradient_norms(boundary: torch.Tensor, mle: torch.Tensor | None, params: list) -> dict[str, float]:
+    """L2 norms over all flow parameters of d(lambda * boundary term)/d zeta and d L_mle/d zeta (the two parts of
+    4.20) and their ratio, by `torch.autograd.grad` with the graphs retained: nothing is accumulated into
+    `.grad`, so the training step's routed gradients (`route_gradients`) are untouched. NaN where L_mle is absent."""
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
+
+    b = norm(boundary) if boundary.requires_grad else 0.0
+    m = norm(mle) if mle is not None and mle.requires_grad else math.nan
+    return {"grad_norm_boundary": b, "grad_norm_mle": m, "boundary_grad_share": b / m if m > 0 else math.nan}
+
+
+def sample_grid(samples: torch.Tensor, columns: int = 8, gap: int = 2) -> np.ndarray:
+    """(N, 3, h, w) samples in [0, 1] -> one uint8 (rows, cols, 3) RGB image, `columns` per row, `gap` px apart."""
+    n, _, h, w = samples.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    grid = np.zeros((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
+    s = samples.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = s[i]
+    return (grid * 255).round().astype(np.uint8)
+
+
+class JointDiagnostics:
+    """Writes the joint-training diagnostics of `JointFlowTraining.diagnostics` to OUT/joint_diagnostics.csv
+    (appended across resumes), TensorBoard (OUT/tensorboard, tags diag/*, image diag/pasted) and
+    OUT/pasted/step_NNNNNNN.png."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.csv = self.out / "joint_diagnostics.csv"
+        self._writer = None
+
+    def write(self, step: int, row: dict[str, float], samples: torch.Tensor | None) -> None:
+        import cv2
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        new = not self.csv.is_file()
+        with self.csv.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", *row])
+            w.writerow([step, *(f"{v:.6g}" for v in row.values())])
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        for name, value in row.items():
+            self._writer.add_scalar(f"diag/{name}", value, step)
+        if samples is not None:
+            grid = sample_grid(samples)
+            self._writer.add_image("diag/pasted", grid, step, dataformats="HWC")
+            (self.out / "pasted").mkdir(exist_ok=True)
+            cv2.imwrite(str(self.out / "pasted" / f"step_{step:07d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        self._writer.flush()
 
 
 def sample_side(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
@@ -109,6 +203,35 @@ class JointFlowTraining:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.seed = seed
         self.multiple = flow.size_multiple
+        self.last_samples: torch.Tensor | None = None  # what the latest `mix` pasted (for diagnostics)
+        self.log: JointDiagnostics | None = None  # opened by the training loop when diagnostics are on
+
+    def diagnostics_due(self, done: int) -> bool:
+        return self.cfg.diagnostics_every > 0 and done % self.cfg.diagnostics_every == 0
+
+    def sample(self, num: int, height: int, width: int) -> torch.Tensor:
+        """Differentiable flow samples (3.7) drawn with eval-mode normalisation (`eval_mode`): BatchNorm uses its
+        running statistics, not those of the generated batch, and sampling never changes them; gradients of
+        L_jsd (4.19) still reach the flow's parameters through the samples."""
+        with eval_mode(self.flow):
+            return self.flow.sample(num, height, width, self.cfg.temperature)
+
+    def diagnostics(self, logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, synthetic: torch.Tensor,
+                    flow_terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step's diagnostics (issue 14): the boundary term's share of the flow gradient
+        (`flow_gradient_norms`), JSD-to-uniform and max softmax on pasted vs inlier (not void, not negative)
+        pixels (`masked_confidence`), and per-channel mean/std of the pasted samples in [0, 1]."""
+        boundary = self.cfg.jsd_weight * flow_terms[self.cfg.boundary]
+        row = flow_gradient_norms(boundary, flow_terms.get("mle_bpd"), list(self.flow.parameters()))
+        inlier = ~d_out & (labels != VOID)
+        for name, mask in (("synthetic", synthetic), ("inlier", inlier)):
+            for key, value in masked_confidence(logits, mask).items():
+                row[f"{key}_{name}"] = value
+        s = self.last_samples
+        for c, channel in enumerate("rgb"):
+            row[f"sample_mean_{channel}"] = math.nan if s is None else float(s[:, c].mean())
+            row[f"sample_std_{channel}"] = math.nan if s is None else float(s[:, c].std())
+        return row
 
     def state_dict(self) -> dict:
         return {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -124,12 +247,14 @@ class JointFlowTraining:
         todo = [i for i in range(x.shape[0]) if not bool(d_out[i].any())]
         synthetic = torch.zeros_like(d_out)
         if not todo:
+            self.last_samples = None
             return x, labels, d_out, synthetic, None
         H, W = labels.shape[-2:]
         lo, hi = self.cfg.side_range
         h = sample_side(rng, max(lo, self.multiple), hi, H - H % self.multiple)
         w = sample_side(rng, max(lo, self.multiple), hi, W - W % self.multiple)
-        samples = self.flow.sample(len(todo), h, w, self.cfg.temperature)
+        samples = self.sample(len(todo), h, w)
+        self.last_samples = samples.detach()
         x01 = x * self.std + self.mean
         rows, labs, douts, replaced = [], [], [], []
         for i in range(x.shape[0]):
