@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from test_node_support import (NAMESPACE, NODE, PER_FRAME_OBSTACLES, Harness, image_message, node_process, publish_until,
-                               wait_until)
+from test_node_support import (NAMESPACE, NODE, PER_FRAME_OBSTACLES, Harness, image_message, node_name, node_process,
+                               publish_until, wait_until)
 
 W, H = 512, 256
 SEEDS, FRAMES_PER_SEED, RATE, SPEED = (0, 1, 2), 6, 2.0, 8.0
@@ -401,16 +401,17 @@ def test_with_a_registered_depth_image_the_points_are_the_true_surface(tmp_path,
     frame = scene.frame
     mount = dict(zip(("camera_height", "camera_pitch", "camera_roll"), node_mount(frame.pose)))  # for the grid
     model = oracle_onnx(tmp_path / "oracle.onnx", W, H)
+    ns = f"{NAMESPACE}_depth"  # its own namespace: the module-scoped node must never answer these frames
     node = node_process(tmp_path, "backend:=onnxruntime", f"onnx_model:={model}", f"min_obstacle_area:={MIN_AREA}",
                         "depth_topic:=depth", *(f"{k}:={v!r}" for k, v in mount.items()), *PER_FRAME_OBSTACLES,
-                        name="planner_depth")
+                        name="planner_depth", namespace=ns)
     harness = Harness("planner_depth")
     try:
-        points = harness.collector(PointCloud2, f"{NODE}/obstacle_points")
-        grids = harness.collector(OccupancyGrid, f"{NODE}/obstacle_grid")
-        image_pub = harness.publisher(Image, f"{NAMESPACE}/image")
-        info_pub = harness.publisher(CameraInfo, f"{NAMESPACE}/camera_info")
-        depth_pub = harness.publisher(Image, f"{NAMESPACE}/depth")
+        points = harness.collector(PointCloud2, f"{node_name(ns)}/obstacle_points")
+        grids = harness.collector(OccupancyGrid, f"{node_name(ns)}/obstacle_grid")
+        image_pub = harness.publisher(Image, f"{ns}/image")
+        info_pub = harness.publisher(CameraInfo, f"{ns}/camera_info")
+        depth_pub = harness.publisher(Image, f"{ns}/depth")
         pubs = (image_pub, info_pub, depth_pub)
         wait_until(lambda: all(p.get_subscription_count() for p in pubs) or not node.alive(), 60, message="subscribed")
         assert node.alive(), node.text()
