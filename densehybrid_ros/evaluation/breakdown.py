@@ -64,7 +64,7 @@ class RecallByBin:
         nb = self.edges.size - 1
         self.positives += np.bincount(index, minlength=nb)
         for name, t in self.thresholds.items():
-            self.hits[name] += np.bincount(index[s >= t], minlength=nb)
+            self.hits[name] += np.bincount(index[is_anomalous(s, t)], minlength=nb)
 
     def compute(self) -> list[BinRecall]:
         return [BinRecall(float(self.edges[b]), float(self.edges[b + 1]), int(self.positives[b]),
