@@ -23,13 +23,13 @@ test: venv
 	$(PY) -m pytest -q test
 
 demo: venv
-	$(PY) -m densehybrid_ros.demo --out demo_out
+	$(PY) -m densehybrid_ros.tools.demo --out demo_out
 
 bench: venv
-	$(PY) -m densehybrid_ros.bench overhead --json --out bench_out/overhead.json
-	$(PY) -m densehybrid_ros.bench sim --json --out bench_out/sim.json
-	$(PY) -m densehybrid_ros.bench node --json --out bench_out/node.json
-	$(PY) -m densehybrid_ros.bench cameras --json --out bench_out/cameras.json
+	$(PY) -m densehybrid_ros.tools.bench overhead --json --out bench_out/overhead.json
+	$(PY) -m densehybrid_ros.tools.bench sim --json --out bench_out/sim.json
+	$(PY) -m densehybrid_ros.tools.bench node --json --out bench_out/node.json
+	$(PY) -m densehybrid_ros.tools.bench cameras --json --out bench_out/cameras.json
 	$(PY) -m densehybrid_ros.evaluation.bench_streaming --pixels 1e8 --json --out bench_out/streaming_ap.json
 
 # Regenerate the full lock from the direct pins, with the resolver's project names (ROS wheels also

@@ -26,8 +26,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "densehybrid-demo = densehybrid_ros.demo:main",
-            "densehybrid-bench = densehybrid_ros.bench:main",
+            "densehybrid-demo = densehybrid_ros.tools.demo:main",
+            "densehybrid-bench = densehybrid_ros.tools.bench:main",
             "densehybrid-sim = densehybrid_ros.sim.cli:main",
             "densehybrid-eval = densehybrid_ros.evaluation.cli:main",
             "densehybrid-train = training.cli:main",
@@ -35,7 +35,7 @@ setup(
             "densehybrid-replay = densehybrid_ros.node.replay:main",
             "densehybrid-record = densehybrid_ros.node.record:main",
             "densehybrid-sim-camera = densehybrid_ros.node.sim_camera:main",
-            "densehybrid-eval-bag = densehybrid_ros.node.eval_bag:main",
+            "densehybrid-eval-bag = densehybrid_ros.evaluation.bag_cli:main",
             "densehybrid-rviz = densehybrid_ros.rviz_config:main",
         ],
     },

@@ -25,7 +25,7 @@ from test_node_evalbag import FramesDataset, approx_tree, threshold_for
 from test_node_support import NAMESPACE, Process, wait_until
 from densehybrid_ros.datasets.base import DatasetError
 from densehybrid_ros.datasets.rosbag import open_bag
-from densehybrid_ros.node.eval_bag import main as eval_bag_main
+from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
 from densehybrid_ros.node.record import recorded_counts
 
 W, H, N, RATE = 320, 160, 10, 5.0  # ~0.4 MB per frame: rosbags' 1 MiB mcap chunks hold ~3 frames

@@ -14,8 +14,8 @@ import torch
 
 from conftest import TINY, randomize_batchnorm
 from densehybrid_ros.models import build_model
-from densehybrid_ros.node.mailbox import BatchMailbox
-from densehybrid_ros.node.params import Settings, SettingsError, check_update, split_mount_param
+from densehybrid_ros.perception.mailbox import BatchMailbox
+from densehybrid_ros.perception.settings import Settings, SettingsError, check_update, split_mount_param
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.weights import default_metadata, save_weights
 
@@ -88,8 +88,9 @@ def test_weights_with_an_input_size_batch_every_camera_into_one_forward(tiny_net
 
 
 def test_frame_processor_predict_then_present_per_camera(tiny_weights, one_torch_thread):
-    from densehybrid_ros.node.obstacles import CameraModel, ObstacleTracker
-    from densehybrid_ros.node.processing import FrameProcessor, Wanted
+    from densehybrid_ros.perception.obstacles import ObstacleTracker
+    from densehybrid_ros.perception.camera import CameraModel
+    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
 
     processor = FrameProcessor(Predictor.from_weights(tiny_weights))
     front, left = image(48, 80), image(40, 64)
@@ -280,7 +281,7 @@ def test_bench_cameras_runs_both_modes_and_backends(tmp_path, capsys):
     import json
 
     from conftest import make_sim_weights
-    from densehybrid_ros.bench import cameras_throughput, main
+    from densehybrid_ros.tools.bench import cameras_throughput, main
 
     weights = make_sim_weights(tmp_path / "sim.safetensors")
     assert main(["cameras", "--weights", str(weights), "--counts", "1", "2", "--cycles", "2", "--size", "64x128",

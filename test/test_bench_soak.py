@@ -13,7 +13,7 @@ from conftest import make_sim_weights
 
 
 def test_soak_accounts_for_every_frame(tmp_path):
-    from densehybrid_ros.bench import main
+    from densehybrid_ros.tools.bench import main
 
     weights = make_sim_weights(tmp_path / "sim.safetensors")
     out = tmp_path / "soak.json"
@@ -46,7 +46,7 @@ def test_soak_accounts_for_every_frame(tmp_path):
 
 
 def test_rss_growth_after_settle_by_hand():
-    from densehybrid_ros.node.bench_soak import rss_summary
+    from densehybrid_ros.tools.bench_soak import rss_summary
 
     samples = [(0.0, 80.0), (150.0, 100.0), (300.0, 200.0), (360.0, 210.0), (600.0, 205.0)]
     r = rss_summary(samples, settle_s=300.0)
@@ -68,7 +68,7 @@ def _statm_resident_mib() -> float:
 
 
 def test_rss_reading_matches_statm():
-    from densehybrid_ros.node.bench_soak import read_rss_mib
+    from densehybrid_ros.tools.bench_soak import read_rss_mib
 
     # ru_maxrss is a high-water mark the kernel updates lazily (it can lag the current RSS), so the reference is
     # statm, read just before and after; memory may move in between, hence the 1 MiB margin

@@ -134,7 +134,7 @@ def recorded_test_metrics(record: dict) -> dict:
 
 
 def test_weights_default_resolves_to_the_bundled_model_from_any_directory(tmp_path, monkeypatch):
-    from densehybrid_ros.node.params import DEFAULTS, resolve_weights
+    from densehybrid_ros.perception.settings import DEFAULTS, resolve_weights
 
     monkeypatch.chdir(tmp_path)  # not the checkout: found through the package's share directory
     assert resolve_weights(DEFAULTS["weights"]).resolve() == (ROOT / "models" / "densehybrid_sim.safetensors").resolve()

@@ -1,4 +1,4 @@
-"""`make demo` (densehybrid_ros/demo.py) end to end on a small configuration: sim bag -> the perception node in its
+"""`make demo` (densehybrid_ros/tools/demo.py) end to end on a small configuration: sim bag -> the perception node in its
 own process over DDS -> densehybrid-record -> densehybrid-eval-bag (live outputs and offline baselines) -> report."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import make_sim_weights
-from densehybrid_ros.demo import BASELINES, main
+from densehybrid_ros.tools.demo import BASELINES, main
 
 FRAMES, SIZE, RATE = 8, (256, 128), 4.0
 
@@ -59,7 +59,7 @@ def demo_run(tmp_path_factory):
     weights = make_sim_weights(root / "sim.safetensors")
     out = root / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "densehybrid_ros.demo", "--out", str(out), "--weights", str(weights),
+        [sys.executable, "-m", "densehybrid_ros.tools.demo", "--out", str(out), "--weights", str(weights),
          "--frames", str(FRAMES), "--size", f"{SIZE[0]}x{SIZE[1]}", "--rate", str(RATE), "--seed", "7"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return result, out, weights

@@ -13,9 +13,9 @@ import pytest
 from conftest import make_sim_weights
 from test_node_support import PER_FRAME_OBSTACLES, eval_bag_options
 from densehybrid_ros.datasets.base import EvalSample
-from densehybrid_ros.node import eval_bag
-from densehybrid_ros.node.eval_bag import main as eval_bag_main
-from densehybrid_ros.node.eval_bag import match_greedy
+from densehybrid_ros.evaluation import bag_cli as eval_bag
+from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
+from densehybrid_ros.evaluation.bag_cli import match_greedy
 
 W, H, N, RATE, SEED = 160, 80, 6, 5.0, 3
 
@@ -102,9 +102,9 @@ def threshold_for(weights, frames) -> float:
 def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_node(sim_bag, sim_weights, frames,
                                                                                       tmp_path, capsys):
     from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
-    from densehybrid_ros.node.obstacles import CameraModel
-    from densehybrid_ros.node.params import Settings
-    from densehybrid_ros.node.processing import FrameProcessor, Wanted
+    from densehybrid_ros.perception.camera import CameraModel
+    from densehybrid_ros.perception.settings import Settings
+    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
     from densehybrid_ros.predictor import Predictor, PredictorConfig
 
     threshold = threshold_for(sim_weights, frames)
@@ -163,12 +163,7 @@ def test_match_greedy_takes_nearest_pairs_first_within_the_gate():
 
 @pytest.mark.parametrize("pitch,roll", [(0.0, 0.0), (0.05, -0.02), (-0.3, 0.4), (1.2, -1.0)])
 def test_pitch_roll_from_a_z_up_frame_and_quaternions(pitch, roll):
-    from densehybrid_ros.node.obstacles import (
-        level_from_camera,
-        pitch_roll_from_rotation,
-        quaternion_to_rotation,
-        rotation_to_quaternion,
-    )
+    from densehybrid_ros.perception.camera import level_from_camera, pitch_roll_from_rotation, quaternion_to_rotation, rotation_to_quaternion
 
     # level frame (x right, y down, z forward) -> a z-up frame (x forward, y left, z up), any heading about z
     up_from_level = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -209,7 +204,7 @@ def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_
     obstacles = json.loads((tmp_path / "oracle" / "metrics.json").read_text())["obstacles"]
     assert obstacles["mount_sources"] == {"tf": len(frames)}
     matches = {(m["frame"], m["truth_id"]): m for m in obstacles["matches"]}
-    from densehybrid_ros.node.obstacles import extract_components
+    from densehybrid_ros.perception.obstacles import extract_components
 
     checked, sidewalk = 0, []
     for i, frame in enumerate(frames):

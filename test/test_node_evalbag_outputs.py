@@ -13,7 +13,7 @@ from test_node_evalbag import RATE, FramesDataset, frame_name, mount_of, thresho
 from test_node_evalbag import _single_thread, frames, sim_bag, sim_weights  # noqa: F401  (module fixtures)
 from test_node_support import (NAMESPACE, NODE, PER_FRAME_OBSTACLES, Harness, Process, eval_bag_options, node_process,
                                wait_until)
-from densehybrid_ros.node.eval_bag import main as eval_bag_main
+from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
 from densehybrid_ros.node.record import recorded_counts
 from densehybrid_ros.predictor import Predictor
 

@@ -3,7 +3,7 @@ outputs with their own headers and sizes, batched inference, a stopped camera no
 parameters and diagnostics; then the configure-time validation, the 3-camera example config and the launch file's
 `cameras` argument (in-process / with stand-ins, no DDS traffic needed).
 
-Frames: sim driving frames (densehybrid_ros.node.bench_node.render_frames) of two sizes, with their intrinsics.
+Frames: sim driving frames (densehybrid_ros.tools.bench_node.render_frames) of two sizes, with their intrinsics.
 Weights: the suite's tiny random model.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def rig(tmp_path_factory):
     from sensor_msgs.msg import CameraInfo, Image
     from visualization_msgs.msg import MarkerArray
 
-    from densehybrid_ros.node.bench_node import render_frames
+    from densehybrid_ros.tools.bench_node import render_frames
     from densehybrid_ros.predictor import Predictor
 
     tmp = tmp_path_factory.mktemp("multicamera")
@@ -288,7 +288,7 @@ def test_cameras_of_the_wrong_type_stop_the_process_with_a_hint(tmp_path):
 def test_three_camera_example_config(tmp_path, capfd):
     import yaml
 
-    from densehybrid_ros.node.params import MOUNT_PARAMS, SPECS, check_value
+    from densehybrid_ros.perception.settings import MOUNT_PARAMS, SPECS, check_value
 
     path = ROOT / "config" / "perception_3cam.yaml"
     (key, body), = yaml.safe_load(path.read_text()).items()

@@ -9,7 +9,7 @@ grid, messages) is the node's own code. The truth is the sim's: its depth image,
 camera pose in the world (z = 0 is the road).
 
 Truth of "the distance of an anomaly": the node places every pixel of an obstacle at the forward distance of its
-ground contact (densehybrid_ros/planner_outputs.py). The sim's contact of an anomaly is where its lowest visible
+ground contact (densehybrid_ros/perception/planner_outputs.py). The sim's contact of an anomaly is where its lowest visible
 surface is: the median ground range of its true surface points (depth at its pixels) within 2 cm of the lowest one.
 """
 from __future__ import annotations
@@ -197,7 +197,7 @@ def ground_range(pose, world: np.ndarray) -> np.ndarray:
 def checked_anomalies(scene: Scene) -> list:
     """Anomalies standing on the road within MAX_RANGE, visible as one whole component of >= MIN_AREA pixels of their
     own, not cut by the image border (their ground contact is in view)."""
-    from densehybrid_ros.node.obstacles import extract_components
+    from densehybrid_ros.perception.obstacles import extract_components
 
     frame = scene.frame
     components, labels = extract_components(frame.labels == ANOMALY, None, MIN_AREA)

@@ -14,7 +14,7 @@ from conftest import TINY, randomize_batchnorm
 
 def test_bench_node_reports_both_sides_and_the_node_stages(tmp_path):
     from densehybrid_ros.models import build_model
-    from densehybrid_ros.node.bench_node import bench_node, table
+    from densehybrid_ros.tools.bench_node import bench_node, table
     from densehybrid_ros.sim.taxonomy import SIM_CLASSES
     from densehybrid_ros.weights import Calibration, ClassInfo, default_metadata, save_weights
 

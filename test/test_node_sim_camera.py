@@ -128,7 +128,7 @@ def test_sim_camera_rejects_bad_parameters(tmp_path):
 def test_node_mount_matches_the_render_geometry(sim_frames):
     """Ground pixels back-projected with the node's ground-plane model at the pushed mount land at the rendered depth
     (independent of the sim's own pitch sign convention: the depth buffer is the reference)."""
-    from densehybrid_ros.node.obstacles import CameraModel, ground_point
+    from densehybrid_ros.perception.camera import CameraModel, ground_point
     from densehybrid_ros.node.sim_camera import node_mount
 
     frame = sim_frames[2]

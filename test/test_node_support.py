@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from conftest import ROS_DOMAIN_ID
-from densehybrid_ros.demo import Child
+from densehybrid_ros.tools.demo import Child
 from densehybrid_ros.node.dds import use_large_image_transport
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,25 +15,18 @@ import numpy as np
 import pytest
 import yaml
 
-from densehybrid_ros.node import diagnostics
-from densehybrid_ros.node.image_codec import (
+from densehybrid_ros.perception import stats as diagnostics
+from densehybrid_ros.perception.image_codec import (
     ImageRejected,
     decode_compressed,
     decode_depth,
     decode_image,
     image_fields,
 )
-from densehybrid_ros.node.mailbox import Mailbox
-from densehybrid_ros.node.obstacles import (
-    CameraModel,
-    extract_components,
-    ground_point,
-    level_from_camera,
-    locate_on_ground,
-    locate_with_depth,
-    rotation_to_quaternion,
-)
-from densehybrid_ros.node.params import DEFAULTS, PARAMS, SPECS, Settings, SettingsError, check_update, check_value
+from densehybrid_ros.perception.mailbox import Mailbox
+from densehybrid_ros.perception.obstacles import extract_components, locate_on_ground, locate_with_depth
+from densehybrid_ros.perception.camera import CameraModel, ground_point, level_from_camera, rotation_to_quaternion
+from densehybrid_ros.perception.settings import DEFAULTS, PARAMS, SPECS, Settings, SettingsError, check_update, check_value
 
 ROOT = Path(__file__).resolve().parents[1]
 CAM = CameraModel(fx=400.0, fy=410.0, cx=319.5, cy=239.5)
@@ -460,7 +453,7 @@ def test_rosbags_to_rclpy_conversion_keeps_every_field():
 
 # ---------------------------------------------------------------- one frame through the shared Predictor
 def test_frame_processor_runs_the_predictor_and_builds_outputs(tiny_weights):
-    from densehybrid_ros.node.processing import FrameProcessor, Wanted
+    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
     from densehybrid_ros.predictor import Predictor
 
     predictor = Predictor.from_weights(tiny_weights)

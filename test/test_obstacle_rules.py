@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from densehybrid_ros.node.obstacles import (
-    CameraModel,
-    Confirmation,
-    Obstacle,
-    ObstacleRules,
-    ObstacleTracker,
-    extract_components,
-    frame_obstacles,
-    stands_on_drivable,
-)
-from densehybrid_ros.node.params import Settings, SettingsError
+from densehybrid_ros.perception.obstacles import Confirmation, Obstacle, ObstacleRules, ObstacleTracker, extract_components, frame_obstacles, stands_on_drivable
+from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.settings import Settings, SettingsError
 
 ROAD, SIDEWALK, BUILDING, CAR = 0, 1, 2, 12
 H, W = 100, 160

@@ -1,4 +1,4 @@
-"""densehybrid_ros/planner_outputs.py (ROS-free): obstacle points and the ground occupancy grid against projections
+"""densehybrid_ros/perception/planner_outputs.py (ROS-free): obstacle points and the ground occupancy grid against projections
 worked by hand (pinhole camera fx = fy = 100, 100 x 100 pixels, pixel centres at integers, principal point 49.5),
 and the PointCloud2 payload read back through its own field list."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from densehybrid_ros.node.obstacles import CameraModel, extract_components, place_obstacles
-from densehybrid_ros.planner_outputs import (
+from densehybrid_ros.perception.obstacles import extract_components, place_obstacles
+from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.planner_outputs import (
     FREE,
     OCCUPIED,
     UNKNOWN,
@@ -217,7 +218,7 @@ def test_grid_is_all_unknown_for_a_camera_looking_up_above_the_horizon():
 
 
 def test_grid_parameters_are_validated_together():
-    from densehybrid_ros.node.params import Settings, SettingsError
+    from densehybrid_ros.perception.settings import Settings, SettingsError
 
     settings = Settings.from_values({})
     assert settings.grid_spec() == GridSpec(0.2, 40.0, 20.0) and settings.grid_spec().cells == (200, 100)

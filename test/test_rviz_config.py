@@ -49,7 +49,7 @@ def test_three_cameras_in_a_namespace_get_a_display_per_output_topic():
     assert shown == [f"/car/densehybrid_perception/{c}/overlay" for c in ("front", "left", "right")]
     assert layout["Visualization Manager"]["Global Options"]["Fixed Frame"] == "base_link"
     points = by_topic["/car/densehybrid_perception/left/obstacle_points"]
-    from densehybrid_ros.planner_outputs import POINT_DTYPE
+    from densehybrid_ros.perception.planner_outputs import POINT_DTYPE
 
     assert points["Color Transformer"] == "Intensity" and points["Channel Name"] in POINT_DTYPE.names  # a real field
     grid = by_topic["/car/densehybrid_perception/left/obstacle_grid"]

@@ -1,11 +1,11 @@
-"""densehybrid_ros.visualize against hand-built tables, a per-pixel blend formula and matplotlib's inferno colour map."""
+"""densehybrid_ros.perception.presentation against hand-built tables, a per-pixel blend formula and matplotlib's inferno colour map."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from densehybrid_ros.classes import UNKNOWN_COLOR
-from densehybrid_ros.visualize import colorize, heatmap, overlay, palette
+from densehybrid_ros.perception.presentation import colorize, heatmap, overlay, palette
 
 COLOURS = [(128, 64, 128), (244, 35, 232), (70, 70, 70)]
 

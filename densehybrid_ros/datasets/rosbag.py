@@ -37,7 +37,7 @@ header stamp; images without one are skipped and counted (`unlabelled`), a repea
 message (`duplicates`). Depth, markers and /tf are matched by exact stamp as well; CameraInfo by exact stamp,
 else the latest one before the image (drivers publish it with the image's stamp; some only at startup).
 
-Sample: ``image`` RGB uint8 (decoded by the node's codec, densehybrid_ros.node.image_codec), ``semantic`` the
+Sample: ``image`` RGB uint8 (decoded by the node's codec, densehybrid_ros.perception.image_codec), ``semantic`` the
 label image as stored, ``ood`` anomaly -> 1, 255 -> 255, everything else 0, ``depth`` float32 metres with NaN
 where invalid (the sim's +inf sky included: NaN = unknown is the EvalSample convention). ``extras``: ``stamp_ns``,
 ``frame_id``, ``camera_info`` (k, width, height) or None, ``anomalies`` (list of dicts: id, position, size in the
@@ -74,9 +74,9 @@ import yaml
 
 from densehybrid_ros.bagio import BagError, BagReader, DecodeError, RawMessage
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, VOID, DatasetError, EvalSample, register
-from densehybrid_ros.node import image_codec
-from densehybrid_ros.node.image_codec import ImageRejected
-from densehybrid_ros.node.obstacles import CameraModel, pitch_roll_from_rotation, quaternion_to_rotation
+from densehybrid_ros.perception import image_codec
+from densehybrid_ros.perception.image_codec import ImageRejected
+from densehybrid_ros.perception.camera import CameraModel, pitch_roll_from_rotation, quaternion_to_rotation
 
 SIM_ANOMALY_ID = 15  # densehybrid_ros.sim.taxonomy.ANOMALY_ID (checked by a test; not imported: no pybullet needed)
 LABEL_ENCODINGS = ("mono8", "8UC1")

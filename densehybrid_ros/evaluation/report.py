@@ -9,7 +9,7 @@ import numpy as np
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY
 from densehybrid_ros.evaluation.evaluate import EvalResult
-from densehybrid_ros.visualize import heatmap, overlay, palette
+from densehybrid_ros.perception.presentation import heatmap, overlay, palette
 
 
 def curves(values: np.ndarray, is_anomaly: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from densehybrid_ros.node.image_codec import image_fields
+from densehybrid_ros.perception.image_codec import image_fields
 
 NUMERIC = {
     "float": ("f", np.float32), "double": ("d", np.float64), "long double": ("d", np.float64),

@@ -38,12 +38,12 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
   ~/obstacles       visualization_msgs/MarkerArray in the image's frame (optical frame): a CUBE (ns "obstacles")
                     and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per confirmed obstacle: an
                     anomaly component standing on the drivable surface, of a real object's size, seen in confirm_hits
-                    of the last confirm_window frames (densehybrid_ros/node/obstacles.py; a new obstacle appears
+                    of the last confirm_window frames (densehybrid_ros/perception/obstacles.py; a new obstacle appears
                     confirm_hits - 1 frames after it is first seen), kept (its last box) through miss_budget missed
                     frames; ids are stable across frames, dropped ids get DELETE markers (no DELETEALL)
   ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every confirmed obstacle seen
                     in this frame, in
-                    3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/planner_outputs.py): on the
+                    3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/perception/planner_outputs.py): on the
                     ground plane at the obstacle's ground contact (its front face), or at the depth image's depth;
                     a Nav2 obstacle-layer marking source (data_type PointCloud2)
   ~/obstacle_grid   nav_msgs/OccupancyGrid on the ground under the camera, frame grid_frame (default
@@ -81,13 +81,14 @@ from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker, MarkerArray
 
-from densehybrid_ros.node import diagnostics
+from densehybrid_ros.perception import stats as diagnostics
 from densehybrid_ros.node.dds import init_ros_process
-from densehybrid_ros.node.image_codec import ImageRejected, decode_compressed_msg, decode_depth_msg, decode_image_msg
-from densehybrid_ros.node.mailbox import BatchMailbox
+from densehybrid_ros.perception.image_codec import ImageRejected, decode_compressed_msg, decode_depth_msg, decode_image_msg
+from densehybrid_ros.perception.mailbox import BatchMailbox
 from densehybrid_ros.node.messages import image_msg, stamp_ns
-from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker
-from densehybrid_ros.node.params import (
+from densehybrid_ros.perception.obstacles import Obstacle, ObstacleTracker
+from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.settings import (
     MOUNT_PARAMS,
     PARAMS,
     SPECS,
@@ -99,8 +100,8 @@ from densehybrid_ros.node.params import (
     resolve_weights,
     split_mount_param,
 )
-from densehybrid_ros.node.processing import FrameProcessor, FrameResult, Wanted
-from densehybrid_ros.planner_outputs import ObstaclePoints, encode_points, obstacle_points, occupancy_grid
+from densehybrid_ros.perception.pipeline import FrameProcessor, FrameResult, Wanted
+from densehybrid_ros.perception.planner_outputs import ObstaclePoints, encode_points, obstacle_points, occupancy_grid
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 
 NODE_NAME = "densehybrid_perception"
@@ -178,7 +179,7 @@ def descriptor(spec) -> ParameterDescriptor:
 
 class StageTimes:
     """Wall time per stage of the processed frames (worker thread) for /diagnostics: the mean over the diagnostics
-    window and running totals since activation (densehybrid_ros/node/bench_node.py differences two reports).
+    window and running totals since activation (densehybrid_ros/tools/bench_node.py differences two reports).
     decode = message -> RGB; process = FrameProcessor.process (Predictor.predict + colours/overlay/obstacles);
     publish = arrays -> messages -> publish."""
 

@@ -4,7 +4,7 @@ Frames: the world is z-up with the road running along +x. The camera optical fra
 one (x right, y down, z forward). Mounting: `height` above the road (m), `pitch` > 0 tilts the optical
 axis DOWN towards the road, `roll` > 0 turns the camera clockwise as seen from behind it (its right side
 dips, so the scene turns counter-clockwise in the image), `yaw` > 0 turns left (towards +y). These are
-the perception node's conventions (densehybrid_ros/node/obstacles.py).
+the perception node's conventions (densehybrid_ros/perception/obstacles.py).
 
 Intrinsics were measured for pybullet's TinyRenderer (../shared/docs/sim-notes.md, re-checked in
 test/test_sim_world.py): fy = H / (2 tan(fov_v/2)), fx = fy (square pixels), cx = W/2, cy = H/2 - 1,

@@ -1,7 +1,7 @@
 """Obstacles in the forms planners consume: a point cloud of their anomalous pixels and a ground occupancy grid.
 ROS-free (numpy); the node turns the arrays into sensor_msgs/PointCloud2 and nav_msgs/OccupancyGrid.
 
-Frames (see densehybrid_ros/node/obstacles.py for the camera optical frame C and the level frame L):
+Frames (see densehybrid_ros/perception/obstacles.py for the camera optical frame C and the level frame L):
 - ground frame G of a camera: origin on the ground plane straight below the optical centre, x forward along the
   horizontal heading of the optical axis, y left, z up (REP 103). With the mount (height h, pitch, roll) and
   p_L = R p_C (`level_from_camera`): p_G = (z_L, -x_L, h - y_L). It is the sim's `base_footprint`.
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from densehybrid_ros.node.obstacles import CameraModel, Obstacle, extract_components, level_from_camera
+from densehybrid_ros.perception.obstacles import Obstacle, extract_components
+from densehybrid_ros.perception.camera import CameraModel, level_from_camera
 
 POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("score", "<f4"), ("obstacle_id", "<u4")])
 POINTFIELD_DATATYPES = {np.dtype("<f4"): 7, np.dtype("<u4"): 6}  # sensor_msgs/PointField FLOAT32, UINT32

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker, frame_obstacles
-from densehybrid_ros.node.params import Settings
+from densehybrid_ros.perception.obstacles import Obstacle, ObstacleTracker, frame_obstacles
+from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.settings import Settings
 from densehybrid_ros.predictor import Prediction, Predictor
-from densehybrid_ros.visualize import colorize, overlay, palette
+from densehybrid_ros.perception.presentation import colorize, overlay, palette
 from densehybrid_ros.weights import ThresholdChoice, resolve_threshold
 
 BOX_COLOR = (255, 64, 0)  # RGB, obstacle boxes in ~/overlay

@@ -356,7 +356,7 @@ def run_live(config: DemoConfig, mount: dict) -> LiveRun:
 # ------------------------------------------------------------------ scoring (densehybrid-eval-bag)
 def eval_bag(args: list[str], name: str, config: DemoConfig) -> dict:
     """densehybrid-eval-bag in this process with its output in LOGS/NAME.log; its metrics.json."""
-    from densehybrid_ros.node.eval_bag import main as eval_bag_main
+    from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
 
     out = config.out / name
     log = config.logs / f"{name}.log"
@@ -411,7 +411,7 @@ def metrics_entry(metrics: dict, report: Path) -> dict:
 def recorded_overlays(recorded: Path) -> list:
     """The recorded ~/overlay images (RGB, in stamp order)."""
     from densehybrid_ros.datasets.rosbag import StampIndexedBag
-    from densehybrid_ros.node.image_codec import decode_image_msg
+    from densehybrid_ros.perception.image_codec import decode_image_msg
 
     topic = f"{NODE}/overlay"
     bag = StampIndexedBag(recorded, [topic])

@@ -31,7 +31,7 @@ Modes
 Obstacle localisation (metrics.json "obstacles"): frame by frame in stamp order, the anomaly mask (open-set map ==
 unknown at the node's threshold: `--threshold`, else `--operating-point`, else the weights' default point; the true
 mask with --oracle) goes through the node's ROS-free obstacle code with the bag's CameraInfo, exactly as the node's
-FrameProcessor runs it (densehybrid_ros/node/obstacles.py: `frame_obstacles`: connected components whose ground
+FrameProcessor runs it (densehybrid_ros/perception/obstacles.py: `frame_obstacles`: connected components whose ground
 contact is on the drivable surface of the predicted classes, placed on the ground plane of the camera mount, or with
 the bag's depth with --locate depth, of a real object's size; then `ObstacleTracker`: published after N of the last M
 frames, kept through the miss budget). The node's parameters of the filter and confirmation are options of the same
@@ -65,10 +65,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY, DatasetError, EvalSample
-from densehybrid_ros.node import image_codec
-from densehybrid_ros.node.image_codec import ImageRejected
-from densehybrid_ros.node.obstacles import CameraModel, Obstacle, ObstacleTracker, frame_obstacles
-from densehybrid_ros.node.params import DEFAULTS, SPECS, Settings
+from densehybrid_ros.perception import image_codec
+from densehybrid_ros.perception.image_codec import ImageRejected
+from densehybrid_ros.perception.obstacles import Obstacle, ObstacleTracker, frame_obstacles
+from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.settings import DEFAULTS, SPECS, Settings
 from densehybrid_ros.scores import is_anomalous
 
 DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
@@ -148,7 +149,7 @@ def camera_model(sample: EvalSample) -> CameraModel | None:
 def locate_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.ndarray, camera: CameraModel,
                      mount: Mount, options: ObstacleOptions, class_names: Sequence[str], tracker: ObstacleTracker,
                      depth: np.ndarray | None = None) -> tuple[list[Obstacle], int]:
-    """One frame of a sequence as the node's FrameProcessor (densehybrid_ros/node/processing.py) does it: the frame's
+    """One frame of a sequence as the node's FrameProcessor (densehybrid_ros/perception/pipeline.py) does it: the frame's
     candidates (`obstacles.frame_obstacles` with the node's rules: drivable-surface contact by the predicted classes
     `class_ids`, real-object size), confirmed across the frames by `tracker` (`ObstacleTracker`: published after N of
     the last M frames, kept through the miss budget). Returns (the published obstacles, the number of candidates)."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from densehybrid_ros.node.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
-from densehybrid_ros.planner_outputs import MAX_GRID_CELLS, GridSpec
+from densehybrid_ros.perception.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
+from densehybrid_ros.perception.planner_outputs import MAX_GRID_CELLS, GridSpec
 from densehybrid_ros.weights import OPERATING_POINT_RE
 
 Value = Union[bool, int, float, str, list]

@@ -10,7 +10,7 @@ On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed
 `densehybrid-bench cameras`: multi-camera serving, batched vs one-by-one (see `cameras_throughput`).
 `densehybrid-bench train`: training steps/s, defaults vs each speed-up (`training.bench_train`).
 `densehybrid-bench soak --minutes N`: the node over DDS at camera rate for N minutes: RSS over time, frames answered,
-dropped and errors (`densehybrid_ros.node.bench_soak`).
+dropped and errors (`densehybrid_ros.tools.bench_soak`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 from densehybrid_ros.config import load_yaml
 from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
-from densehybrid_ros.node import bench_soak
+from densehybrid_ros.tools import bench_soak
 from densehybrid_ros.paths import model_config_path
 from densehybrid_ros.scores import open_set_fusion
 
@@ -185,9 +185,9 @@ def cameras_throughput(weights: str | Path | None = None, counts: tuple[int, ...
 
 
 def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -> dict:
-    from densehybrid_ros.node.bench_node import random_weights, render_frames
-    from densehybrid_ros.node.params import Settings
-    from densehybrid_ros.node.processing import FrameProcessor
+    from densehybrid_ros.tools.bench_node import random_weights, render_frames
+    from densehybrid_ros.perception.settings import Settings
+    from densehybrid_ros.perception.pipeline import FrameProcessor
     from densehybrid_ros.predictor import Predictor, PredictorConfig
 
     if weights is None:
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.model, args.threads), args, _cameras_table)
         return 0
     if args.command == "node":
-        from densehybrid_ros.node.bench_node import bench_node, table
+        from densehybrid_ros.tools.bench_node import bench_node, table
 
         h, w = args.size
         _emit(bench_node(args.weights, args.frames, (w, h), args.device, model=args.model, threads=args.threads),

@@ -6,7 +6,7 @@
 1. bag      `--bag BAG`, else a sim driving bag written with `densehybrid-sim bag` in a temporary directory (test-pool
             anomalies, seed 7, `--bag-frames` frames at `--size`, at `--rate` Hz or 10). Its image messages (and the
             CameraInfo of each) are held in memory; the camera mount comes from its /tf when it has one.
-2. node     the perception node as its own process (`densehybrid_ros.demo.Child`, the demo's node parameters:
+2. node     the perception node as its own process (`densehybrid_ros.tools.demo.Child`, the demo's node parameters:
             reliable input QoS with depth 10, so that no frame is lost in transport) in namespace /soak of an
             isolated DDS domain, with the bundled model by default.
 3. warm-up  frames are sent one at a time until one is answered (the node has matched this process's output
@@ -146,7 +146,7 @@ def load_frames(bag: Path, image_topic: str, info_topic: str) -> BagFrames:
 
 def bag_mount_or_none(bag: Path) -> dict | None:
     """The camera mount of the bag's /tf (the demo's reading), or None: the node then uses its default mount."""
-    from densehybrid_ros.demo import bag_mount
+    from densehybrid_ros.tools.demo import bag_mount
 
     try:
         return bag_mount(bag)
@@ -233,7 +233,7 @@ class SoakLink:
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from visualization_msgs.msg import MarkerArray
 
-        from densehybrid_ros.node.bench_node import _Answers
+        from densehybrid_ros.tools.bench_node import _Answers
 
         node = self.node = watcher.node
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -310,7 +310,7 @@ class SoakRun:
 
 def run_soak(config: SoakConfig) -> dict:
     """The whole soak (see the module doc); the result dict (`table` prints it). SoakError when it cannot run."""
-    from densehybrid_ros.demo import check_weights
+    from densehybrid_ros.tools.demo import check_weights
 
     config.validate()
     weights = config.weights.expanduser().resolve()
@@ -347,7 +347,7 @@ def _image_outputs(outputs: tuple[str, ...], calibrated: bool) -> tuple[str, ...
 def _run_node(config: SoakConfig, weights: Path, frames: BagFrames, rate: float, mount: dict | None, logs: Path,
               outputs: tuple[str, ...], image_outputs: tuple[str, ...]) -> tuple[SoakRun, dict, dict]:
     """Node process + this process's link: warm-up, soak, drain. (the run, the counts, link figures)."""
-    from densehybrid_ros.demo import PROFILE_VARIABLES, Child, Watcher, node_arguments, ros_environment, scoped_environ
+    from densehybrid_ros.tools.demo import PROFILE_VARIABLES, Child, Watcher, node_arguments, ros_environment, scoped_environ
 
     domain, env = ros_environment()
     with scoped_environ({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES) if k in env}):
@@ -381,7 +381,7 @@ def _node_problem(node: Any) -> str | None:
 def _warm_up(link: SoakLink, node: Any, frames: BagFrames) -> tuple[dict[str, int], int]:
     """Send frames one by one until one is answered, then wait until every warm-up frame is settled: (baseline
     totals, warm-up frames sent)."""
-    from densehybrid_ros.demo import DemoError, wait_for
+    from densehybrid_ros.tools.demo import DemoError, wait_for
 
     def check() -> str | None:
         return _node_problem(node)
@@ -449,7 +449,7 @@ def _drain(config: SoakConfig, link: SoakLink, node: Any, run: SoakRun, base: di
            first: tuple[int, int]) -> dict:
     """Wait until every sent frame is settled in the node and each processed one answered here (at most
     config.drain_timeout), then read the counters from a /diagnostics report that came after."""
-    from densehybrid_ros.demo import wait_for
+    from densehybrid_ros.tools.demo import wait_for
 
     start = time.monotonic()
 
@@ -538,7 +538,7 @@ def table(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `densehybrid-bench soak` options (bench.py adds --json/--out)."""
-    from densehybrid_ros.node.bench_node import parse_size
+    from densehybrid_ros.tools.bench_node import parse_size
 
     parser.add_argument("--minutes", type=float, required=True, help="soak duration")
     parser.add_argument("--weights", type=Path, default=None, help="default: the bundled models/densehybrid_sim")
@@ -559,7 +559,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SoakConfig:
     """The SoakConfig of parsed `densehybrid-bench soak` arguments (default weights: the bundled model)."""
-    from densehybrid_ros.demo import default_weights
+    from densehybrid_ros.tools.demo import default_weights
 
     return SoakConfig(minutes=args.minutes, weights=args.weights or default_weights(), bag=args.bag, rate=args.rate,
                       max_frames=args.frames, sample_period=args.sample_period, settle_minutes=args.settle_minutes,
@@ -570,7 +570,7 @@ def config_from_args(args: argparse.Namespace) -> SoakConfig:
 
 def main(args: argparse.Namespace, emit: Any) -> int:
     """`densehybrid-bench soak`: run it and `emit(result, table)`; 2 when it cannot run, 1 when the node died."""
-    from densehybrid_ros.demo import DemoError
+    from densehybrid_ros.tools.demo import DemoError
 
     try:
         result = run_soak(config_from_args(args))
