@@ -25,4 +25,4 @@ CITYSCAPES_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )
 
 UNKNOWN_COLOR = (0, 255, 255)  # cyan, as in the thesis figures
-VOID_ID = 255
+VOID = 255  # label value of pixels that are not scored (ignore index), in every label map of the project

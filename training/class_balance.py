@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-VOID = 255
+from densehybrid_ros.classes import VOID
+
 CLASS_BALANCE_MODES = ("none", "enet")
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-VOID = 255
+
+from densehybrid_ros.classes import VOID
 
 
 @dataclass(frozen=True)

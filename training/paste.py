@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-VOID = 255
+
+from densehybrid_ros.classes import VOID
 
 
 def paste_negative(image: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, patch: torch.Tensor,

@@ -14,9 +14,10 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from densehybrid_ros.classes import VOID  # re-exported with the other label conventions
+
 OOD_INLIER = 0
 OOD_ANOMALY = 1
-VOID = 255
 
 
 class DatasetError(ValueError):

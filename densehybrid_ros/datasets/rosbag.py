@@ -75,7 +75,7 @@ import yaml
 from densehybrid_ros.bagio import BagError, BagReader, DecodeError, RawMessage
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, VOID, DatasetError, EvalSample, register
 from densehybrid_ros.perception import image_codec
-from densehybrid_ros.perception.image_codec import ImageRejected
+from densehybrid_ros.perception.image_codec import ImageRejected, stamp_ns
 from densehybrid_ros.perception.camera import CameraModel, pitch_roll_from_rotation, quaternion_to_rotation
 
 SIM_ANOMALY_ID = 15  # densehybrid_ros.sim.taxonomy.ANOMALY_ID (checked by a test; not imported: no pybullet needed)
@@ -118,10 +118,6 @@ class BagTopics:
             raise DatasetError(f"bag: spec {path}: anomaly_id must be an integer in [0, 254], got {data['anomaly_id']!r}")
         required = ("image", "labels") + tuple(k for k in ("depth", "camera_info", "anomalies") if data.get(k))
         return bag, cls(**data, required=required)
-
-
-def stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def message_stamp(msg: Any) -> int | None:

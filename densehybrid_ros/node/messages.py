@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from densehybrid_ros.perception.image_codec import image_fields
+from densehybrid_ros.perception.image_codec import image_fields, stamp_ns  # noqa: F401  (re-exported for the node)
 
 NUMERIC = {
     "float": ("f", np.float32), "double": ("d", np.float64), "long double": ("d", np.float64),
@@ -65,10 +65,6 @@ def image_msg(image_cls: type, header: Any, array_: np.ndarray, encoding: str) -
         setattr(msg, key, value)
     msg.data = data
     return msg
-
-
-def stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _convert(value: Any, type_name: str) -> Any:

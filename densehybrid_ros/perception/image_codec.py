@@ -158,3 +158,8 @@ def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
         "step": width * channels * array.itemsize,
         "data": array.tobytes(),
     }
+
+
+def stamp_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time (rclpy or rosbags message) as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from densehybrid_ros.sim.anomalies import PROCEDURAL_FAMILIES, SPLIT_POOL
 from densehybrid_ros.sim.frames import check_split, scene_frames
-from densehybrid_ros.sim.taxonomy import ANOMALY_ID, SIM_CLASSES, VOID_ID
+from densehybrid_ros.sim.taxonomy import ANOMALY_ID, SIM_CLASSES, VOID
 from densehybrid_ros.sim.world import SimConfig, SimFrame, SimWorld
 
 FORMAT = "densehybrid-sim"
@@ -101,7 +101,7 @@ def render_dataset(out: Path, split: str, frames: int, seed: int, config: SimCon
         "frames": len(rows),
         "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(SIM_CLASSES)],
         "anomaly_id": ANOMALY_ID,
-        "void_id": VOID_ID,
+        "void_id": VOID,
         "depth": "float32 .npy, planar z along the optical axis in metres, +inf = sky",
         "camera_frame": "optical (x right, y down, z forward); K/P as sensor_msgs/CameraInfo",
         "pool_rule": POOL_RULE,

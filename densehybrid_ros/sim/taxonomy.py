@@ -1,7 +1,7 @@
 """Classes of the sim world: a Cityscapes-like subset (names and colours as Cityscapes) plus anomaly and void."""
 from __future__ import annotations
 
-from densehybrid_ros.classes import CITYSCAPES_CLASSES
+from densehybrid_ros.classes import CITYSCAPES_CLASSES, VOID
 
 _NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic sign", "vegetation", "terrain", "sky",
           "person", "rider", "car", "truck", "bicycle")
@@ -9,7 +9,6 @@ SIM_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = tuple((n, dict(CITYS
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in SIM_CLASSES)
 NUM_CLASSES = len(SIM_CLASSES)  # K
 ANOMALY_ID = NUM_CLASSES  # label value of anomaly pixels
-VOID_ID = 255
 ANOMALY_COLOR = (255, 140, 0)
 
 
