@@ -13,8 +13,9 @@ import pybullet as pb
 import pytest
 
 from densehybrid_ros.datasets import open_dataset
+from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.sim import anomalies
-from densehybrid_ros.sim.camera import CameraModel, CameraMount, CameraPose
+from densehybrid_ros.sim.camera import CameraPose, SimCamera
 from densehybrid_ros.sim.dataset import render_dataset
 from densehybrid_ros.sim.frames import driving_sequence, scene_frames
 from densehybrid_ros.sim.taxonomy import ANOMALY_ID, CLASS_NAMES, NUM_CLASSES, class_id
@@ -38,11 +39,11 @@ def test_intrinsics_match_rendered_spheres():
     """Spheres at known 3D points, seen by a pitched/rolled/yawed camera, land where K projects them."""
     cid = pb.connect(pb.DIRECT)
     try:
-        cam = CameraModel(320, 240, 45.0)
+        cam = SimCamera(320, 240, 45.0)
         shape = pb.createVisualShape(pb.GEOM_SPHERE, radius=0.2, physicsClientId=cid)
         points = [(12.0, 1.0, 1.2), (9.0, -1.5, 0.4), (15.0, 0.3, 2.5)]
         bodies = [pb.createMultiBody(0, -1, shape, basePosition=p, physicsClientId=cid) for p in points]
-        for mount in (CameraMount(1.5, 0.0, 0.0, 0.0), CameraMount(1.3, 0.08, 0.15, -0.1)):
+        for mount in (Mount(1.5, 0.0, 0.0, 0.0), Mount(1.3, 0.08, 0.15, -0.1)):
             pose = CameraPose.mounted(0.0, 0.3, mount)
             _, _, _, _, seg = pb.getCameraImage(cam.width, cam.height, pose.view_matrix(), cam.projection_matrix(),
                                                 renderer=pb.ER_TINY_RENDERER, physicsClientId=cid)
@@ -128,10 +129,10 @@ def test_road_pixels_back_project_onto_the_ground(frames):
     for _, f in frames[::3]:
         meta = f.meta()
         K = np.array(meta["K"]).reshape(3, 3)
-        cam = CameraModel(meta["width"], meta["height"], meta["fov_v_deg"])
+        cam = SimCamera(meta["width"], meta["height"], meta["fov_v_deg"])
         np.testing.assert_allclose(cam.K(), K)
         pose = CameraPose.mounted(meta["camera_position_world"][0], meta["camera_position_world"][1],
-                                  CameraMount(**meta["mount"]))
+                                  Mount(**meta["mount"]))
         v, u = np.nonzero(f.labels == road)
         z = f.depth[v, u].astype(np.float64)
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], axis=1)
@@ -244,18 +245,18 @@ def test_cli_rejects_bad_arguments(tmp_path):
 def test_mount_sign_conventions():
     """pitch > 0 looks down (the horizon moves up in the image); roll > 0 turns the camera clockwise seen from
     behind (its right side dips, so the scene turns counter-clockwise in the image); yaw > 0 looks left."""
-    cam = CameraModel(320, 240, 45.0)
+    cam = SimCamera(320, 240, 45.0)
     far_ahead = np.array([[1000.0, 0.0, 1.5]])  # on the horizon, at camera height
-    level = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.0, 0.0))
-    down = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.1, 0.0, 0.0))
+    level = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.0, 0.0, 0.0))
+    down = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.1, 0.0, 0.0))
     assert abs(cam.project(level.world_to_optical(far_ahead))[0][1] - cam.cy) < 1e-6
     assert cam.project(down.world_to_optical(far_ahead))[0][1] < cam.cy - 20  # horizon above the centre
     # looking down, the optical axis meets the road ahead at height / tan(pitch)
     axis = down.rotation[:, 2]
     assert axis[2] < 0 and abs(-1.5 / axis[2] * axis[0] - 1.5 / np.tan(0.1)) < 1e-6
-    left = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.0, 0.2))
+    left = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.0, 0.0, 0.2))
     assert left.rotation[1, 2] > 0  # optical axis towards +y (left of the road direction)
-    rolled = CameraPose.mounted(0.0, 0.0, CameraMount(1.5, 0.0, 0.2, 0.0))
+    rolled = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.0, 0.2, 0.0))
     right_point = np.array([[10.0, -3.0, 1.5]])  # to the right, at camera height
     u, v = cam.project(rolled.world_to_optical(right_point))[0]
     assert u > cam.cx and v < cam.cy  # the camera's right side dips: right-hand points move up in the image

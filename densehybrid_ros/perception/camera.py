@@ -42,6 +42,10 @@ class CameraModel:
             raise ValueError(f"K must have positive focal lengths, got fx={model.fx}, fy={model.fy} (uncalibrated camera?)")
         return model
 
+    def k_matrix(self) -> np.ndarray:
+        """The 3x3 intrinsic matrix K (CameraInfo.k, row-major): the inverse of `from_k`."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
     def for_image(self, width: int, height: int) -> "CameraModel":
         """Intrinsics for images of (width, height): scaled when CameraInfo describes another resolution."""
         if self.width <= 0 or self.height <= 0 or (self.width, self.height) == (width, height):

@@ -1,10 +1,10 @@
 """Pinhole camera of the sim world: mounting pose, intrinsics, pybullet matrices, depth conversion.
 
 Frames: the world is z-up with the road running along +x. The camera optical frame is the ROS/OpenCV
-one (x right, y down, z forward). Mounting: `height` above the road (m), `pitch` > 0 tilts the optical
-axis DOWN towards the road, `roll` > 0 turns the camera clockwise as seen from behind it (its right side
-dips, so the scene turns counter-clockwise in the image), `yaw` > 0 turns left (towards +y). These are
-the perception node's conventions (densehybrid_ros/perception/obstacles.py).
+one (x right, y down, z forward). Mounting: the project's one `Mount` (densehybrid_ros/perception/camera.py):
+`height` above the road (m), `pitch` > 0 tilts the optical axis DOWN towards the road, `roll` > 0 turns the
+camera clockwise as seen from behind it (its right side dips, so the scene turns counter-clockwise in the
+image), `yaw` > 0 turns left (towards +y). Intrinsics: the one `CameraModel` of the same module.
 
 Intrinsics were measured for pybullet's TinyRenderer (../shared/docs/sim-notes.md, re-checked in
 test/test_sim_world.py): fy = H / (2 tan(fov_v/2)), fx = fy (square pixels), cx = W/2, cy = H/2 - 1,
@@ -17,17 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class CameraMount:
-    height: float = 1.4
-    pitch: float = 0.0  # rad, > 0 looks down
-    roll: float = 0.0  # rad
-    yaw: float = 0.0  # rad, > 0 looks left (+y)
+from densehybrid_ros.perception.camera import CameraModel, Mount
 
 
 @dataclass(frozen=True)
-class CameraModel:
+class SimCamera:
+    """The sim's render camera: a pinhole of vertical field of view `fov_v_deg` with OpenGL clipping planes. Its
+    intrinsics are the project's one `CameraModel` (what CameraInfo carries; `intrinsics`)."""
+
     width: int
     height: int
     fov_v_deg: float
@@ -43,24 +40,30 @@ class CameraModel:
             raise ValueError(f"need 0 < near < far, got near={self.near} far={self.far}")
 
     @property
-    def fy(self) -> float:
-        return self.height / (2.0 * math.tan(math.radians(self.fov_v_deg) / 2.0))
+    def intrinsics(self) -> CameraModel:
+        """fy = H / (2 tan(fov_v / 2)), fx = fy (square pixels), cx = W / 2, cy = H / 2 - 1 (measured, module doc)."""
+        fy = self.height / (2.0 * math.tan(math.radians(self.fov_v_deg) / 2.0))
+        return CameraModel(fy, fy, self.width / 2.0, self.height / 2.0 - 1.0, self.width, self.height)
 
     @property
     def fx(self) -> float:
-        return self.fy
+        return self.intrinsics.fx
+
+    @property
+    def fy(self) -> float:
+        return self.intrinsics.fy
 
     @property
     def cx(self) -> float:
-        return self.width / 2.0
+        return self.intrinsics.cx
 
     @property
     def cy(self) -> float:
-        return self.height / 2.0 - 1.0
+        return self.intrinsics.cy
 
     def K(self) -> np.ndarray:
         """3x3 intrinsic matrix (CameraInfo.k, row-major)."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+        return self.intrinsics.k_matrix()
 
     def P(self) -> np.ndarray:
         """3x4 projection matrix of a monocular camera (CameraInfo.p)."""
@@ -90,7 +93,7 @@ class CameraModel:
         return np.stack([(u - self.cx) * z / self.fx, (v - self.cy) * z / self.fy, z], axis=-1)
 
 
-def rotation_world_from_optical(mount: CameraMount) -> np.ndarray:
+def rotation_world_from_optical(mount: Mount) -> np.ndarray:
     """3x3 rotation taking optical-frame vectors (x right, y down, z forward) to the z-up world."""
     # Level camera looking along +x: optical z -> world +x, optical x -> world -y, optical y -> world -z.
     base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -113,7 +116,7 @@ class CameraPose:
     rotation: np.ndarray  # world_from_optical
 
     @classmethod
-    def mounted(cls, x: float, y: float, mount: CameraMount) -> "CameraPose":
+    def mounted(cls, x: float, y: float, mount: Mount) -> "CameraPose":
         return cls((x, y, mount.height), rotation_world_from_optical(mount))
 
     def view_matrix(self) -> list[float]:

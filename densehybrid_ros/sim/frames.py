@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from densehybrid_ros.sim.anomalies import SPLIT_POOL
-from densehybrid_ros.sim.camera import CameraMount
+from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.sim.world import SimFrame, SimWorld
 
 SPLIT_CODE = {"train": 11, "val": 23, "test": 37}
@@ -63,6 +63,6 @@ def driving_sequence(world: SimWorld, seed: int, split: str, frames: int, rate_h
     world.scatter_anomalies(rng, SPLIT_POOL[split], x0 + lo, x0 + route + hi, count)
     for i in range(frames):
         t = i / rate_hz
-        bounce = CameraMount(mount.height + 0.01 * np.sin(2 * np.pi * 1.3 * t), mount.pitch + 0.004 * np.sin(2 * np.pi * 0.7 * t),
+        bounce = Mount(mount.height + 0.01 * np.sin(2 * np.pi * 1.3 * t), mount.pitch + 0.004 * np.sin(2 * np.pi * 0.7 * t),
                              mount.roll, mount.yaw)
         yield world.render(camera, bounce, x0 + speed_mps * t, y, np.random.default_rng([seed, code, 2_000_003, i]))

@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 import pybullet as pb
 
+from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.sim import objects
 from densehybrid_ros.sim.anomalies import AnomalySpec, sample_anomaly
 from densehybrid_ros.sim.bodies import Part, create_object
-from densehybrid_ros.sim.camera import CameraModel, CameraMount, CameraPose
+from densehybrid_ros.sim.camera import CameraPose, SimCamera
 from densehybrid_ros.sim.meshes import box, ground_quad
 from densehybrid_ros.sim.taxonomy import ANOMALY_ID, class_id
 from densehybrid_ros.sim.textures import TextureFiles
@@ -123,8 +124,8 @@ class SimFrame:
     labels: np.ndarray  # (H, W) uint8: 0..K-1, K = anomaly, 255 = void
     instances: np.ndarray  # (H, W) uint16: 0 = stuff, else object id + 1
     depth: np.ndarray  # (H, W) float32 planar depth (m); +inf = sky
-    camera: CameraModel
-    mount: CameraMount
+    camera: SimCamera
+    mount: Mount
     pose: CameraPose
     anomalies: list[AnomalyInfo] = field(default_factory=list)
 
@@ -370,10 +371,10 @@ class SimWorld:
             self._anomaly_footprints.append((x, y, radius))
 
     # --- camera / render ---------------------------------------------------------------------------
-    def sample_camera(self, rng: np.random.Generator) -> tuple[CameraModel, CameraMount]:
+    def sample_camera(self, rng: np.random.Generator) -> tuple[SimCamera, Mount]:
         c = self.config
-        cam = CameraModel(c.width, c.height, rng.uniform(*c.fov_v_deg), c.near, c.far)
-        mount = CameraMount(rng.uniform(*c.camera_height), rng.uniform(*c.pitch), rng.uniform(*c.roll), rng.uniform(*c.yaw))
+        cam = SimCamera(c.width, c.height, rng.uniform(*c.fov_v_deg), c.near, c.far)
+        mount = Mount(rng.uniform(*c.camera_height), rng.uniform(*c.pitch), rng.uniform(*c.roll), rng.uniform(*c.yaw))
         return cam, mount
 
     def ego_lateral(self, rng: np.random.Generator) -> float:
@@ -389,7 +390,7 @@ class SimWorld:
             x = rng.uniform(lo, hi)
         return x
 
-    def render(self, camera: CameraModel, mount: CameraMount, x: float, y: float, rng: np.random.Generator) -> SimFrame:
+    def render(self, camera: SimCamera, mount: Mount, x: float, y: float, rng: np.random.Generator) -> SimFrame:
         """Render one frame from (x, y) with ground truth; `rng` drives the sensor noise only."""
         look = self.look
         pose = CameraPose.mounted(x, y, mount)
@@ -420,7 +421,7 @@ class SimWorld:
                 inst_lut[body + 1] = body + 1
         return cls_lut[obj + 1], inst_lut[obj + 1]
 
-    def _sky(self, camera: CameraModel, pose: CameraPose) -> np.ndarray:
+    def _sky(self, camera: SimCamera, pose: CameraPose) -> np.ndarray:
         """(H, W, 3) float32 sky colour from each pixel ray's elevation (unit rays cached per camera)."""
         if camera not in self._ray_cache:
             v = np.arange(camera.height, dtype=np.float32)[:, None]
@@ -433,7 +434,7 @@ class SimWorld:
         horizon, zenith = self.look.horizon.astype(np.float32), self.look.zenith.astype(np.float32)
         return horizon + t * (zenith - horizon)
 
-    def _postprocess(self, rgb: np.ndarray, sky: np.ndarray, depth: np.ndarray, camera: CameraModel, pose: CameraPose,
+    def _postprocess(self, rgb: np.ndarray, sky: np.ndarray, depth: np.ndarray, camera: SimCamera, pose: CameraPose,
                      rng: np.random.Generator) -> np.ndarray:
         """Paint the sky by ray elevation, add distance fog, tint, blur and sensor noise."""
         look = self.look
