@@ -249,8 +249,8 @@ def test_mount_sign_conventions():
     far_ahead = np.array([[1000.0, 0.0, 1.5]])  # on the horizon, at camera height
     level = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.0, 0.0, 0.0))
     down = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.1, 0.0, 0.0))
-    assert abs(cam.project(level.world_to_optical(far_ahead))[0][1] - cam.cy) < 1e-6
-    assert cam.project(down.world_to_optical(far_ahead))[0][1] < cam.cy - 20  # horizon above the centre
+    assert abs(cam.project(level.world_to_optical(far_ahead))[0][1] - cam.intrinsics.cy) < 1e-6
+    assert cam.project(down.world_to_optical(far_ahead))[0][1] < cam.intrinsics.cy - 20  # horizon above the centre
     # looking down, the optical axis meets the road ahead at height / tan(pitch)
     axis = down.rotation[:, 2]
     assert axis[2] < 0 and abs(-1.5 / axis[2] * axis[0] - 1.5 / np.tan(0.1)) < 1e-6
@@ -259,4 +259,4 @@ def test_mount_sign_conventions():
     rolled = CameraPose.mounted(0.0, 0.0, Mount(1.5, 0.0, 0.2, 0.0))
     right_point = np.array([[10.0, -3.0, 1.5]])  # to the right, at camera height
     u, v = cam.project(rolled.world_to_optical(right_point))[0]
-    assert u > cam.cx and v < cam.cy  # the camera's right side dips: right-hand points move up in the image
+    assert u > cam.intrinsics.cx and v < cam.intrinsics.cy  # the camera's right side dips: right-hand points move up in the image

@@ -45,22 +45,6 @@ class SimCamera:
         fy = self.height / (2.0 * math.tan(math.radians(self.fov_v_deg) / 2.0))
         return CameraModel(fy, fy, self.width / 2.0, self.height / 2.0 - 1.0, self.width, self.height)
 
-    @property
-    def fx(self) -> float:
-        return self.intrinsics.fx
-
-    @property
-    def fy(self) -> float:
-        return self.intrinsics.fy
-
-    @property
-    def cx(self) -> float:
-        return self.intrinsics.cx
-
-    @property
-    def cy(self) -> float:
-        return self.intrinsics.cy
-
     def K(self) -> np.ndarray:
         """3x3 intrinsic matrix (CameraInfo.k, row-major)."""
         return self.intrinsics.k_matrix()
@@ -84,13 +68,15 @@ class SimCamera:
     def project(self, points_optical: np.ndarray) -> np.ndarray:
         """(N, 3) points in the optical frame -> (N, 2) pixel coordinates (u, v)."""
         pts = np.asarray(points_optical, dtype=np.float64)
-        return np.stack([self.fx * pts[:, 0] / pts[:, 2] + self.cx, self.fy * pts[:, 1] / pts[:, 2] + self.cy], axis=1)
+        k = self.intrinsics
+        return np.stack([k.fx * pts[:, 0] / pts[:, 2] + k.cx, k.fy * pts[:, 1] / pts[:, 2] + k.cy], axis=1)
 
     def back_project(self, depth: np.ndarray) -> np.ndarray:
         """Planar depth (H, W) -> (H, W, 3) points in the optical frame."""
         v, u = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]].astype(np.float64)
         z = depth.astype(np.float64)
-        return np.stack([(u - self.cx) * z / self.fx, (v - self.cy) * z / self.fy, z], axis=-1)
+        k = self.intrinsics
+        return np.stack([(u - k.cx) * z / k.fx, (v - k.cy) * z / k.fy, z], axis=-1)
 
 
 def rotation_world_from_optical(mount: Mount) -> np.ndarray:

@@ -426,7 +426,8 @@ class SimWorld:
         if camera not in self._ray_cache:
             v = np.arange(camera.height, dtype=np.float32)[:, None]
             u = np.arange(camera.width, dtype=np.float32)[None, :]
-            rays = np.stack(np.broadcast_arrays((u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy,
+            k = camera.intrinsics
+            rays = np.stack(np.broadcast_arrays((u - k.cx) / k.fx, (v - k.cy) / k.fy,
                                                 np.ones_like(u)), -1).astype(np.float32)
             self._ray_cache = {camera: rays / np.linalg.norm(rays, axis=-1, keepdims=True)}
         elevation = self._ray_cache[camera] @ pose.rotation[2].astype(np.float32)
