@@ -1,14 +1,23 @@
-"""ament_python package setup: `colcon build` on a ROS 2 machine, `pip install -e .` in .venv."""
+"""ament_python package setup: `colcon build` on a ROS 2 machine, `pip install -e .` in .venv.
+
+Two import packages: the runtime `densehybrid_ros`, and the offline training module, whose sources stay in the
+folder training/ but which installs under the project-specific name `densehybrid_training` (package_dir), so that
+no generic top-level name such as `training` lands in site-packages or a ROS overlay.
+"""
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "densehybrid_ros"
+TRAINING = "densehybrid_training"  # import name of the folder training/
+TRAINING_DIR = "training"
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"])
+    + [TRAINING] + [f"{TRAINING}.{sub}" for sub in find_packages(TRAINING_DIR)],
+    package_dir={TRAINING: TRAINING_DIR},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -30,7 +39,7 @@ setup(
             "densehybrid-bench = densehybrid_ros.tools.bench:main",
             "densehybrid-sim = densehybrid_ros.sim.cli:main",
             "densehybrid-eval = densehybrid_ros.evaluation.cli:main",
-            "densehybrid-train = training.cli:main",
+            "densehybrid-train = densehybrid_training.cli:main",
             "densehybrid_perception = densehybrid_ros.node.perception_node:main",
             "densehybrid-replay = densehybrid_ros.node.replay:main",
             "densehybrid-record = densehybrid_ros.node.record:main",

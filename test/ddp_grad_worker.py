@@ -4,11 +4,11 @@ import sys
 
 import torch
 
-from training.cli import build_model_and_dataset
-from training.config import load_train_config
-from training.engine import compute_loss, ClosedSetNet
-from training.mixed import StepBatchSampler
-from training import distributed
+from densehybrid_training.cli import build_model_and_dataset
+from densehybrid_training.config import load_train_config
+from densehybrid_training.engine import compute_loss, ClosedSetNet
+from densehybrid_training.mixed import StepBatchSampler
+from densehybrid_training import distributed
 
 
 def main(config_overrides_file: str, out: str) -> None:

@@ -87,7 +87,7 @@ def _independent_metrics(weights: Path, root: Path) -> dict:
 
 @pytest.mark.parametrize("record_path", RECORDS, ids=[r.stem for r in RECORDS])
 def test_recorded_metrics_are_reproduced_on_a_fresh_check_split(record_path, tmp_path):
-    from training.bundle import render_check_split
+    from densehybrid_training.bundle import render_check_split
 
     record = json.loads(record_path.read_text())
     check = record["check_split"]
@@ -146,7 +146,7 @@ def test_node_without_a_weights_parameter_serves_the_bundled_model(tmp_path):
     from sensor_msgs.msg import Image
 
     from test_node_support import NODE, NAMESPACE, Harness, image_message, node_process, publish_until
-    from training.bundle import render_check_split
+    from densehybrid_training.bundle import render_check_split
 
     root = render_check_split(tmp_path / "frames")
     sample = open_dataset(f"sim:{root}")[0]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.flow import CouplingNetwork, NystromAttention
-from training.flow.attention import iterative_pinv
+from densehybrid_training.flow import CouplingNetwork, NystromAttention
+from densehybrid_training.flow.attention import iterative_pinv
 
 DT = torch.float64
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from training.flow import ActNorm, AffineCoupling, ChannelSwitch, CouplingNetwork, CrossUnitCoupling, InvConv1x1, \
-    ScaleShift, Sigmoid, Squeeze, SqueezeDrop, flow_config, squeeze2d
-from training.flow.dequantization import ConditionalAffineCoupling, VariationalDequantization
-from training.flow.model import FlowModule
+from densehybrid_training.flow import ActNorm, AffineCoupling, ChannelSwitch, CouplingNetwork, CrossUnitCoupling, \
+    InvConv1x1, ScaleShift, Sigmoid, Squeeze, SqueezeDrop, flow_config, squeeze2d
+from densehybrid_training.flow.dequantization import ConditionalAffineCoupling, VariationalDequantization
+from densehybrid_training.flow.model import FlowModule
 
 DT = torch.float64
 

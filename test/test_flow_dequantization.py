@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from training.flow import VariationalDequantization, parameter_breakdown, parameter_count
-from training.flow.dequantization import ConditionalAffineCoupling
+from densehybrid_training.flow import VariationalDequantization, parameter_breakdown, parameter_count
+from densehybrid_training.flow.dequantization import ConditionalAffineCoupling
 
 DT = torch.float64
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from densehybrid_ros.config import ConfigError, from_dict
-from training.flow import PRESETS, CrossUnitCoupling, DenseFlowConfig, VariationalDequantization, build_flow, \
-    parameter_breakdown, parameter_count
-from training.flow.attention import NystromAttention
+from densehybrid_training.flow import PRESETS, CrossUnitCoupling, DenseFlowConfig, VariationalDequantization, \
+    build_flow, parameter_breakdown, parameter_count
+from densehybrid_training.flow.attention import NystromAttention
 
 DT = torch.float64
 NORMAL = torch.distributions.Normal(0.0, 1.0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from densehybrid_ros.models.resnet import ResNet
-from training.imagenet import load_imagenet_backbone, read_state_dict
+from densehybrid_training.imagenet import load_imagenet_backbone, read_state_dict
 
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 # Published totals of torchvision.models.resnet18/34 (ImageNet, 1000 classes, fc included).

@@ -25,7 +25,7 @@ def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path
     from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER
     from densehybrid_ros.predictor import Predictor, PredictorConfig
     from densehybrid_ros.weights import load_weights
-    from training.calibrate import calibrate
+    from densehybrid_training.calibrate import calibrate
 
     weights = make_sim_weights(tmp_path / "sim.safetensors", threshold=123.0)
     out = tmp_path / "calibrated.safetensors"
@@ -89,8 +89,8 @@ def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path
 def test_export_copies_the_checkpoint_tensor_by_tensor(tmp_path):
     from densehybrid_ros.models import build_model
     from densehybrid_ros.weights import load_weights, read_metadata
-    from training.checkpoint import save_checkpoint
-    from training.export import export
+    from densehybrid_training.checkpoint import save_checkpoint
+    from densehybrid_training.export import export
 
     arch = dataclasses.replace(TINY, num_classes=3)
     torch.manual_seed(1)

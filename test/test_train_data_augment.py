@@ -5,11 +5,11 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from training.data.augment import (
+from densehybrid_training.data.augment import (
     IMAGENET_MEAN, IMAGENET_MEAN_UINT8, IMAGENET_STD, AugmentedDataset, InlierAugment, InlierCollate,
     NegativeCollate, NegativeResize, PhotometricJitter, scale_crop,
 )
-from training.data.common import sample_rng
+from densehybrid_training.data.common import sample_rng
 
 
 def square_sample(h=60, w=80, box=(20, 30, 40, 55)):

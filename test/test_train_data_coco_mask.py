@@ -6,7 +6,7 @@ masks written next to them); they are fixed reference data, not output of the co
 import numpy as np
 import pytest
 
-from training.data.coco_mask import decode_rle_counts, polygons_to_mask, rle_to_mask, segmentation_to_mask
+from densehybrid_training.data.coco_mask import decode_rle_counts, polygons_to_mask, rle_to_mask, segmentation_to_mask
 
 
 def test_compressed_rle_small_mask():

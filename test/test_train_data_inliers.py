@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from densehybrid_ros.datasets.base import DatasetError
-from training.data import build_inlier_dataset, concat_inliers
-from training.data.inliers import CityscapesTrain, SimTrain, StreetHazardsTrain, VistasTrain, WildDashTrain
-from training.data.labelmaps import VISTAS_V12_NAMES
+from densehybrid_training.data import build_inlier_dataset, concat_inliers
+from densehybrid_training.data.inliers import CityscapesTrain, SimTrain, StreetHazardsTrain, VistasTrain, WildDashTrain
+from densehybrid_training.data.labelmaps import VISTAS_V12_NAMES
 
 
 def write_rgb(path: Path, image: np.ndarray) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from densehybrid_ros.datasets.base import DatasetError
-from training.data import build_negative_dataset
-from training.data.common import sample_rng
-from training.data.negatives import (
+from densehybrid_training.data import build_negative_dataset
+from densehybrid_training.data.common import sample_rng
+from densehybrid_training.data.negatives import (
     ADE20kFullNegatives, ADE20kNegatives, CocoNegatives, SimNegatives, decode_ade20k_seg,
 )
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import render_small_sim
-from training.checkpoint import load_checkpoint
-from training.cli import build_model_and_dataset, main as train_main
-from training.config import load_train_config
-from training.engine import ClosedSetNet, compute_loss
-from training.mixed import StepBatchSampler
+from densehybrid_training.checkpoint import load_checkpoint
+from densehybrid_training.cli import build_model_and_dataset, main as train_main
+from densehybrid_training.config import load_train_config
+from densehybrid_training.engine import ClosedSetNet, compute_loss
+from densehybrid_training.mixed import StepBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,14 +41,15 @@ def _overrides(sim_train, model_yaml, out, **extra) -> list[str]:
 
 
 def _train_cmd(mode: str, overrides: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "training", mode]
+    cmd = [sys.executable, "-m", "densehybrid_training", mode]
     for o in overrides:
         cmd += ["--set", o]
     return cmd
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # no PYTHONPATH: the runs import the installed `densehybrid_training`, as `densehybrid-train` does
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_sampler_batches_depend_only_on_the_step():

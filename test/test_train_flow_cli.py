@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import render_small_sim
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.cli import main as train_main
-from training.synthetic import detector_boundary_loss
+from densehybrid_training.checkpoint import load_checkpoint, save_checkpoint
+from densehybrid_training.cli import main as train_main
+from densehybrid_training.synthetic import detector_boundary_loss
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +162,7 @@ def closed_set(sim_train, tmp_path_factory):
 def test_joint_finetuning_resumed_equals_an_uninterrupted_run(pretrained, closed_set, tmp_path):
     """SynDenseHybrid fine-tuning stopped after 2 of 4 steps and resumed: the segmenter, the jointly trained flow and
     both optimizers end as in a run that never stopped (the flow's samples depend on the restored RNG states)."""
-    from training.cli import run_training
+    from densehybrid_training.cli import run_training
 
     common, init, _ = closed_set
     flow_ckpt = pretrained / "checkpoints" / "last.pt"
@@ -192,8 +192,8 @@ def test_joint_finetuning_resumed_equals_an_uninterrupted_run(pretrained, closed
 def test_real_prob_is_the_share_of_images_with_a_real_negative(pretrained, closed_set, real_prob):
     """SyntheticConfig.real_prob = b of (4.21): an image gets a real negative with probability b, else (in the joint
     step) a flow sample; b = 0 and b = 1 are the two certain cases."""
-    from training.cli import build_model_and_dataset
-    from training.config import load_train_config
+    from densehybrid_training.cli import build_model_and_dataset
+    from densehybrid_training.config import load_train_config
 
     common, init, root = closed_set
     cfg = load_train_config(None, ["mode=finetune", *common, f"init={init}", "data.negatives=sim",
@@ -208,8 +208,8 @@ def test_real_prob_is_the_share_of_images_with_a_real_negative(pretrained, close
 def test_sampling_temperature_scales_the_flow_samples(pretrained):
     """temperature scales the latents' standard deviation: at 0 the pasted sample is the flow's image of the prior
     means, the same whatever the random state; at 1 two random states give two different samples."""
-    from training.flow_train import load_flow
-    from training.synthetic import JointFlowTraining, SyntheticConfig
+    from densehybrid_training.flow_train import load_flow
+    from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig
 
     def pasted(temperature: float, torch_seed: int) -> torch.Tensor:
         joint = JointFlowTraining(load_flow(pretrained / "checkpoints" / "last.pt"),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import (LossWeights, authors_code_loss, classification_loss, densehybrid_loss,
-                             inlier_posterior_loss, outlier_likelihood_loss, outlier_posterior_loss)
-from training.paste import paste_negative, random_position, random_rectangle
+from densehybrid_training.losses import (LossWeights, authors_code_loss, classification_loss, densehybrid_loss,
+                                         inlier_posterior_loss, outlier_likelihood_loss, outlier_posterior_loss)
+from densehybrid_training.paste import paste_negative, random_position, random_rectangle
 
 # one image, 2 classes, 1x3 pixels: pixel 0 inlier class 1, pixel 1 void (not pasted), pixel 2 pasted
 LOGITS = torch.tensor([[[[0.0, 2.0, 1.0]], [[1.0, -1.0, 3.0]]]])  # (1, 2, 1, 3)
@@ -31,6 +31,17 @@ def test_each_term_by_hand():
     assert outlier_posterior_loss(G, D_OUT).item() == pytest.approx(-math.log(1 - sig(-1.5)))
     # L_x outlier term: pixel 2: LSE(1, 3)
     assert outlier_likelihood_loss(LOGITS, D_OUT).item() == pytest.approx(math.log(math.exp(1) + math.exp(3)))
+
+
+def test_terms_stay_finite_and_exact_for_saturated_outputs():
+    # float32 sigmoid(100) rounds to 1 and exp(1000) overflows: the terms must come from stable log forms
+    g = torch.tensor([[[[-100.0, 0.0, 100.0]]]])
+    logits = torch.tensor([[[[0.0, 0.0, 1000.0]]], [[[0.0, 0.0, 1000.0]]]]).reshape(1, 2, 1, 3)
+    labels = torch.tensor([[[1, 255, 255]]])
+    # -ln sigmoid(-100) = 100 + ln(1 + e^-100); -ln(1 - sigmoid(100)) = 100 + ln(1 + e^-100); LSE(1000, 1000)
+    assert inlier_posterior_loss(g, labels, D_OUT).item() == pytest.approx(100.0)
+    assert outlier_posterior_loss(g, D_OUT).item() == pytest.approx(100.0)
+    assert outlier_likelihood_loss(logits, D_OUT).item() == pytest.approx(1000.0 + math.log(2))
 
 
 def test_compound_loss_weights_and_void_exclusion():

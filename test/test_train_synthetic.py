@@ -8,9 +8,9 @@ import torch
 
 from conftest import TINY, randomize_batchnorm
 from densehybrid_ros.models import build_model
-from training.flow import build_flow
-from training.losses import densehybrid_loss
-from training.synthetic import JointFlowTraining, SyntheticConfig, jsd_to_uniform, route_gradients
+from densehybrid_training.flow import build_flow
+from densehybrid_training.losses import densehybrid_loss
+from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig, jsd_to_uniform, route_gradients
 
 
 @pytest.fixture(autouse=True)

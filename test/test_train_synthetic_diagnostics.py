@@ -14,10 +14,10 @@ import torch
 
 from conftest import TINY, randomize_batchnorm
 from densehybrid_ros.models import build_model
-from training.config import TrainConfig
-from training.engine import _joint_step
-from training.flow import build_flow
-from training.synthetic import JointFlowTraining, SyntheticConfig, masked_confidence, sample_grid
+from densehybrid_training.config import TrainConfig
+from densehybrid_training.engine import _joint_step
+from densehybrid_training.flow import build_flow
+from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig, masked_confidence, sample_grid
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -1,6 +1,6 @@
 import sys
 
-from training.cli import main
+from densehybrid_training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

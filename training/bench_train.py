@@ -1,4 +1,4 @@
-"""`densehybrid-bench train` (also `python -m training.bench_train`): training steps per second with the
+"""`densehybrid-bench train` (also `python -m densehybrid_training.bench_train`): training steps per second with the
 current defaults and with each speed-up, side by side in one run.
 
 Each variant is a list of `--set` overrides of the same TrainConfig (same model, batch, crop and data); it
@@ -35,11 +35,11 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
     """Steps/s of `steps` training steps after `warmup` steps, in this process."""
     import torch
 
-    from training.cli import build_model_and_dataset
-    from training.config import load_train_config
-    from training.engine import (ClosedSetNet, apply_speed_settings, compile_if_asked, make_loader, optimizer_step,
-                                 param_groups, batch_to_device)
-    from training.mixed import StepBatchSampler
+    from densehybrid_training.cli import build_model_and_dataset
+    from densehybrid_training.config import load_train_config
+    from densehybrid_training.engine import (ClosedSetNet, apply_speed_settings, compile_if_asked, make_loader,
+                                             optimizer_step, param_groups, batch_to_device)
+    from densehybrid_training.mixed import StepBatchSampler
 
     cfg = load_train_config(config, [f"mode={mode}", "init=null"] + overrides)
     cfg.validate()
@@ -66,7 +66,8 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
 
 
 def run_variant(mode: str, config: Path | None, overrides: list[str], warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, "-m", "training.bench_train", "--one", mode, "--warmup", str(warmup), "--steps", str(steps)]
+    cmd = [sys.executable, "-m", "densehybrid_training.bench_train", "--one", mode, "--warmup", str(warmup),
+           "--steps", str(steps)]
     if config is not None:
         cmd += ["--config", str(config)]
     for o in overrides:

@@ -6,7 +6,7 @@ record (models/NAME.json) of what a later check must reproduce:
 - the metrics on a small "check" split that anyone can re-render in seconds from a fixed seed
   (test/test_bundled_models.py renders it afresh and recomputes them independently).
 
-    python -m training.bundle --weights runs/sim_synthetic_calibrated.safetensors --name densehybrid_sim \
+    python -m densehybrid_training.bundle --weights runs/sim_synthetic_calibrated.safetensors --name densehybrid_sim \
         --eval runs/eval_sim_synthetic_test/metrics.json --recipe training/recipes/sim_synthetic_negatives.sh
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def bundle(weights: Path, name: str, eval_metrics: Path, recipe: str, out_dir: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m densehybrid_training.bundle", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, required=True, help="calibrated weights (.safetensors)")
     ap.add_argument("--name", required=True)
     ap.add_argument("--eval", type=Path, required=True, help="densehybrid-eval metrics.json on the sim test split")

@@ -1,4 +1,4 @@
-"""`densehybrid-train` (also `python -m training`): the offline training module.
+"""`densehybrid-train` (also `python -m densehybrid_training`): the offline training module.
 
     densehybrid-train segmenter --config C.yaml [--set key=value ...]      closed-set cross-entropy
     densehybrid-train finetune  --config C.yaml [--set key=value ...]      DenseHybrid with pasted negatives (4.16)
@@ -7,7 +7,7 @@
     densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
 
-Multi-process / multi-GPU: `torchrun --nproc_per_node N -m training segmenter --config C.yaml`.
+Multi-process / multi-GPU: `torchrun --nproc_per_node N -m densehybrid_training segmenter --config C.yaml`.
 """
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
     from densehybrid_ros.models import ModelConfig, build_model
     from densehybrid_ros.paths import model_config_path
     from densehybrid_ros.weights import Normalization, load_weights
-    from training.checkpoint import load_checkpoint
-    from training.data_setup import build_training_data
-    from training.mixed import MixedContentDataset
+    from densehybrid_training.checkpoint import load_checkpoint
+    from densehybrid_training.data_setup import build_training_data
+    from densehybrid_training.mixed import MixedContentDataset
 
     if command == "finetune" and not cfg.data.negatives and cfg.synthetic is None:
         raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim) and/or "
@@ -84,7 +84,7 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
     torch.manual_seed(cfg.seed)  # the same initial weights in every process of a run
     model = build_model(arch)
     if command == "segmenter" and cfg.init:
-        from training.imagenet import load_imagenet_backbone, read_state_dict
+        from densehybrid_training.imagenet import load_imagenet_backbone, read_state_dict
 
         load_imagenet_backbone(model.segmenter.backbone, read_state_dict(cfg.init))
     if command == "finetune" and (cfg.init or require_init):
@@ -110,10 +110,10 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
 
 
 def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:
-    from training.config import load_train_config
-    from training.engine import train
+    from densehybrid_training.config import load_train_config
+    from densehybrid_training.engine import train
 
-    from training.class_balance import class_weights
+    from densehybrid_training.class_balance import class_weights
 
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
@@ -124,9 +124,9 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     joint = None
     if command == "finetune" and cfg.synthetic is not None:
         from densehybrid_ros.weights import Normalization
-        from training.distributed import setup
-        from training.flow_train import load_flow
-        from training.synthetic import JointFlowTraining
+        from densehybrid_training.distributed import setup
+        from densehybrid_training.flow_train import load_flow
+        from densehybrid_training.synthetic import JointFlowTraining
 
         norm = Normalization()
         joint = JointFlowTraining(load_flow(cfg.synthetic.flow_checkpoint), cfg.synthetic, norm.mean, norm.std,
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             last = run_training(args.command, args.config, args.overrides)
             print(f"checkpoint: {last}")
         elif args.command in ("flow-pretrain", "flow-eval"):
-            from training.config import load_train_config
-            from training.flow_train import FlowTrainConfig, evaluate_flow, pretrain
+            from densehybrid_training.config import load_train_config
+            from densehybrid_training.flow_train import FlowTrainConfig, evaluate_flow, pretrain
 
             fcfg = load_train_config(args.config, args.overrides, cls=FlowTrainConfig)
             if args.command == "flow-pretrain":
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(json.dumps(evaluate_flow(args.checkpoint, fcfg, args.images, args.k, args.out), indent=1))
         elif args.command == "calibrate":
-            from training.calibrate import calibrate
+            from densehybrid_training.calibrate import calibrate
 
             _, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images)
             print(f"AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, AUROC {100 * m['auroc']:.2f} on the "
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
         else:
-            from training.export import export
+            from densehybrid_training.export import export
 
             print(f"weights: {export(args.checkpoint, args.out, args.input_size, args.onnx)}")
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:

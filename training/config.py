@@ -9,14 +9,14 @@ from typing import Any
 import yaml
 
 from densehybrid_ros.config import ConfigError, from_dict
-from training.losses import LossWeights
-from training.synthetic import SyntheticConfig
-from training.validation import ValidationConfig
+from densehybrid_training.losses import LossWeights
+from densehybrid_training.synthetic import SyntheticConfig
+from densehybrid_training.validation import ValidationConfig
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    inliers: str = "sim"  # inlier dataset kind (training.data factory name)
+    inliers: str = "sim"  # inlier dataset kind (densehybrid_training.data factory name)
     root: str = ""
     split: str = "train"
     negatives: str | None = None  # negative dataset kind; None = no real negatives
@@ -87,7 +87,7 @@ class TrainConfig:
     image_every: int = 200  # TensorBoard sample images
     loss: LossWeights = LossWeights()
     loss_variant: str = "thesis"  # "thesis" (4.16) or "authors" (public code, for comparison)
-    class_balance: str = "none"  # "none" or "enet": class-weighted L_cls (training.class_balance)
+    class_balance: str = "none"  # "none" or "enet": class-weighted L_cls (densehybrid_training.class_balance)
     class_weights: tuple[float, ...] | None = None  # filled in from the training labels when class_balance != none
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

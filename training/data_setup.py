@@ -1,9 +1,9 @@
 """From a DataConfig to the three things the trainer needs: inliers, negatives (or None) and augmentation."""
 from __future__ import annotations
 
-from training.config import DataConfig
-from training.data.augment import InlierAugment
-from training.data.factory import build_inlier_dataset, build_negative_dataset
+from densehybrid_training.config import DataConfig
+from densehybrid_training.data.augment import InlierAugment
+from densehybrid_training.data.factory import build_inlier_dataset, build_negative_dataset
 
 
 def build_training_data(cfg: DataConfig, with_negatives: bool):

@@ -18,12 +18,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from densehybrid_ros.classes import VOID
 from densehybrid_ros.models import DenseHybrid
-from training import distributed
-from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from training.config import TrainConfig
-from training.losses import authors_code_loss, classification_loss, densehybrid_loss
-from training.mixed import MixedContentDataset, StepBatchSampler
+from densehybrid_training import distributed
+from densehybrid_training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from densehybrid_training.config import TrainConfig
+from densehybrid_training.losses import authors_code_loss, classification_loss, densehybrid_loss
+from densehybrid_training.mixed import MixedContentDataset, StepBatchSampler
 
 
 def param_groups(model: DenseHybrid, cfg: TrainConfig, closed_set: bool) -> list[dict]:
@@ -119,7 +120,7 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
           stop_after: int | None = None, joint=None) -> Path:
     """Train until `cfg.steps` (resuming from out/checkpoints/last.pt if present); returns the last checkpoint.
     `stop_after` ends this process early after that many steps (used to test resumption). `joint` (a
-    `training.synthetic.JointFlowTraining`) adds synthetic negatives from a jointly trained flow."""
+    `densehybrid_training.synthetic.JointFlowTraining`) adds synthetic negatives from a jointly trained flow."""
     cfg.validate()
     info = distributed.setup(cfg.device)
     closed = cfg.mode == "segmenter"
@@ -159,7 +160,7 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     validator = None
     if cfg.validation.dataset and info.is_main:
         from densehybrid_ros.weights import Normalization
-        from training.validation import Validator
+        from densehybrid_training.validation import Validator
 
         norm = Normalization()
         validator = Validator(cfg.validation, norm.mean, norm.std, Path(cfg.out))
@@ -209,9 +210,9 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
 
 def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, labels, d_out, step: int) -> dict:
     """One SynDenseHybrid step: paste flow samples, one segmenter forward, gradients routed by
-    `training.synthetic.route_gradients`, both optimizers step. Every `synthetic.diagnostics_every` steps the
-    step's diagnostics (`JointFlowTraining.diagnostics`, read-only on gradients) go to OUT (`JointDiagnostics`)."""
-    from training.synthetic import JointDiagnostics, route_gradients
+    `densehybrid_training.synthetic.route_gradients`, both optimizers step. Every `synthetic.diagnostics_every` steps
+    the step's diagnostics (`JointFlowTraining.diagnostics`, read-only on gradients) go to OUT (`JointDiagnostics`)."""
+    from densehybrid_training.synthetic import JointDiagnostics, route_gradients
 
     mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
     out = model(mixed)
@@ -241,5 +242,5 @@ def _log_images(writer, x: torch.Tensor, labels: torch.Tensor, d_out: torch.Tens
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     writer.add_image("sample/image", img, step)
     lab = labels[0].detach().cpu().float()
-    writer.add_image("sample/labels", (lab.masked_fill(lab == 255, -1) + 1)[None] / 256.0, step)
+    writer.add_image("sample/labels", (lab.masked_fill(lab == VOID, -1) + 1)[None] / 256.0, step)
     writer.add_image("sample/d_out", d_out[0].detach().cpu().float()[None], step)

@@ -6,7 +6,7 @@ from pathlib import Path
 from densehybrid_ros.config import from_dict
 from densehybrid_ros.models import ModelConfig, build_model
 from densehybrid_ros.weights import ClassInfo, WeightsMetadata, save_weights
-from training.checkpoint import load_checkpoint
+from densehybrid_training.checkpoint import load_checkpoint
 
 
 def export(checkpoint: Path, out: Path, input_size: tuple[int, int] | None = None, onnx: Path | None = None):

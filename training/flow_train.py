@@ -11,10 +11,10 @@ import torch
 from tqdm import tqdm
 
 from densehybrid_ros.config import from_dict
-from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from training.config import DataConfig
-from training.flow import DenseFlow, DenseFlowConfig, flow_config
-from training.mixed import MixedContentDataset, StepBatchSampler
+from densehybrid_training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from densehybrid_training.config import DataConfig
+from densehybrid_training.flow import DenseFlow, DenseFlowConfig, flow_config
+from densehybrid_training.mixed import MixedContentDataset, StepBatchSampler
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def _device(name: str) -> torch.device:
 
 def crops_dataset(cfg: FlowTrainConfig):
     """Inlier crops in [0, 1] (no normalisation: the flow models pixel levels)."""
-    from training.data.augment import InlierAugment
-    from training.data.factory import build_inlier_dataset
+    from densehybrid_training.data.augment import InlierAugment
+    from densehybrid_training.data.factory import build_inlier_dataset
 
     inliers = build_inlier_dataset(cfg.data.inliers, cfg.data.root, cfg.data.split)
     augment = InlierAugment(cfg.data.crop, cfg.data.scale_range, 0.5, False)

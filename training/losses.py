@@ -9,6 +9,9 @@ Pixel sets, for a batch of mixed-content images (4.17):
 
 L_x's inlier part (-s_y) is already inside L_cls (8.23-8.26), so it is not added again. Thesis weights
 for traffic scenes with LDN-121: b1 = 1, b2 = b3 = 0.3, b4 = 0.03 (`THESIS_TRAFFIC`).
+
+The terms are built from the score functions of `densehybrid_ros.scores` (one function per equation), so that
+training and inference read the same ln p^(x) = LSE(s) (4.7) and ln P(d_out|x) = ln sigmoid(-g) (4.10).
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 from densehybrid_ros.classes import VOID
+from densehybrid_ros.scores import log_outlier_posterior, unnormalized_log_likelihood
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class LossWeights:
     b1: float = 1.0  # classification, inlier pixels
     b2: float = 0.3  # -ln P(d_in|x), inlier pixels
     b3: float = 0.3  # -ln (1 - P(d_in|x)), pasted pixels
-    b4: float = 0.03  # LSE(s) = -ln p^(x) bound, pasted pixels
+    b4: float = 0.03  # LSE(s) = ln p^(x) (L_x^UB's outlier term), pasted pixels
 
     def validate(self) -> None:
         for name in ("b1", "b2", "b3", "b4"):
@@ -53,7 +56,8 @@ def inlier_mask(labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_cls = E_in[-ln P(y|x)] (8.23): cross-entropy over inlier pixels only. With `class_weights` (K,), the
-    mean is weighted, sum_i w_{y_i} CE_i / sum_i w_{y_i} (class-balanced training, training.class_balance)."""
+    mean is weighted, sum_i w_{y_i} CE_i / sum_i w_{y_i} (class-balanced training,
+    densehybrid_training.class_balance)."""
     inl = inlier_mask(labels, d_out)
     target = torch.where(inl, labels.long(), torch.zeros_like(labels, dtype=torch.long))
     ce = F.cross_entropy(logits.float(), target, reduction="none")
@@ -63,21 +67,27 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch
     return (ce * w).sum() / w.sum().clamp(min=1e-12)
 
 
+def _log_inlier_posterior(inlier_logit: torch.Tensor) -> torch.Tensor:
+    """ln P(d_in|x) = ln sigmoid(g) (4.10), (B, H, W) float32. `scores` has only ln P(d_out|x) = ln sigmoid(-g);
+    since P(d_in|x) = 1 - P(d_out|x), it is that function of the negated logit."""
+    return log_outlier_posterior(-inlier_logit)
+
+
 def inlier_posterior_loss(inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
     """L_d's inlier term (4.15): E_in[-ln P(d_in|x)] = E_in[-ln sigmoid(g)]."""
-    g = inlier_logit.float().squeeze(1)
-    return _masked_mean(-F.logsigmoid(g), inlier_mask(labels, d_out))
+    return _masked_mean(-_log_inlier_posterior(inlier_logit), inlier_mask(labels, d_out))
 
 
 def outlier_posterior_loss(inlier_logit: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
-    """L_d's outlier term (4.15): E_out[-ln(1 - P(d_in|x))] = E_out[-ln sigmoid(-g)]."""
-    g = inlier_logit.float().squeeze(1)
-    return _masked_mean(-F.logsigmoid(-g), d_out)
+    """L_d's outlier term (4.15): E_out[-ln(1 - P(d_in|x))] = E_out[-ln P(d_out|x)] = E_out[-ln sigmoid(-g)]
+    (`scores.log_outlier_posterior`, 4.10)."""
+    return _masked_mean(-log_outlier_posterior(inlier_logit), d_out)
 
 
 def outlier_likelihood_loss(logits: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
-    """L_x^UB's outlier term (4.14): E_out[LSE_y(s_y)] = E_out[-ln p^(x)], pushing likelihood down on negatives."""
-    return _masked_mean(torch.logsumexp(logits.float(), dim=1), d_out)
+    """L_x^UB's outlier term (4.14): E_out[LSE_y(s_y)] = E_out[ln p^(x)] (`scores.unnormalized_log_likelihood`,
+    4.7), pushing the likelihood down on negatives."""
+    return _masked_mean(unnormalized_log_likelihood(logits), d_out)
 
 
 def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
@@ -106,7 +116,6 @@ def authors_code_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: 
     the outlier head in which every non-pasted pixel, void and padding included, counts as an inlier."""
     cls = classification_loss(logits, labels, d_out, class_weights)
     x_out = outlier_likelihood_loss(logits, d_out)
-    g = inlier_logit.float().squeeze(1)
-    head = torch.where(d_out, -F.logsigmoid(-g), -F.logsigmoid(g)).mean()
+    head = torch.where(d_out, -log_outlier_posterior(inlier_logit), -_log_inlier_posterior(inlier_logit)).mean()
     total = cls + lse_weight * x_out + ce_weight * head
     return {"cls": cls, "x_out": x_out, "head": head, "total": total}

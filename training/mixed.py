@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from training.paste import paste_negative, random_position
+from densehybrid_training.paste import paste_negative, random_position
 
 AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -25,7 +25,7 @@ class MixedContentDataset(Dataset):
 
     def __init__(self, inliers, augment: AugmentFn, mean: Sequence[float], std: Sequence[float], seed: int = 0,
                  negatives=None, paste_prob: float = 1.0, negative_side: tuple[int, int] = (16, 128)) -> None:
-        from training.data.augment import NegativeResize
+        from densehybrid_training.data.augment import NegativeResize
 
         if len(inliers) == 0:
             raise ValueError("the inlier training dataset is empty")

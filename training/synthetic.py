@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
-from training.paste import VOID
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def detector_boundary_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, mas
     """The ablation's boundary term (thesis Tab. 6.10, row L_mle + L_d + L_x^UB): the DenseHybrid outlier terms
     (4.15 outlier part + 4.14 outlier part) over generated pixels, so the flow seeks samples the hybrid detector
     already rejects instead of samples with a uniform class posterior."""
-    from training.losses import outlier_likelihood_loss, outlier_posterior_loss
+    from densehybrid_training.losses import outlier_likelihood_loss, outlier_posterior_loss
 
     return outlier_posterior_loss(inlier_logit, mask) + outlier_likelihood_loss(logits, mask)
 

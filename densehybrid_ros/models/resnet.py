@@ -1,7 +1,7 @@
 """ResNet-18/34 backbone whose parameter names and shapes follow torchvision's `resnet18`/`resnet34`.
 
 With the default width (64) a torchvision ImageNet state dict, minus its `fc.*` classifier, loads into
-`ResNet` with `strict=True` (see `training.imagenet`). A smaller `width` gives CPU-sized models that are
+`ResNet` with `strict=True` (see `densehybrid_training.imagenet`). A smaller `width` gives CPU-sized models that are
 trained from scratch; the names stay the same, the shapes scale.
 """
 from __future__ import annotations

@@ -10,15 +10,15 @@
 Layouts, mappings and their public sources are documented in each module.
 """
 from densehybrid_ros.datasets.base import DatasetError  # noqa: F401
-from training.data.augment import (  # noqa: F401
+from densehybrid_training.data.augment import (  # noqa: F401
     IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, InlierAugment, InlierCollate, NegativeCollate, NegativeResize,
     PhotometricJitter,
 )
-from training.data.common import ClassInfo, InlierDataset, NegativeDataset, sample_rng  # noqa: F401
-from training.data.factory import (  # noqa: F401
+from densehybrid_training.data.common import ClassInfo, InlierDataset, NegativeDataset, sample_rng  # noqa: F401
+from densehybrid_training.data.factory import (  # noqa: F401
     INLIER_KINDS, NEGATIVE_KINDS, build_inlier_dataset, build_negative_dataset,
 )
-from training.data.inliers import concat_inliers  # noqa: F401
+from densehybrid_training.data.inliers import concat_inliers  # noqa: F401
 
 __all__ = [
     "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "AugmentedDataset", "InlierAugment", "InlierCollate",

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from densehybrid_ros.datasets.base import VOID
-from training.data.common import sample_rng
+from densehybrid_training.data.common import sample_rng
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -206,8 +206,8 @@ class NegativeResize:
 class AugmentedDataset(Dataset):
     """``base[i]`` passed through ``transform(a, b, rng)`` with ``rng = sample_rng(seed, epoch, i)``: the same
     (seed, epoch, i) always gives the same sample, whatever worker or order draws it. Call :meth:`set_epoch`
-    between epochs. For a :class:`~training.data.common.NegativeDataset` base, its own random choices use the
-    same generator (via ``base.sample``)."""
+    between epochs. For a :class:`~densehybrid_training.data.common.NegativeDataset` base, its own random choices use
+    the same generator (via ``base.sample``)."""
 
     def __init__(self, base, transform: Callable, seed: int = 0):
         self.base = base

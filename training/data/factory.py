@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from densehybrid_ros.datasets.base import DatasetError
-from training.data.common import InlierDataset, NegativeDataset
-from training.data.inliers import CityscapesTrain, SimTrain, StreetHazardsTrain, VistasTrain, WildDashTrain
-from training.data.negatives import ADE20kFullNegatives, ADE20kNegatives, CocoNegatives, SimNegatives
+from densehybrid_training.data.common import InlierDataset, NegativeDataset
+from densehybrid_training.data.inliers import CityscapesTrain, SimTrain, StreetHazardsTrain, VistasTrain, WildDashTrain
+from densehybrid_training.data.negatives import ADE20kFullNegatives, ADE20kNegatives, CocoNegatives, SimNegatives
 
 INLIER_KINDS: dict[str, type[InlierDataset]] = {
     "cityscapes": CityscapesTrain,

@@ -22,10 +22,10 @@ kind                layout under ROOT                                           
 
 Label mappings: Cityscapes labelIds -> trainIds by the official table
 (:mod:`densehybrid_ros.datasets.cityscapes_labels`); Vistas and WildDash by
-:mod:`training.data.labelmaps`; StreetHazards by the evaluation loader's table
+:mod:`densehybrid_training.data.labelmaps`; StreetHazards by the evaluation loader's table
 (:data:`densehybrid_ros.datasets.streethazards.SEMANTIC_LUT`: ``other`` is void) with the anomaly value made
 void as well (closed-set training); sim anomalies (label 15) are void (their instance masks are the
-``sim`` negatives, :class:`training.data.negatives.SimNegatives`).
+``sim`` negatives, :class:`densehybrid_training.data.negatives.SimNegatives`).
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ from densehybrid_ros.datasets._common import (
 )
 from densehybrid_ros.datasets.base import VOID, DatasetError
 from densehybrid_ros.datasets.cityscapes import list_cityscapes
-from training.data import labelmaps
-from training.data.common import ClassInfo, InlierDataset, check_allowed, class_list, resolve_split
+from densehybrid_training.data import labelmaps
+from densehybrid_training.data.common import ClassInfo, InlierDataset, check_allowed, class_list, resolve_split
 
 CITYSCAPES_CLASSES: tuple[ClassInfo, ...] = class_list(csl.TRAIN_CLASS_NAMES, csl.TRAIN_CLASS_COLORS)
 

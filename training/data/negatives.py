@@ -1,5 +1,6 @@
 """Sources of negative (outlier) training data: ``ds[j] -> (image HxWx3 uint8, mask HxW bool)``, the pixels to
-paste into an inlier crop (thesis 4.17). Modes and randomness: :class:`training.data.common.NegativeDataset`.
+paste into an inlier crop (thesis 4.17). Modes and randomness:
+:class:`densehybrid_training.data.common.NegativeDataset`.
 
 =================  ==========================================================================================
 kind               layout under ROOT, what one negative is
@@ -7,15 +8,15 @@ kind               layout under ROOT, what one negative is
 ``ade20k``         ``ADEChallengeData2016``: ``images/<split>/*.jpg`` + ``annotations/<split>/*.png`` (uint8,
                    0 = other, 1..150 SceneParsing classes). Mask: union of ``classes_per_negative`` (2, as the
                    public DenseHybrid code) distinct classes present in the image, never one of
-                   :data:`~training.data.labelmaps.ADE20K_EXCLUDED`.
+                   :data:`~densehybrid_training.data.labelmaps.ADE20K_EXCLUDED`.
 ``ade20k-full``    ``ADE20K_2021_17_01``: ``images/ADE/<split>/<scene...>/<name>.jpg`` with ``<name>_seg.png``
                    (class = R // 10 * 256 + G, instances = distinct B values within a class) and ``<name>.json``
                    (objects with ``name``, ``name_ndx``; class value = ``name_ndx + 1``). Mask: union of
                    ``instances_per_negative`` (1) whole-object instances whose name is not excluded
-                   (:func:`~training.data.labelmaps.ade20k_full_is_excluded`).
+                   (:func:`~densehybrid_training.data.labelmaps.ade20k_full_is_excluded`).
 ``coco``           ``<split>/<file_name>`` + ``annotations/instances_<split>.json`` (split ``train2017``).
                    Mask: union of ``instances_per_negative`` (1) instance masks (polygons or RLE) of one
-                   image, never of :data:`~training.data.labelmaps.COCO_EXCLUDED_NAMES` categories, crowd
+                   image, never of :data:`~densehybrid_training.data.labelmaps.COCO_EXCLUDED_NAMES` categories, crowd
                    annotations skipped unless ``include_crowd``.
 ``sim``            a rendered sim train split (pool ``train-negatives``): one negative per visible anomaly
                    object (``meta/<id>.json`` ``anomalies[].instance_id``); mask = pixels with that instance
@@ -26,7 +27,8 @@ Public DenseHybrid recipe (matejgrcic/DenseHybrid, ``experiments/semseg_negative
 images are resized (shorter side 384) and cropped (192 for Cityscapes' 512 crops, 384 for StreetHazards' 768
 crops); per negative, with probability 0.5 a random rectangle (sides 16..min(h, w) in steps of 8) of that crop,
 otherwise the union of two randomly drawn ADE classes of it; pasted at a uniform position. Here a negative is
-cropped to its mask's bounding box; resizing to the paste size is :class:`training.data.augment.NegativeResize`.
+cropped to its mask's bounding box; resizing to the paste size is
+:class:`densehybrid_training.data.augment.NegativeResize`.
 """
 from __future__ import annotations
 
@@ -40,10 +42,10 @@ from densehybrid_ros.datasets._common import (
     check_same_size, find_images, read_label, read_rgb, require_dir, require_file,
 )
 from densehybrid_ros.datasets.base import DatasetError
-from training.data import labelmaps
-from training.data.coco_mask import segmentation_to_mask
-from training.data.common import NegativeDataset, crop_to_mask, mask_bbox, resolve_split
-from training.data.inliers import open_sim_manifest
+from densehybrid_training.data import labelmaps
+from densehybrid_training.data.coco_mask import segmentation_to_mask
+from densehybrid_training.data.common import NegativeDataset, crop_to_mask, mask_bbox, resolve_split
+from densehybrid_training.data.inliers import open_sim_manifest
 
 __all__ = ["ADE20kNegatives", "ADE20kFullNegatives", "CocoNegatives", "SimNegatives", "decode_ade20k_seg"]
 

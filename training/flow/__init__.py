@@ -11,15 +11,15 @@ Modules (each equation in one named class/function, citing the thesis numbering)
 - `dequantization`: uniform (3.12-3.13) and variational (3.14) dequantization;
 - `model`: `DenseFlow` (ELBO, IWBO, bits/dim, sampling), `DenseFlowConfig`, presets, parameter counts.
 """
-from training.flow.attention import NystromAttention, nystrom_attention, softmax_attention
-from training.flow.augment import CrossUnitCoupling
-from training.flow.bijections import ActNorm, AffineCoupling, Bijection, BijectiveSequential, ChannelSwitch, \
-    InvConv1x1, ScaleShift, Sigmoid, Squeeze, squeeze2d, unsqueeze2d
-from training.flow.coupling import CouplingNetwork, DenseBlock
-from training.flow.dequantization import UniformDequantization, VariationalDequantization
-from training.flow.distributions import ChannelwiseGaussian, SqueezeDrop
-from training.flow.model import PRESETS, DenseFlow, DenseFlowBlock, DenseFlowConfig, FlowModule, build_flow, \
-    flow_config, parameter_breakdown, parameter_count
+from densehybrid_training.flow.attention import NystromAttention, nystrom_attention, softmax_attention
+from densehybrid_training.flow.augment import CrossUnitCoupling
+from densehybrid_training.flow.bijections import ActNorm, AffineCoupling, Bijection, BijectiveSequential, \
+    ChannelSwitch, InvConv1x1, ScaleShift, Sigmoid, Squeeze, squeeze2d, unsqueeze2d
+from densehybrid_training.flow.coupling import CouplingNetwork, DenseBlock
+from densehybrid_training.flow.dequantization import UniformDequantization, VariationalDequantization
+from densehybrid_training.flow.distributions import ChannelwiseGaussian, SqueezeDrop
+from densehybrid_training.flow.model import PRESETS, DenseFlow, DenseFlowBlock, DenseFlowConfig, FlowModule, \
+    build_flow, flow_config, parameter_breakdown, parameter_count
 
 __all__ = [
     "ActNorm", "AffineCoupling", "Bijection", "BijectiveSequential", "ChannelSwitch", "ChannelwiseGaussian",

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from training.flow.bijections import bounded_log_scale, sum_per_sample
-from training.flow.distributions import log_standard_normal, standard_noise
+from densehybrid_training.flow.bijections import bounded_log_scale, sum_per_sample
+from densehybrid_training.flow.distributions import log_standard_normal, standard_noise
 
 
 class CrossUnitCoupling(nn.Module):

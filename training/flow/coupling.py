@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from training.flow.attention import NystromAttention
+from densehybrid_training.flow.attention import NystromAttention
 
 
 class GatedConv1x1(nn.Module):

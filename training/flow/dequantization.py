@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from training.flow.bijections import InvConv1x1, Sigmoid, bounded_log_scale, split_sizes, squeeze2d, \
-    sum_per_sample, unsqueeze2d
-from training.flow.coupling import DenseBlock, DenseLayer, GatedConv1x1
-from training.flow.distributions import ChannelwiseGaussian
+from densehybrid_training.flow.bijections import InvConv1x1, Sigmoid, bounded_log_scale, split_sizes, \
+    squeeze2d, sum_per_sample, unsqueeze2d
+from densehybrid_training.flow.coupling import DenseBlock, DenseLayer, GatedConv1x1
+from densehybrid_training.flow.distributions import ChannelwiseGaussian
 
 
 class UniformDequantization(nn.Module):
@@ -32,7 +32,7 @@ def gated_dense_block(in_channels: int, out_channels: int, depth: int, growth: i
     """A dense block [105] from ``in_channels`` to ``out_channels``: `depth` densely connected layers
     (`DenseLayer`, each adding `growth` channels) then a gated 1x1 transition (`GatedConv1x1`).
 
-    `training.flow.coupling.DenseBlock` is the same block for ``in_channels == out_channels``; this one
+    `densehybrid_training.flow.coupling.DenseBlock` is the same block for ``in_channels == out_channels``; this one
     also changes the width (the first block of the dequantizer's context network reads the C image
     channels and writes `out_channels`).
     """
@@ -42,7 +42,7 @@ def gated_dense_block(in_channels: int, out_channels: int, depth: int, growth: i
 
 
 class ResidualDenseBlock(nn.Module):
-    """``x + DenseBlock(x)``: a gated dense block (`training.flow.coupling.DenseBlock`) with a skip."""
+    """``x + DenseBlock(x)``: a gated dense block (`densehybrid_training.flow.coupling.DenseBlock`) with a skip."""
 
     def __init__(self, width: int, depth: int, growth: int):
         super().__init__()

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-from training.flow.bijections import squeeze2d, sum_per_sample, unsqueeze2d
+from densehybrid_training.flow.bijections import squeeze2d, sum_per_sample, unsqueeze2d
 
 LOG_2PI = math.log(2.0 * math.pi)
 

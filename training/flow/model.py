@@ -39,12 +39,12 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from training.flow.augment import CrossUnitCoupling
-from training.flow.bijections import ActNorm, AffineCoupling, BijectiveSequential, ChannelSwitch, InvConv1x1, \
-    ScaleShift, split_sizes, squeeze2d, unsqueeze2d
-from training.flow.coupling import CouplingNetwork
-from training.flow.dequantization import UniformDequantization, VariationalDequantization
-from training.flow.distributions import ChannelwiseGaussian, SqueezeDrop
+from densehybrid_training.flow.augment import CrossUnitCoupling
+from densehybrid_training.flow.bijections import ActNorm, AffineCoupling, BijectiveSequential, ChannelSwitch, \
+    InvConv1x1, ScaleShift, split_sizes, squeeze2d, unsqueeze2d
+from densehybrid_training.flow.coupling import CouplingNetwork
+from densehybrid_training.flow.dequantization import UniformDequantization, VariationalDequantization
+from densehybrid_training.flow.distributions import ChannelwiseGaussian, SqueezeDrop
 
 
 @dataclass(frozen=True)
@@ -392,7 +392,7 @@ def parameter_breakdown(preset: str | DenseFlowConfig = "74-10", height: int = 6
 
     The flow is fully convolutional with per-channel priors, so the counts do not depend on the
     spatial size; it is only checked to be valid and reported with the final latent shape.
-    Measured (``python -c "from training.flow import parameter_breakdown as p; print(p('74-10'))"``):
+    Measured (``python -c "from densehybrid_training.flow import parameter_breakdown as p; print(p('74-10'))"``):
     74-10: 130,647,294 in total (coupling networks 116,868,398; cross-unit g 8,947,480; ActNorm and
     1x1 convs 2,435,016; variational dequantizer 2,395,784; priors 616), latent (308, 8, 8) at 64x64;
     45-6: 75,020,522 (70,893,450; 1,198,152; 532,800; 2,395,784; 336), latent (168, 8, 8). Both totals

@@ -15,11 +15,11 @@ render data/sim_train_big train 12000 11 24
 render data/sim_val_big val 1200 12 10
 render data/sim_test_big test 1200 13 10
 render data/sim_test_big_b test 1200 14 10
-$PY -m training segmenter --config config/train/sim_segmenter_big.yaml
-$PY -m training finetune --config config/train/sim_finetune_real_big.yaml
-$PY -m training export --checkpoint runs/sim_finetune_real_big/checkpoints/last.pt --out runs/sim_real_big.safetensors \
+$PY -m densehybrid_training segmenter --config config/train/sim_segmenter_big.yaml
+$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_big.yaml
+$PY -m densehybrid_training export --checkpoint runs/sim_finetune_real_big/checkpoints/last.pt --out runs/sim_real_big.safetensors \
     --input-size 512x256
-$PY -m training calibrate --weights runs/sim_real_big.safetensors --dataset sim:data/sim_val_big \
+$PY -m densehybrid_training calibrate --weights runs/sim_real_big.safetensors --dataset sim:data/sim_val_big \
     --out runs/sim_real_big_calibrated.safetensors
 for t in sim_test_big sim_test_big_b; do
   $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_big_calibrated.safetensors --dataset sim:data/$t \
