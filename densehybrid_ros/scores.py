@@ -90,10 +90,25 @@ def is_anomalous(score: ScoreMap, threshold: float) -> ScoreMap:
     return values >= threshold
 
 
-def open_set_fusion(class_ids: torch.Tensor, score: torch.Tensor, threshold: float, unknown_id: int) -> torch.Tensor:
+IdMap = TypeVar("IdMap", torch.Tensor, np.ndarray)
+
+
+def open_set_fusion(class_ids: IdMap, score: ScoreMap, threshold: float, unknown_id: int) -> IdMap:
     """K+1-way open-set map (thesis 4.2.2): closed-set argmax, overridden with `unknown_id` (= K)
-    wherever the anomaly score reaches the threshold (`is_anomalous`: score >= threshold)."""
-    return class_ids.masked_fill(is_anomalous(score, threshold), unknown_id)
+    wherever the anomaly score reaches the threshold (`is_anomalous`: score >= threshold).
+
+    Torch tensors or numpy arrays (both of one kind; shapes broadcast); the result has class_ids' kind and dtype.
+    TypeError when one is a tensor and the other an array, ValueError when unknown_id does not fit that dtype."""
+    anomalous = is_anomalous(score, threshold)
+    if isinstance(class_ids, torch.Tensor) != isinstance(anomalous, torch.Tensor):
+        raise TypeError(f"class_ids and score must both be torch tensors or both numpy arrays, got "
+                        f"{type(class_ids).__name__} and {type(score).__name__}")
+    if isinstance(class_ids, torch.Tensor):
+        return class_ids.masked_fill(anomalous, unknown_id)
+    ids = np.asarray(class_ids)
+    if np.issubdtype(ids.dtype, np.integer) and not np.iinfo(ids.dtype).min <= unknown_id <= np.iinfo(ids.dtype).max:
+        raise ValueError(f"unknown_id {unknown_id} does not fit class_ids' dtype {ids.dtype}")
+    return np.where(anomalous, np.asarray(unknown_id, dtype=ids.dtype), ids)
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

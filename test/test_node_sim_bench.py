@@ -42,3 +42,31 @@ def test_bench_node_reports_both_sides_and_the_node_stages(tmp_path):
     assert set(predictor["stages_ms"]) == {"preprocess", "forward", "postprocess"}
     assert node["errors_in_log"] == 0, (tmp_path / "node.log").read_text()
     assert "ratio" in table(result)
+
+
+def test_answers_count_a_stamp_once_every_wanted_output_arrived():
+    """bench_node.Answers on hand-made messages: answered = all wanted topics with the stamp; other topics ignored;
+    a frame answered after a later one is overtaken (dropped by the node); waits time out with None."""
+    from types import SimpleNamespace
+
+    from densehybrid_ros.tools.bench_node import Answers
+
+    def msg(sec: int, nanosec: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+    answers = Answers(["/a", "/b"])
+    answers.output("/a", msg(1))
+    answers.output("/other", msg(1))
+    assert not answers.answered((1, 0)) and answers.wait((1, 0), 0.01) is None
+    answers.output("/b", msg(1))
+    assert answers.answered((1, 0)) and answers.wait((1, 0), 0.01) is not None
+    answers.output("/a", msg(3))
+    answers.output("/b", msg(3))
+    answers.output("/a", msg(2))  # frame 2 never completes, frame 3 did: 2 was replaced in the node's mailbox
+    assert answers.overtaken((2, 0)) and not answers.overtaken((3, 0)) and answers.wait((2, 0), 10.0) is None
+    assert answers.answered_since((2, 0)) == 1 and answers.answered_since((1, 0)) == 2
+    assert answers.latest_diagnostics() == {} and answers.diagnostics_count == 0
+    assert answers.wait_diagnostics(lambda v: True, 0.01) is None
+    answers.diagnostic({"stage frames (total)": "4"})
+    assert answers.diagnostics_count == 1
+    assert answers.wait_diagnostics(lambda v: v["stage frames (total)"] == "4", 0.01) == {"stage frames (total)": "4"}

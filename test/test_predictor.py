@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from densehybrid_ros.predictor import Predictor, PredictorConfig
+from densehybrid_ros.predictor import OWN_THRESHOLD, Batch, Predictor, PredictorConfig
 from densehybrid_ros.weights import Calibration, Normalization, default_metadata
 
 from conftest import TINY
@@ -105,6 +105,81 @@ def test_open_set_is_class_ids_with_unknown_at_or_over_threshold(tiny_model):
     assert 0 < unknown.sum() < unknown.size and (out.hybrid[unknown] == np.float32(threshold)).any()
     assert np.all(out.open_set[unknown] == TINY.num_classes)
     assert np.array_equal(out.open_set[~unknown], out.class_ids[~unknown])
+
+
+def test_threshold_per_call_and_the_read_only_default(tiny_model):
+    """Omitted (OWN_THRESHOLD) = the predictor's own threshold (resolved at construction), a float = that one, None =
+    no open-set map; the open-set map is class ids with K where s_H >= the threshold, in float32 (the rule by hand)."""
+    K = TINY.num_classes
+    calibrated = replace(default_metadata(TINY), calibration=Calibration(threshold=0.0, method="manual"))
+    predictor = Predictor(tiny_model, calibrated)
+    assert predictor.threshold == 0.0  # weights.resolve_threshold: the weights' calibration
+    assert Predictor(tiny_model, calibrated, PredictorConfig(threshold=-2.5)).threshold == -2.5  # config overrides
+    img = image(64, 96)
+    own = predictor.predict(img)
+    t = float(np.sort(own.hybrid, axis=None)[own.hybrid.size // 3])  # an attained score
+    by_hand = lambda out, thr: np.where(out.hybrid >= np.float32(thr), K, out.class_ids)  # noqa: E731
+    np.testing.assert_array_equal(own.open_set, by_hand(own, 0.0))
+    assert predictor.predict(img, threshold=OWN_THRESHOLD).open_set.tolist() == own.open_set.tolist()
+    given = predictor.predict(img, threshold=t)
+    assert 0 < (given.open_set == K).sum() < given.open_set.size
+    np.testing.assert_array_equal(given.open_set, by_hand(given, t))
+    assert predictor.predict(img, threshold=None).open_set is None
+    np.testing.assert_array_equal(predictor.predict(img, None).hybrid, own.hybrid)  # scores do not depend on it
+    # the same per call through predict_batch and predict_many, and on uncalibrated weights
+    uncalibrated = Predictor(tiny_model, default_metadata(TINY))
+    assert uncalibrated.threshold is None and uncalibrated.predict(img).open_set is None
+    for got in (uncalibrated.predict_batch([img], t)[0], uncalibrated.predict_many([img], threshold=t)[0]):
+        np.testing.assert_array_equal(got.open_set, by_hand(got, t))
+    assert predictor.predict_many([img, img], None)[1].open_set is None
+    assert predictor.threshold == 0.0  # no call changed it
+
+
+def test_predictor_is_immutable(tiny_model):
+    predictor = Predictor(tiny_model, default_metadata(TINY))
+    with pytest.raises(AttributeError, match="pass threshold= to predict"):
+        predictor.threshold = 1.0
+    for name, value in (("config", PredictorConfig(threshold=1.0)), ("num_classes", 3), ("new_attribute", 1)):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(predictor, name, value)
+    with pytest.raises(AttributeError, match="immutable"):
+        del predictor.metadata
+    assert predictor.threshold is None and predictor.num_classes == TINY.num_classes
+    img = image(32, 32)
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        predictor.predict(img, threshold="0.5")
+    with pytest.raises(ValueError, match="NaN"):
+        predictor.predict_many([img], threshold=float("nan"))
+
+
+def test_public_stages_compose_to_predict_batch(tiny_model):
+    """preprocess -> forward -> postprocess is predict_batch: the batch holds the normalised, padded images (by hand)
+    and each image's grid and input size; the outputs are the model's dense outputs at the padded size."""
+    metadata = replace(default_metadata(TINY), calibration=Calibration(threshold=0.0, method="manual"))
+    predictor = Predictor(tiny_model, metadata, PredictorConfig(extra_scores=("msp",)))
+    images = [image(61, 83), image(40, 50)]
+    batch = predictor.preprocess(images)
+    assert isinstance(batch, Batch) and len(batch) == 2
+    assert batch.input_sizes == batch.network_sizes == ((61, 83), (40, 50))  # no grid: each at its own size
+    assert tuple(batch.tensor.shape) == (2, 3, 64, 96)  # padded to the largest, a multiple of 32
+    mean, std = np.array(metadata.normalization.mean), np.array(metadata.normalization.std)
+    expected = np.zeros((2, 3, 64, 96))
+    for i, img in enumerate(images):
+        expected[i, :, :img.shape[0], :img.shape[1]] = ((img / 255.0 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch.tensor.numpy(), expected, atol=1e-5)
+    outputs = predictor.forward(batch)
+    assert tuple(outputs.class_ids.shape) == (2, 64, 96) and set(outputs.scores) == {"hybrid", "msp"}
+    staged = predictor.postprocess(batch, outputs)
+    for got, want in zip(staged, predictor.predict_batch(images)):
+        np.testing.assert_array_equal(got.hybrid, want.hybrid)
+        np.testing.assert_array_equal(got.scores["msp"], want.scores["msp"])
+        np.testing.assert_array_equal(got.class_ids, want.class_ids)
+        np.testing.assert_array_equal(got.open_set, want.open_set)
+    assert [p.open_set for p in predictor.postprocess(batch, outputs, None)] == [None, None]
+    grid = Predictor(tiny_model, replace(metadata, input_size=(128, 64)))
+    assert grid.preprocess([image(300, 500)]).network_sizes == ((64, 128),)  # (h, w) of the weights' (w, h) grid
+    with pytest.raises(ValueError, match="at least one image"):
+        predictor.preprocess([])
 
 
 def test_batch_equals_one_by_one(tiny_model):

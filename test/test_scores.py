@@ -80,6 +80,25 @@ def test_open_set_fusion_by_hand():
     assert fused.tolist() == [[[0, 4], [4, 3]]]  # at or above the threshold becomes unknown (the score 1.0 too)
 
 
+def test_open_set_fusion_on_numpy_arrays_by_hand():
+    """Recorded outputs (numpy): the same rule, the class ids' dtype kept, the inputs left alone."""
+    ids = np.array([[0, 1, 2], [3, 4, 5]], np.uint8)
+    score = np.array([[0.5, 2.0, 1.0], [-1.0, np.float32(0.3), 7.0]], np.float32)
+    fused = scores.open_set_fusion(ids, score, threshold=1.0, unknown_id=6)
+    assert isinstance(fused, np.ndarray) and fused.dtype == np.uint8
+    assert fused.tolist() == [[0, 6, 6], [3, 4, 6]]  # 2.0, 1.0 (equal: unknown) and 7.0 reach the threshold
+    assert ids.tolist() == [[0, 1, 2], [3, 4, 5]]  # not modified in place
+    # a float64 threshold that rounds to an attained float32 score flags it (compared in float32, as in torch)
+    t = float(np.float32(0.3)) + 1e-12
+    assert scores.open_set_fusion(ids, score, t, 6).tolist() == [[6, 6, 6], [3, 6, 6]]  # 0.3 flagged too
+    # broadcasting as torch's masked_fill: one row of scores for both rows of ids
+    assert scores.open_set_fusion(ids, score[0], 1.0, 9).tolist() == [[0, 9, 9], [3, 9, 9]]
+    with pytest.raises(TypeError, match="must both be torch tensors or both numpy arrays"):
+        scores.open_set_fusion(torch.from_numpy(ids), score, 1.0, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        scores.open_set_fusion(ids, score, 1.0, 256)
+
+
 def test_threshold_rule_is_score_at_least_threshold_in_the_scores_dtype():
     values = np.array([0.25, 0.5, 0.75, 1.0], np.float32)
     for t, expected in ((0.5, [False, True, True, True]), (0.75, [False, False, True, True]),

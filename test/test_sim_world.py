@@ -236,7 +236,7 @@ def test_sim_loader_roundtrip(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "densehybrid_ros.sim", *a], capture_output=True, text=True)  # noqa: E731
     bad = run("render", "--out", str(tmp_path / "x"), "--split", "test", "--frames", "1", "--size", "512by256")
-    assert bad.returncode == 2 and "size must look like 512x256" in bad.stderr
+    assert bad.returncode == 2 and "size must be WxH, e.g. 512x256" in bad.stderr  # cli_args.parse_size
     (tmp_path / "exists").mkdir()
     again = run("bag", "--out", str(tmp_path / "exists"), "--frames", "1", "--size", "64x32")
     assert again.returncode == 2 and "already exists" in again.stderr

@@ -13,17 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from densehybrid_ros.cli_args import parse_size
 from densehybrid_ros.sim.world import SimConfig
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x256, got {text!r}") from None
-    if w < 16 or h < 16 or w > 4096 or h > 4096:
-        raise argparse.ArgumentTypeError(f"size {w}x{h} out of range (16..4096 per side)")
-    return w, h
 
 
 def _config(args) -> SimConfig:
@@ -38,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--size", type=parse_size, default=(512, 256), help="WxH (default 512x256)")
+    common.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
+                        help="frame size, width x height (default 512x256)")
     r = sub.add_parser("render", parents=[common], help="a dataset on disk")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--split", choices=("train", "val", "test"), required=True)

@@ -8,9 +8,12 @@ so that machine drift hits both alike:
 On CPU both run with the Predictor's allocator setting (`cpu_memory.retain_freed_memory`).
 
 `densehybrid-bench cameras`: multi-camera serving, batched vs one-by-one (see `cameras_throughput`).
-`densehybrid-bench train`: training steps/s, defaults vs each speed-up (`training.bench_train`).
+`densehybrid-bench train`: training steps/s, defaults vs each speed-up (`densehybrid_training.bench_train`).
 `densehybrid-bench soak --minutes N`: the node over DDS at camera rate for N minutes: RSS over time, frames answered,
 dropped and errors (`densehybrid_ros.tools.bench_soak`).
+
+Every size on these command lines is WxH, width first (`densehybrid_ros.cli_args.parse_size`), and so are the results'
+"size" labels; "size_hxw" (cameras) is the same size height first.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from densehybrid_ros.cli_args import parse_size
 from densehybrid_ros.config import load_yaml
 from densehybrid_ros.cpu_memory import retain_freed_memory
 from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
@@ -57,13 +61,14 @@ def _conv_flops(fn, model, x) -> int:
 
 @torch.inference_mode()
 def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, warmup: int, device: str, fp16: bool) -> dict:
+    """Closed-set vs hybrid step at each size (width, height), interleaved (see the module doc)."""
     dev = torch.device(device)
     allocator_tuned = retain_freed_memory() if dev.type == "cpu" else False  # as the Predictor does
     torch.manual_seed(0)
     model = build_model(config).eval().to(dev).to(memory_format=torch.channels_last)
     steps = {"closed": closed_set_step, "hybrid": hybrid_step}
     results = []
-    for height, width in sizes:
+    for width, height in sizes:
         x = torch.randn(1, 3, height, width, device=dev).contiguous(memory_format=torch.channels_last)
         flops = {name: _conv_flops(fn, model, x) for name, fn in steps.items()}
         times: dict[str, list[float]] = {name: [] for name in steps}
@@ -82,7 +87,7 @@ def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, wa
         paired = [h / c for h, c in zip(times["hybrid"], times["closed"])]
         results.append(
             {
-                "size": f"{height}x{width}",
+                "size": f"{width}x{height}",  # WxH, as --sizes
                 "closed_ms": round(closed_ms, 2),
                 "hybrid_ms": round(hybrid_ms, 2),
                 "closed_ms_all": [round(t, 2) for t in times["closed"]],
@@ -110,14 +115,14 @@ def overhead(config: ModelConfig, sizes: list[tuple[int, int]], repeats: int, wa
     }
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, got {text!r}") from None
-    if h % 32 or w % 32 or h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive multiples of 32, got {text!r}")
-    return h, w
+def parse_stride_size(text: str) -> tuple[int, int]:
+    """`overhead --sizes`: WxH (`cli_args.parse_size`) with both sides multiples of 32 (the model's output stride:
+    the benchmark feeds the tensor to the model as it is, unpadded) -> (width, height)."""
+    w, h = parse_size(text)
+    if w % 32 or h % 32:
+        raise argparse.ArgumentTypeError(f"size {w}x{h}: both sides must be multiples of 32 (the output stride), "
+                                         f"got {text!r}")
+    return w, h
 
 
 def sim_throughput(frames: int, size: tuple[int, int], workers: list[int], seed: int = 0) -> dict:
@@ -145,7 +150,7 @@ def cameras_throughput(weights: str | Path | None = None, counts: tuple[int, ...
                        model: str = "swiftnet_r18_cpu", threads: int | None = None) -> dict:
     """Throughput and latency of N cameras, batched vs one-by-one, on the same sim frames (size = (width, height)).
 
-    Measured: `FrameProcessor.predict`, the call the perception node's worker makes once per cycle with the newest
+    Measured: `Perception.predict`, the call the perception node's worker makes once per cycle with the newest
     frame of every camera (`Predictor.predict_many`: preprocessing, one forward per network grid size, postprocessing
     with the open-set map, results as numpy arrays). Not measured: message decoding, colours/overlay/obstacles and
     publishing (per camera and identical in both modes) and DDS. Per cycle camera c gets sim frame t + c.
@@ -187,7 +192,7 @@ def cameras_throughput(weights: str | Path | None = None, counts: tuple[int, ...
 def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -> dict:
     from densehybrid_ros.tools.bench_node import random_weights, render_frames
     from densehybrid_ros.perception.settings import Settings
-    from densehybrid_ros.perception.pipeline import FrameProcessor
+    from densehybrid_ros.perception.pipeline import Perception
     from densehybrid_ros.predictor import Predictor, PredictorConfig
 
     if weights is None:
@@ -204,7 +209,7 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
         predictor = Predictor.from_onnx(export_onnx(net, metadata, tmp / "model.onnx", height, width), config)
     else:
         predictor = Predictor.from_weights(weights, config)
-    processor = FrameProcessor(predictor)
+    perception = Perception(predictor)
     settings = Settings.from_values({})
     started = time.perf_counter()
     frames = [rgb for rgb, _ in render_frames(cycles + max(counts) - 1, size)]
@@ -213,14 +218,14 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
 
     def batched(images: list) -> list[float]:
         start = time.perf_counter()
-        processor.predict(images, settings)
+        perception.predict(images, settings)
         _sync(dev)
         return [time.perf_counter() - start] * len(images)
 
     def one_by_one(images: list) -> list[float]:
         start, done = time.perf_counter(), []
         for image in images:
-            processor.predict([image], settings)
+            perception.predict([image], settings)
             _sync(dev)
             done.append(time.perf_counter() - start)
         return done
@@ -246,7 +251,7 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
         speedups[str(n)] = round(fps["batched"] / fps["one_by_one"], 3)
     return {
         "benchmark": "cameras",
-        "measured": "FrameProcessor.predict per cycle (the node's batched inference call: Predictor.predict_many = "
+        "measured": "Perception.predict per cycle (the node's batched inference call: Predictor.predict_many = "
                     "preprocess, one forward per grid size, postprocess incl. open-set map); excludes decode, "
                     "presentation, publishing and DDS",
         "weights": str(weights),
@@ -254,6 +259,7 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
         "backend": backend + (f" [{', '.join(predictor.model.providers)}]" if backend == "onnxruntime" else ""),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "size": f"{size[0]}x{size[1]}",  # WxH, as --size
         "size_hxw": f"{size[1]}x{size[0]}",
         "network_grid": "input_size " + "x".join(map(str, predictor.metadata.input_size))
                         if predictor.metadata.input_size else "image size (all cameras share it: one forward)",
@@ -265,7 +271,7 @@ def _cameras(weights, counts, cycles, size, device, backend, model, tmp: Path) -
 
 
 def _cameras_table(result: dict) -> None:
-    print(f"cameras {result['size_hxw']} (HxW), {result['backend']} on {result['device']} ({result['torch_threads']} threads), "
+    print(f"cameras {result['size']} (WxH), {result['backend']} on {result['device']} ({result['torch_threads']} threads), "
           f"{result['cycles']} cycles; measured: {result['measured']}")
     print(f"{'cameras':>7} {'mode':>10} {'fps':>8} {'cycle ms':>9} {'frame ms':>9}")
     for r in result["runs"]:
@@ -297,17 +303,15 @@ def _sim_table(result: dict) -> None:
 
 
 def train_throughput(argv: list[str]) -> int:
-    """`densehybrid-bench train ...`: the training module's benchmark (training.bench_train), run as its own
+    """`densehybrid-bench train ...`: the training module's benchmark (densehybrid_training.bench_train), run as its own
     command because the runtime never imports the training module."""
     import subprocess
 
-    return subprocess.call([sys.executable, "-m", "training.bench_train", *argv])
+    return subprocess.call([sys.executable, "-m", "densehybrid_training.bench_train", *argv])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        return train_throughput(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
+    """The `densehybrid-bench` command line (`train` is passed on to densehybrid_training.bench_train before parsing)."""
     parser = argparse.ArgumentParser(prog="densehybrid-bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     output = argparse.ArgumentParser(add_help=False)
@@ -315,56 +319,63 @@ def main(argv: list[str] | None = None) -> int:
     output.add_argument("--out", type=Path, help="also write the JSON here")
     p = sub.add_parser("overhead", parents=[output], help="closed-set forward vs forward + DenseHybrid outputs")
     p.add_argument("--model", default="swiftnet_r18", help="model preset name or YAML path")
-    p.add_argument("--sizes", type=_parse_size, nargs="+", default=[(512, 1024), (1024, 2048)], metavar="HxW")
+    p.add_argument("--sizes", type=parse_stride_size, nargs="+", default=[(1024, 512), (2048, 1024)], metavar="WxH",
+                   help="input sizes, width x height, multiples of 32 (default 1024x512 2048x1024)")
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fp16", action="store_true", help="autocast float16 (CUDA only)")
     s = sub.add_parser("sim", parents=[output], help="sim-world render throughput, 1 vs N worker processes")
     s.add_argument("--frames", type=int, default=128)
-    s.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    s.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH", help="frame size (default 512x256)")
     s.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     n = sub.add_parser("node", parents=[output], help="perception node end to end over DDS vs the bare Predictor")
     n.add_argument("--weights", type=Path, default=None, help="node weights (default: random weights of --model)")
     n.add_argument("--model", default="swiftnet_r18_cpu")
     n.add_argument("--frames", type=int, default=30)
-    n.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    n.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH", help="frame size (default 512x256)")
     n.add_argument("--device", default="cpu")
     n.add_argument("--threads", type=int, default=None)
-    sub.add_parser("train", help="training steps/s: defaults vs each speed-up (training.bench_train; --help there)")
+    sub.add_parser("train", help="training steps/s: defaults vs each speed-up (densehybrid_training.bench_train; --help there)")
     c = sub.add_parser("cameras", parents=[output], help="multi-camera inference: batched vs one-by-one, 1/2/4 cameras")
     c.add_argument("--weights", type=Path, default=None, help="weights (default: random weights of --model)")
     c.add_argument("--model", default="swiftnet_r18_cpu")
     c.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="camera counts")
     c.add_argument("--cycles", type=int, default=20, help="timed cycles per camera count and mode")
-    c.add_argument("--size", type=_parse_size, default=(256, 512), metavar="HxW")
+    c.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
+                   help="camera frame size (default 512x256)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     c.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     k = sub.add_parser("soak", parents=[output], help="the node at camera rate for N minutes: RSS, answered, dropped")
     bench_soak.add_arguments(k)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return train_throughput(argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "soak":
         return bench_soak.main(args, lambda result, table: _emit(result, args, table))
     if args.command == "cameras":
         if args.cycles < 1 or min(args.counts) < 1:
             parser.error("--cycles and --counts must be >= 1")
-        h, w = args.size
-        _emit(cameras_throughput(args.weights, tuple(args.counts), args.cycles, (w, h), args.device, args.backend,
+        _emit(cameras_throughput(args.weights, tuple(args.counts), args.cycles, args.size, args.device, args.backend,
                                  args.model, args.threads), args, _cameras_table)
         return 0
     if args.command == "node":
         from densehybrid_ros.tools.bench_node import bench_node, table
 
-        h, w = args.size
-        _emit(bench_node(args.weights, args.frames, (w, h), args.device, model=args.model, threads=args.threads),
+        _emit(bench_node(args.weights, args.frames, args.size, args.device, model=args.model, threads=args.threads),
               args, lambda r: print(table(r)))
         return 0
     if args.command == "sim":
         if args.frames < 1 or min(args.workers) < 1:
             parser.error("--frames and --workers must be >= 1")
-        h, w = args.size
-        _emit(sim_throughput(args.frames, (w, h), args.workers), args, _sim_table)
+        _emit(sim_throughput(args.frames, args.size, args.workers), args, _sim_table)
         return 0
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")

@@ -1,13 +1,14 @@
 """Node throughput benchmark: the perception node end to end over real DDS vs the bare Predictor, on the same frames.
 
-    densehybrid-bench-node [--weights W] [--model swiftnet_r18_cpu] [--frames 30] [--size 512x256] [--json] [--out F]
-    (proposed: `densehybrid-bench node ...`, the same function)
+    densehybrid-bench node [--weights W] [--model swiftnet_r18_cpu] [--frames 30] [--size 512x256] [--device D]
+                           [--threads N] [--json] [--out F]
+    python -m densehybrid_ros.tools.bench_node ...   (the same, plus --warmup and --outputs)
 
-1. N frames of a sim driving sequence are rendered (seed 0, test split) at the requested size (WxH).
+1. N frames of a sim driving sequence are rendered (seed 0, test split) at the requested size (`--size` WxH).
 2. The bare `Predictor` (the one the node runs) is timed in this process on those frames, in a worker thread like the
-   node's: `predict()` per frame, and its three stages separately (preprocess, forward, postprocess: the same calls
-   `Predictor.predict_batch` makes, timed one by one). Timed twice, before and after the node run (machine drift shows
-   up as the spread of the two).
+   node's: `predict()` per frame, and its three public stages separately (`Predictor.preprocess`, `forward`,
+   `postprocess`: what `Predictor.predict_batch` runs, timed one by one). Timed twice, before and after the node run
+   (machine drift shows up as the spread of the two).
 3. The perception node runs as a subprocess (`python -m densehybrid_ros.node.perception_node`, reliable input QoS,
    depth 1, the same weights and device) in an isolated DDS domain (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST). This
    process publishes the frames as sensor_msgs/Image rgb8 (messages built beforehand) and subscribes to the outputs
@@ -39,9 +40,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
+
+from densehybrid_ros.cli_args import parse_size
+
+if TYPE_CHECKING:
+    from densehybrid_ros.predictor import Predictor
 
 GOAL_RATIO = 0.90
 STAGE_KEYS = ("decode", "process", "publish")
@@ -87,7 +93,7 @@ def _summary(values_ms: list[float]) -> dict:
             "max": round(max(values_ms), 3)}
 
 
-def time_predictor(predictor: Any, images: list[np.ndarray]) -> dict:
+def time_predictor(predictor: Predictor, images: list[np.ndarray]) -> dict:
     """predict() per image, then the stages of predict_batch one by one (preprocess, forward, postprocess) [ms].
 
     Runs in a separate thread, as the node's worker does: OpenMP state is per thread, and on a busy 2-core machine
@@ -110,7 +116,9 @@ def time_predictor(predictor: Any, images: list[np.ndarray]) -> dict:
     return result[0]
 
 
-def _time_predictor(predictor: Any, images: list[np.ndarray]) -> dict:
+def _time_predictor(predictor: Predictor, images: list[np.ndarray]) -> dict:
+    """`time_predictor`'s work, in the calling thread: predict() per image, then the public stages of predict_batch
+    (`Predictor.preprocess`, `forward`, `postprocess`, at the predictor's own threshold) timed one by one."""
     import torch
 
     cuda = predictor.device.type == "cuda"
@@ -128,71 +136,99 @@ def _time_predictor(predictor: Any, images: list[np.ndarray]) -> dict:
         predictor.predict(image)
         sync()
         totals.append((time.perf_counter() - start) * 1e3)
-    stages = {"preprocess": [], "forward": [], "postprocess": []}
-    names = ("hybrid",) + tuple(n for n in predictor.config.extra_scores if n != "hybrid")
-    with torch.inference_mode():
+    stages: dict[str, list[float]] = {"preprocess": [], "forward": [], "postprocess": []}
+    with torch.inference_mode():  # as predict_batch runs its stages
         for image in images:
             sync()
             t0 = time.perf_counter()
-            batch, sizes = predictor._preprocess([image])
+            batch = predictor.preprocess([image])
             sync()
             t1 = time.perf_counter()
-            out = predictor.model.dense_outputs(batch, names)
+            outputs = predictor.forward(batch)
             sync()
             t2 = time.perf_counter()
-            h, w = sizes[0]
-            predictor._postprocess(out.class_ids[0:1, :h, :w], {k: v[0:1, :h, :w].float() for k, v in out.scores.items()},
-                                   image.shape[:2])
+            predictor.postprocess(batch, outputs)
             t3 = time.perf_counter()
             for key, (a, b) in zip(stages, ((t0, t1), (t1, t2), (t2, t3))):
                 stages[key].append((b - a) * 1e3)
     return {"predict_ms": totals, "stages_ms": {k: statistics.fmean(v) for k, v in stages.items()}}
 
 
-class _Answers:
-    """Arrival of the node's outputs per stamp; a stamp is answered when every wanted topic has it."""
+Stamp = tuple[int, int]  # (sec, nanosec) of a message header's stamp
 
-    def __init__(self, wanted: list[str]):
-        self.wanted = set(wanted)
-        self.seen: dict[tuple[int, int], set[str]] = {}
-        self.done: dict[tuple[int, int], float] = {}
-        self.cond = threading.Condition()
-        self.diagnostics: dict[str, str] = {}
-        self.diagnostics_count = 0
+
+class Answers:
+    """Arrival of a node's outputs per frame stamp, and its latest /diagnostics values. Thread-safe: the DDS callbacks
+    (`output`, `diagnostic`) run in the spinning thread, the waits in the benchmark's. A stamp is answered when every
+    wanted topic has delivered a message with it (bench_node and bench_soak count frames this way)."""
+
+    def __init__(self, wanted: Iterable[str]):
+        self.wanted: frozenset[str] = frozenset(wanted)
+        self._seen: dict[Stamp, set[str]] = {}
+        self._done: dict[Stamp, float] = {}  # stamp -> perf_counter time its last wanted output arrived
+        self._cond = threading.Condition()
+        self._diagnostics: dict[str, str] = {}
+        self._diagnostics_count = 0
 
     def output(self, topic: str, msg: Any) -> None:
+        """A message of `topic` arrived (a subscription callback); topics not wanted are ignored."""
+        if topic not in self.wanted:
+            return
         now = time.perf_counter()
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        with self.cond:
-            topics = self.seen.setdefault(stamp, set())
+        with self._cond:
+            topics = self._seen.setdefault(stamp, set())
             topics.add(topic)
-            if topics >= self.wanted and stamp not in self.done:
-                self.done[stamp] = now
-                self.cond.notify_all()
+            if topics >= self.wanted and stamp not in self._done:
+                self._done[stamp] = now
+                self._cond.notify_all()
 
-    def wait(self, stamp: tuple[int, int], timeout: float) -> float | None:
-        """Arrival time of the last wanted output of `stamp`; None when it timed out or a later frame was answered
-        first (`overtaken`)."""
-        with self.cond:
-            self.cond.wait_for(lambda: stamp in self.done or self.overtaken(stamp), timeout)
-            return self.done.get(stamp)
+    def answered(self, stamp: Stamp) -> bool:
+        """Every wanted output of `stamp` has arrived."""
+        with self._cond:
+            return stamp in self._done
 
-    def overtaken(self, stamp: tuple[int, int]) -> bool:
+    def answered_since(self, stamp: Stamp) -> int:
+        """How many stamps at or after `stamp` are answered."""
+        with self._cond:
+            return sum(1 for s in self._done if s >= stamp)
+
+    def wait(self, stamp: Stamp, timeout: float) -> float | None:
+        """Arrival time (perf_counter) of the last wanted output of `stamp`; None when it timed out or a later frame
+        was answered first (`overtaken`)."""
+        with self._cond:
+            self._cond.wait_for(lambda: stamp in self._done or self.overtaken(stamp), timeout)
+            return self._done.get(stamp)
+
+    def overtaken(self, stamp: Stamp) -> bool:
         """A later frame was answered and `stamp` was not: the node answers in order, so this frame was dropped,
         replaced in its mailbox by a newer one."""
-        with self.cond:
-            return stamp not in self.done and bool(self.done) and max(self.done) > stamp
+        with self._cond:
+            return stamp not in self._done and bool(self._done) and max(self._done) > stamp
 
     def diagnostic(self, values: dict[str, str]) -> None:
-        with self.cond:
-            self.diagnostics = values
-            self.diagnostics_count += 1
-            self.cond.notify_all()
+        """A /diagnostics status of the node arrived (its key/value pairs)."""
+        with self._cond:
+            self._diagnostics = values
+            self._diagnostics_count += 1
+            self._cond.notify_all()
 
-    def wait_diagnostics(self, predicate, timeout: float) -> dict[str, str] | None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.diagnostics and predicate(self.diagnostics), timeout)
-            return dict(self.diagnostics) if ok else None
+    @property
+    def diagnostics_count(self) -> int:
+        """How many /diagnostics statuses of the node arrived so far."""
+        with self._cond:
+            return self._diagnostics_count
+
+    def latest_diagnostics(self) -> dict[str, str]:
+        """A copy of the latest /diagnostics values ({} before the first)."""
+        with self._cond:
+            return dict(self._diagnostics)
+
+    def wait_diagnostics(self, predicate: Callable[[dict[str, str]], bool], timeout: float) -> dict[str, str] | None:
+        """A copy of the latest /diagnostics values once `predicate` holds for them; None after `timeout` s."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._diagnostics and predicate(self._diagnostics), timeout)
+            return dict(self._diagnostics) if ok else None
 
 
 def _stage_totals(values: dict[str, str]) -> tuple[int, dict[str, float]]:
@@ -272,7 +308,7 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
                 raise
 
     spinner = threading.Thread(target=spin, daemon=True)
-    answers = _Answers([f"{node_name}/{o}" for o in outputs])
+    answers = Answers([f"{node_name}/{o}" for o in outputs])
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     for o in outputs:
         topic = f"{node_name}/{o}"
@@ -377,7 +413,7 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
         steady = run(2, messages)
         answers.wait_diagnostics(lambda v: int(v["stage frames (total)"]) >= frames0 + steady["answered"], 30)
         seen = answers.diagnostics_count
-        after = answers.wait_diagnostics(lambda v: answers.diagnostics_count > seen + 1, 10) or dict(answers.diagnostics)  # two more reports
+        after = answers.wait_diagnostics(lambda v: answers.diagnostics_count > seen + 1, 10) or answers.latest_diagnostics()  # two more reports
         frames1, totals1 = _stage_totals(after)
         counted = frames1 - frames0  # frames the node processed, answers we missed included
         if counted > 0 and steady["seconds"] == steady["seconds"]:
@@ -445,17 +481,6 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
     }
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """WxH (as the sim's --size) -> (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x256, got {text!r}") from None
-    if w < 16 or h < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return w, h
-
-
 def table(result: dict) -> str:
     p, n = result["predictor"], result["node"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in p["stages_ms"].items())
@@ -469,25 +494,31 @@ def table(result: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="densehybrid-bench-node", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m densehybrid_ros.tools.bench_node`."""
+    ap = argparse.ArgumentParser(prog="python -m densehybrid_ros.tools.bench_node", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, default=None, help="weights (default: random weights of --model)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="model preset for random weights")
     ap.add_argument("--frames", type=int, default=30)
-    ap.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH")
+    ap.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
+                    help="frame size, width x height (default 512x256)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads here and in the node (default: torch's)")
     ap.add_argument("--outputs", nargs="+", default=None, help="node outputs to subscribe to")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         result = bench_node(args.weights, args.frames, args.size, args.device,
                             tuple(args.outputs) if args.outputs else None, args.warmup, args.model,
                             threads=args.threads)
     except (ValueError, RuntimeError, OSError) as error:
-        print(f"densehybrid-bench-node: error: {error}", file=sys.stderr)
+        print(f"bench_node: error: {error}", file=sys.stderr)
         return 2
     text = json.dumps(result, indent=2)
     if args.out:

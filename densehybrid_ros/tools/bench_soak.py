@@ -34,11 +34,11 @@ Acceptance (issue 16): a 60-minute soak with growth <= 5%, no errors, unaccounte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +116,8 @@ class BagFrames:
 def load_frames(bag: Path, image_topic: str, info_topic: str) -> BagFrames:
     """Read `image_topic` and `info_topic` of `bag` (densehybrid-replay's reader and conversion)."""
     from densehybrid_ros.bagio import BagReader
-    from densehybrid_ros.node.messages import message_class, stamp_ns
+    from densehybrid_ros.node.messages import message_class
+    from densehybrid_ros.perception.image_codec import stamp_ns
     from densehybrid_ros.node.replay import convert
 
     with BagReader(bag) as reader:
@@ -224,7 +225,7 @@ def settled(counts: dict[str, int], sent: int) -> bool:
 # ------------------------------------------------------------------ this process on DDS
 class SoakLink:
     """Publishers of the node's inputs and subscribers of its outputs and /diagnostics, on the demo's `Watcher` node
-    (a private rclpy context spun in a thread). Answers are tracked by stamp (bench_node's `_Answers`)."""
+    (a private rclpy context spun in a thread). Answers are tracked by stamp (`bench_node.Answers`)."""
 
     def __init__(self, watcher: Any, outputs: tuple[str, ...], answer_outputs: tuple[str, ...]):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -233,14 +234,14 @@ class SoakLink:
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from visualization_msgs.msg import MarkerArray
 
-        from densehybrid_ros.tools.bench_node import _Answers
+        from densehybrid_ros.tools.bench_node import Answers
 
         node = self.node = watcher.node
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = node.create_publisher(Image, f"{NAMESPACE}/image", reliable)
         self.info_pub = node.create_publisher(CameraInfo, f"{NAMESPACE}/camera_info", reliable)
         self.topics = {o: f"{NODE}/{o}" for o in outputs}
-        self.answers = _Answers([self.topics[o] for o in answer_outputs])
+        self.answers = Answers([self.topics[o] for o in answer_outputs])
         self.messages = dict.fromkeys(self.topics.values(), 0)
         self.error_reports, self.last_error_message = 0, ""
         self._last_stamp_ns = 0
@@ -251,8 +252,7 @@ class SoakLink:
 
     def _output(self, topic: str, msg: Any) -> None:
         self.messages[topic] += 1
-        if topic in self.answers.wanted:
-            self.answers.output(topic, msg)
+        self.answers.output(topic, msg)  # counts toward an answer when it is one of answer_outputs
 
     def _diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -264,8 +264,7 @@ class SoakLink:
                 self.answers.diagnostic({kv.key: kv.value for kv in status.values})
 
     def totals(self) -> dict[str, int] | None:
-        with self.answers.cond:
-            values = dict(self.answers.diagnostics)
+        values = self.answers.latest_diagnostics()
         return node_totals(values) if values else None
 
     def reports(self) -> int:
@@ -273,8 +272,7 @@ class SoakLink:
 
     def answered_since(self, stamp: tuple[int, int]) -> int:
         """Frames answered with a stamp at or after `stamp` (the soak's first)."""
-        with self.answers.cond:
-            return sum(1 for s in self.answers.done if s >= stamp)
+        return self.answers.answered_since(stamp)
 
     def ready(self) -> bool:
         """The node subscribes to the image and publishes every output this process listens to."""
@@ -395,7 +393,7 @@ def _warm_up(link: SoakLink, node: Any, frames: BagFrames) -> tuple[dict[str, in
                 raise SoakError(f"no frame answered within {STARTUP_TIMEOUT_S:.0f} s of warm-up:\n{node.tail()}")
             stamp = link.send(frames.images[sent % len(frames.images)], frames.infos[sent % len(frames.infos)])
             sent += 1
-            answered = wait_for(lambda: stamp in link.answers.done, WARMUP_TRY_S, check)
+            answered = wait_for(lambda: link.answers.answered(stamp), WARMUP_TRY_S, check)
         reports = link.reports()
         if not wait_for(lambda: link.reports() > reports and (t := link.totals()) is not None and settled(t, sent),
                         STARTUP_TIMEOUT_S, check):
@@ -469,6 +467,15 @@ def _drain(config: SoakConfig, link: SoakLink, node: Any, run: SoakRun, base: di
     return counts
 
 
+def _mount_record(mount: Any) -> dict | None:
+    """The mount as JSON: a dict as it is, a `perception.camera.Mount` (a dataclass) as its fields, None as None."""
+    if mount is None or isinstance(mount, dict):
+        return mount
+    if dataclasses.is_dataclass(mount):
+        return dataclasses.asdict(mount)
+    raise TypeError(f"camera mount must be a dict or a Mount, got {type(mount).__name__}")
+
+
 def _result(config: SoakConfig, weights: Path, bag: Path, frames: BagFrames, first_image: Any, rate: float,
             mount: dict | None, outputs: tuple[str, ...], image_outputs: tuple[str, ...], run: SoakRun, counts: dict,
             link: dict) -> dict:
@@ -487,7 +494,7 @@ def _result(config: SoakConfig, weights: Path, bag: Path, frames: BagFrames, fir
                                                         f"test pool; temporary)",
         "bag_frames": len(frames.images), "bag_messages_skipped": frames.skipped,
         "size": f"{first_image.width}x{first_image.height}", "bag_rate_hz": round(frames.rate, 3),
-        "rate_hz": round(rate, 3), "mount": mount, "outputs": list(outputs), "answer_outputs": list(image_outputs),
+        "rate_hz": round(rate, 3), "mount": _mount_record(mount), "outputs": list(outputs), "answer_outputs": list(image_outputs),
         "minutes": config.minutes, "max_frames": config.max_frames, "cpu_count": os.cpu_count(),
         "seconds": round(run.seconds, 2), "send_rate_hz": round(run.sent / run.seconds, 3) if run.seconds else None,
         "warmup_frames": link["warmup_frames"],
@@ -538,7 +545,7 @@ def table(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `densehybrid-bench soak` options (bench.py adds --json/--out)."""
-    from densehybrid_ros.tools.bench_node import parse_size
+    from densehybrid_ros.cli_args import parse_size
 
     parser.add_argument("--minutes", type=float, required=True, help="soak duration")
     parser.add_argument("--weights", type=Path, default=None, help="default: the bundled models/densehybrid_sim")
@@ -550,7 +557,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RSS growth is measured after this minute (default 5)")
     parser.add_argument("--outputs", nargs="+", default=list(DEFAULT_OUTPUTS), help="node outputs to subscribe to")
     parser.add_argument("--bag-frames", type=int, default=DEFAULT_BAG_FRAMES, help="frames of the sim bag")
-    parser.add_argument("--size", type=parse_size, default=(512, 256), help="WxH of the sim bag (default 512x256)")
+    parser.add_argument("--size", type=parse_size, default=(512, 256), metavar="WxH",
+                        help="frame size of the sim bag, width x height (default 512x256)")
     parser.add_argument("--image-topic", default=IMAGE_TOPIC)
     parser.add_argument("--info-topic", default=INFO_TOPIC)
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="wait for in-flight frames at most [s]")
