@@ -36,6 +36,11 @@ def log_outlier_posterior(inlier_logit: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(-_squeeze_channel(inlier_logit).float())
 
 
+def log_inlier_posterior(inlier_logit: torch.Tensor) -> torch.Tensor:
+    """ln P(d_in|x) = ln sigmoid(g(z)) = logsigmoid(g(z)) (4.10), computed stably."""
+    return F.logsigmoid(_squeeze_channel(inlier_logit).float())
+
+
 def hybrid_score(logits: torch.Tensor, inlier_logit: torch.Tensor) -> torch.Tensor:
     """DenseHybrid score s_H(x) = ln P(d_out|x) - ln p^(x) (4.11); the normalizer Z is dropped."""
     return log_outlier_posterior(inlier_logit) - unnormalized_log_likelihood(logits)

@@ -65,6 +65,16 @@ def test_outlier_posterior_is_stable_for_confident_inliers():
     np.testing.assert_allclose(got.numpy(), [-50.0, -1.9287e-22, np.log(0.5)], rtol=1e-4, atol=1e-6)
 
 
+def test_inlier_posterior_is_stable_and_complements_the_outlier_posterior():
+    g = torch.tensor([[[[50.0, -50.0, 0.0, 3.0]]]])  # P(d_in) ~ 1, ~ 0, 1/2, sigmoid(3)
+    got = scores.log_inlier_posterior(g)[0, 0]
+    assert torch.isfinite(got).all()
+    np.testing.assert_allclose(got.numpy(), [-1.9287e-22, -50.0, np.log(0.5), -np.log1p(np.exp(-3.0))], rtol=1e-4,
+                               atol=1e-6)
+    total = torch.exp(got) + torch.exp(scores.log_outlier_posterior(g)[0, 0])  # P(d_in|x) + P(d_out|x) = 1
+    np.testing.assert_allclose(total.numpy(), 1.0, atol=1e-6)
+
+
 def test_hybrid_shifts_with_logit_offset_but_classes_do_not():
     """Adding c to all logits leaves P(y|x) unchanged and lowers s_H by exactly c (thesis 4.9 remark)."""
     s, g = torch.tensor(LOGITS, dtype=torch.float32), torch.tensor(INLIER, dtype=torch.float32)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from densehybrid_ros.classes import VOID
-from densehybrid_ros.scores import log_outlier_posterior, unnormalized_log_likelihood
+from densehybrid_ros.scores import log_inlier_posterior, log_outlier_posterior, unnormalized_log_likelihood
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,9 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch
     return (ce * w).sum() / w.sum().clamp(min=1e-12)
 
 
-def _log_inlier_posterior(inlier_logit: torch.Tensor) -> torch.Tensor:
-    """ln P(d_in|x) = ln sigmoid(g) (4.10), (B, H, W) float32. `scores` has only ln P(d_out|x) = ln sigmoid(-g);
-    since P(d_in|x) = 1 - P(d_out|x), it is that function of the negated logit."""
-    return log_outlier_posterior(-inlier_logit)
-
-
 def inlier_posterior_loss(inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
     """L_d's inlier term (4.15): E_in[-ln P(d_in|x)] = E_in[-ln sigmoid(g)]."""
-    return _masked_mean(-_log_inlier_posterior(inlier_logit), inlier_mask(labels, d_out))
+    return _masked_mean(-log_inlier_posterior(inlier_logit), inlier_mask(labels, d_out))
 
 
 def outlier_posterior_loss(inlier_logit: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
@@ -116,6 +110,6 @@ def authors_code_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: 
     the outlier head in which every non-pasted pixel, void and padding included, counts as an inlier."""
     cls = classification_loss(logits, labels, d_out, class_weights)
     x_out = outlier_likelihood_loss(logits, d_out)
-    head = torch.where(d_out, -log_outlier_posterior(inlier_logit), -_log_inlier_posterior(inlier_logit)).mean()
+    head = torch.where(d_out, -log_outlier_posterior(inlier_logit), -log_inlier_posterior(inlier_logit)).mean()
     total = cls + lse_weight * x_out + ce_weight * head
     return {"cls": cls, "x_out": x_out, "head": head, "total": total}
