@@ -15,7 +15,8 @@ import torch
 from conftest import TINY, randomize_batchnorm
 from densehybrid_ros.models import build_model
 from densehybrid_ros.perception.mailbox import BatchMailbox
-from densehybrid_ros.perception.settings import Settings, SettingsError, check_update, split_mount_param
+from densehybrid_ros.perception.settings import (Settings, SettingsError, check_update, split_mount_param,
+                                                  with_mount_values)
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.weights import default_metadata, save_weights
 
@@ -31,8 +32,9 @@ def image(h: int, w: int) -> np.ndarray:
 def near_ties(predictor: Predictor, img: np.ndarray) -> np.ndarray:
     """Pixels whose top-2 logits (at the image's resolution, one-by-one) are within TIE of each other."""
     with torch.inference_mode():
-        batch, ((h, w),) = predictor._preprocess([img])
-        logits = predictor.model.dense_outputs(batch, ("hybrid",)).logits[0, :, :h, :w].float()
+        batch = predictor.preprocess([img])
+        ((h, w),) = batch.network_sizes
+        logits = predictor.model.dense_outputs(batch.tensor, ("hybrid",)).logits[0, :, :h, :w].float()
         if (h, w) != img.shape[:2]:
             logits = torch.nn.functional.interpolate(logits[None], size=img.shape[:2], mode="nearest")[0]
     top2 = logits.topk(2, dim=0).values
@@ -61,16 +63,16 @@ def tiny_net(one_torch_thread):
 def test_predict_many_equals_one_by_one_for_mixed_camera_sizes(tiny_net):
     predictor = Predictor(tiny_net, default_metadata(TINY))
     probe = predictor.predict(image(64, 96))
-    predictor.threshold = float(np.median(probe.hybrid))  # also compare the open-set map
+    threshold = float(np.median(probe.hybrid))  # also compare the open-set map
     images = [image(64, 96), image(48, 80), image(64, 96), image(50, 70), image(48, 80)]  # 3 grid sizes
     forwards = []
     real = predictor.model.dense_outputs
     predictor.model.dense_outputs = lambda x, names: forwards.append(x.shape[0]) or real(x, names)
-    batched = predictor.predict_many(images)
+    batched = predictor.predict_many(images, threshold=threshold)
     assert sorted(forwards) == [1, 2, 2]  # one forward per grid size, not per image
     for img, got in zip(images, batched):
         assert got.class_ids.shape == img.shape[:2] and got.open_set is not None
-        assert_same(got, predictor.predict(img), near_ties(predictor, img), predictor.threshold)
+        assert_same(got, predictor.predict(img, threshold=threshold), near_ties(predictor, img), threshold)
 
 
 def test_weights_with_an_input_size_batch_every_camera_into_one_forward(tiny_net):
@@ -87,26 +89,26 @@ def test_weights_with_an_input_size_batch_every_camera_into_one_forward(tiny_net
     assert predictor.predict_many([]) == []
 
 
-def test_frame_processor_predict_then_present_per_camera(tiny_weights, one_torch_thread):
-    from densehybrid_ros.perception.obstacles import ObstacleTracker
+def test_perception_predicts_in_one_batch_then_presents_per_camera(tiny_weights, one_torch_thread):
     from densehybrid_ros.perception.camera import CameraModel
-    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
+    from densehybrid_ros.perception.pipeline import CameraFrame, Perception, Wanted
+    from densehybrid_ros.perception.settings import with_mount_values
 
-    processor = FrameProcessor(Predictor.from_weights(tiny_weights))
+    perception = Perception(Predictor.from_weights(tiny_weights), cameras=("front", "left"))
     front, left = image(48, 80), image(40, 64)
     low = -1e6  # every pixel unknown: one obstacle per camera
     # each frame's obstacles as they come (1 of 1 frames) and no size limit: one whole-image obstacle per camera
     settings = Settings.from_values({"threshold": low, "min_obstacle_area": 1, "cameras": ["front", "left"],
                                      "confirm_hits": 1, "confirm_window": 1, "obstacle_max_width": 1000.0,
                                      "obstacle_max_height": 1000.0})
-    predictions = processor.predict([front, left], settings)
-    everything = Wanted(True, True, True, True, True, True)
-    trackers = {"front": ObstacleTracker(), "left": ObstacleTracker()}
+    predictions = perception.predict([front, left], settings)
+    everything = Wanted(semantic=True, semantic_color=True, anomaly_score=True, open_set=True, overlay=True,
+                        obstacles=True)
     results = {}
     for name, rgb, prediction, pitch in (("front", front, predictions[0], 0.2), ("left", left, predictions[1], 0.4)):
         cam = CameraModel(fx=60.0, fy=60.0, cx=rgb.shape[1] / 2, cy=rgb.shape[0] / 2)
-        mounted = settings.with_mount({"camera_pitch": pitch})
-        results[name] = processor.present(rgb, prediction, mounted, everything, cam, None, trackers[name])
+        mount = with_mount_values(settings.mount, {"camera_pitch": pitch})
+        results[name] = perception.present(CameraFrame(rgb, everything, name, cam, mount), prediction, settings)
     assert results["front"].overlay.shape == (48, 80, 3) and results["left"].overlay.shape == (40, 64, 3)
     (a,), (b,) = results["front"].obstacles, results["left"].obstacles
     assert a.id == 0 and b.id == 0  # each camera its own tracker, own ids
@@ -128,10 +130,9 @@ def test_onnxruntime_backend_matches_pytorch(tmp_path, tiny_net, monkeypatch):
     assert list((tmp_path / "cache").glob("*.onnx")) == exported  # ...and reused
     probe = torch_predictor.predict(image(64, 96))
     threshold = float(np.median(probe.hybrid))
-    torch_predictor.threshold = onnx_predictor.threshold = threshold
     images = [image(64, 96), image(120, 200), image(48, 80)]
-    for img, got in zip(images, onnx_predictor.predict_many(images)):  # a batch of 3 through the session
-        assert_same(got, torch_predictor.predict(img), near_ties(torch_predictor, img), threshold)
+    for img, got in zip(images, onnx_predictor.predict_many(images, threshold)):  # a batch of 3 through the session
+        assert_same(got, torch_predictor.predict(img, threshold), near_ties(torch_predictor, img), threshold)
     # from the .onnx alone (metadata embedded): same classes and outputs
     alone = Predictor.from_onnx(exported[0], PredictorConfig(threshold=threshold))
     assert alone.metadata.classes == metadata.classes and alone.network_size(1, 1) == (64, 96)
@@ -267,10 +268,10 @@ def test_camera_parameters_are_validated_with_clear_errors():
         Settings.from_values({"device": "cuda", "fp16": True, "backend": "onnxruntime"})
     assert "cleanup" in check_update("cameras", ["a"], configured=True)  # read at configure
     assert check_update("batch_wait_ms", 0.0, configured=True) is None  # runtime
-    mounted = s.with_mount({"camera_height": 2.5, "camera_pitch": 0.1})
-    assert (mounted.camera_height, mounted.camera_pitch, mounted.camera_roll) == (2.5, 0.1, 0.0)
+    mounted = with_mount_values(s.mount, {"camera_height": 2.5, "camera_pitch": 0.1})
+    assert (mounted.height, mounted.pitch, mounted.roll) == (2.5, 0.1, 0.0)
     with pytest.raises(SettingsError, match="camera_pitch must be in"):
-        s.with_mount({"camera_pitch": 3.0})
+        with_mount_values(s.mount, {"camera_pitch": 3.0})
     assert split_mount_param("front.camera_pitch") == ("front", "camera_pitch")
     assert split_mount_param("camera_pitch") is None and split_mount_param("front.threshold") is None
     assert Settings.from_values({}).replace(cameras=["a"]).cameras == ("a",)
@@ -284,12 +285,13 @@ def test_bench_cameras_runs_both_modes_and_backends(tmp_path, capsys):
     from densehybrid_ros.tools.bench import cameras_throughput, main
 
     weights = make_sim_weights(tmp_path / "sim.safetensors")
-    assert main(["cameras", "--weights", str(weights), "--counts", "1", "2", "--cycles", "2", "--size", "64x128",
+    assert main(["cameras", "--weights", str(weights), "--counts", "1", "2", "--cycles", "2", "--size", "128x64",
                  "--threads", "1", "--json", "--out", str(tmp_path / "cameras.json")]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "cameras.json").read_text())
     assert json.loads(printed[printed.index("{"):]) == result
-    assert result["benchmark"] == "cameras" and result["size_hxw"] == "64x128" and result["torch_threads"] == 1
+    assert result["benchmark"] == "cameras" and result["torch_threads"] == 1
+    assert (result["size"], result["size_hxw"]) == ("128x64", "64x128")  # --size is WxH
     assert [(r["cameras"], r["mode"]) for r in result["runs"]] == [
         (1, "batched"), (1, "one_by_one"), (2, "batched"), (2, "one_by_one")]
     for r in result["runs"]:  # frames counted per cycle; fps = those frames over the summed cycle times

@@ -64,8 +64,7 @@ def rig(tmp_path_factory):
     predictor = Predictor.from_weights(weights)
     probe = predictor.predict(frames["front"][0][0])
     threshold = float(np.quantile(probe.hybrid, 0.7))
-    predictor.threshold = threshold
-    reference = {name: predictor.predict(f[0][0]) for name, f in frames.items()}
+    reference = {name: predictor.predict(f[0][0], threshold=threshold) for name, f in frames.items()}
     node = node_process(tmp, f"weights:={weights}", "cameras:=[front, left]", f"threshold:={threshold!r}",
                         "min_obstacle_area:=5", "left.camera_pitch:=0.3", "batch_wait_ms:=300.0",
                         "diagnostics_period:=0.3", *PER_FRAME_OBSTACLES,  # each frame's components, at any size
@@ -217,6 +216,7 @@ def configure_in_process(capfd, *args: str):
     import rclpy
 
     from densehybrid_ros.node.perception_node import PerceptionNode
+    from densehybrid_ros.perception.settings import MOUNT_PARAMS, mount_value
 
     context = rclpy.Context()
     rclpy.init(args=["node", "--ros-args", "-r", f"__ns:={NAMESPACE}_inproc", "-p", "autostart:=false", *args],
@@ -224,7 +224,7 @@ def configure_in_process(capfd, *args: str):
     try:
         node = PerceptionNode(context=context)
         result = node.trigger_configure()
-        channels = {name: dict(ch.mount) for name, ch in node.channels.items()}
+        channels = {name: {p: mount_value(ch.mount, p) for p in MOUNT_PARAMS} for name, ch in node.channels.items()}
         if node.state == "inactive":
             node.trigger_cleanup()
         node.destroy_node()

@@ -1,13 +1,12 @@
 """ROS-free parts of the node, against hand computations: geometry, components, ids, decoding, parameters,
-diagnostics, mailbox, message conversion; plus static checks of the launch, params and RViz files."""
+diagnostics, message conversion, one frame through the perception pipeline; plus static checks of the launch, params
+and RViz files."""
 from __future__ import annotations
 
 import array
 import ast
 import configparser
 import math
-import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,6 @@ from densehybrid_ros.perception.image_codec import (
     decode_image,
     image_fields,
 )
-from densehybrid_ros.perception.mailbox import Mailbox
 from densehybrid_ros.perception.obstacles import extract_components, locate_on_ground, locate_with_depth
 from densehybrid_ros.perception.camera import CameraModel, ground_point, level_from_camera, rotation_to_quaternion
 from densehybrid_ros.perception.settings import DEFAULTS, PARAMS, SPECS, Settings, SettingsError, check_update, check_value
@@ -276,21 +274,7 @@ def test_image_fields_for_outputs():
         image_fields(np.zeros((2, 3), np.float32), "mono8")
 
 
-# ---------------------------------------------------------------- mailbox, diagnostics, parameters
-def test_mailbox_keeps_only_the_newest():
-    box: Mailbox[int] = Mailbox()
-    assert box.put(1) is False
-    assert box.put(2) is True  # 1 was never taken: stale
-    assert box.take(0) == 2 and box.take(0.01) is None
-    got = []
-    worker = threading.Thread(target=lambda: got.append(box.take(5.0)))
-    worker.start()
-    time.sleep(0.05)
-    box.close()  # wakes the waiting worker
-    worker.join(2)
-    assert got == [None] and not worker.is_alive()
-
-
+# ---------------------------------------------------------------- diagnostics, parameters
 def test_diagnostics_levels_and_rates():
     now = [0.0]
     stats = diagnostics.FrameStats(clock=lambda: now[0])
@@ -337,6 +321,20 @@ def test_settings_defaults_and_validation():
     assert "cleanup" in check_update("weights", "x", configured=True)
     assert check_update("weights", "x", configured=False) is None
     assert s.replace(threshold=3.0).threshold == 3.0 and s.replace(min_obstacle_area=7).threshold is None
+
+
+def test_camera_mounts_from_the_mounting_parameters():
+    from densehybrid_ros.perception.camera import Mount
+    from densehybrid_ros.perception.settings import MOUNT_PARAMS, mount_value, with_mount_values
+
+    s = Settings.from_values({"camera_height": 2.0, "camera_pitch": 0.1, "camera_roll": -0.05})
+    assert s.mount == Mount(height=2.0, pitch=0.1, roll=-0.05, yaw=0.0)
+    assert [mount_value(s.mount, name) for name in MOUNT_PARAMS] == [2.0, 0.1, -0.05]
+    assert with_mount_values(s.mount, {"camera_pitch": 0.3}) == Mount(2.0, 0.3, -0.05)
+    with pytest.raises(SettingsError) as error:
+        with_mount_values(s.mount, {"camera_height": 0.0, "camera_roll": 3.0, "threshold": 1.0})
+    for text in ("camera_height must be in", "camera_roll must be in", "threshold is not a mounting parameter"):
+        assert text in str(error.value)
 
 
 def test_params_file_matches_the_specification():
@@ -451,20 +449,21 @@ def test_rosbags_to_rclpy_conversion_keeps_every_field():
         assert canonical(serialize_message(converted)) == canonical(wire)
 
 
-# ---------------------------------------------------------------- one frame through the shared Predictor
-def test_frame_processor_runs_the_predictor_and_builds_outputs(tiny_weights):
-    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
+# ---------------------------------------------------------------- one frame through the perception pipeline
+def test_perception_runs_the_predictor_and_builds_outputs(tiny_weights):
+    from densehybrid_ros.perception.camera import Mount
+    from densehybrid_ros.perception.pipeline import CameraFrame, Perception, Wanted
     from densehybrid_ros.predictor import Predictor
 
     predictor = Predictor.from_weights(tiny_weights)
-    processor = FrameProcessor(predictor)
+    perception = Perception(predictor)
     rgb = RNG.integers(0, 256, (48, 80, 3), dtype=np.uint8)
     reference = Predictor.from_weights(tiny_weights).predict(rgb)
     # every frame's obstacles published as they come (1 of 1 frames, no miss budget) and no size limit: the outputs of
     # one frame are under test here; the obstacle rules are in test_obstacle_rules.py
     settings = Settings.from_values({"min_obstacle_area": 1, "camera_pitch": 0.2, "confirm_hits": 1, "confirm_window": 1,
                                      "miss_budget": 0, "obstacle_max_width": 1000.0, "obstacle_max_height": 1000.0})
-    result = processor.process(rgb, settings, Wanted(semantic=True))
+    (result,) = perception.run([CameraFrame(rgb, Wanted(semantic=True))], settings)
     assert result.threshold is None and result.prediction.open_set is None  # uncalibrated, no parameter
     assert result.semantic_color is None and result.overlay is None and result.obstacles == []
     np.testing.assert_array_equal(result.prediction.class_ids, reference.class_ids)
@@ -473,15 +472,20 @@ def test_frame_processor_runs_the_predictor_and_builds_outputs(tiny_weights):
     everything = Wanted(True, True, True, True, True, True)
     low = float(reference.hybrid.min()) - 1.0  # every pixel unknown: one component covering the image
     cam = CameraModel(fx=60.0, fy=60.0, cx=39.5, cy=23.5)
-    result = processor.process(rgb, settings.replace(threshold=low), everything, cam)
-    assert (result.prediction.open_set == predictor.num_classes).all()
+    frame = CameraFrame(rgb, everything, intrinsics=cam)  # mounted as the settings say
+    (result,) = perception.run([frame], settings.replace(threshold=low))
+    assert result.threshold == low and (result.prediction.open_set == predictor.num_classes).all()
     assert result.semantic_color.shape == (48, 80, 3) and result.overlay.shape == (48, 80, 3)
     (ob,) = result.obstacles
     assert ob.component.area == 48 * 80 and ob.id == 0 and result.located
     assert ob.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, 1.5, 0.2, 0.0)))
-    palette_unknown = processor.palette[predictor.num_classes]
+    (own,) = perception.run([CameraFrame(rgb, everything, intrinsics=cam, mount=Mount(2.0, 0.3, 0.0))],
+                            settings.replace(threshold=low))[0].obstacles  # its own mount
+    assert own.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, 2.0, 0.3, 0.0)))
+    palette_unknown = perception.palette[predictor.num_classes]
     assert (result.overlay[5:-5, 5:-5] == palette_unknown).all(axis=-1).mean() > 0.5  # highlighted
+    assert result.points is None and result.grid is None  # not wanted
     high = float(reference.hybrid.max()) + 1.0
-    result = processor.process(rgb, settings.replace(threshold=high), everything, cam)
+    (result,) = perception.run([frame], settings.replace(threshold=high))
     assert not (result.prediction.open_set == predictor.num_classes).any() and result.obstacles == []
-    assert result.removed_ids == {0}
+    assert predictor.threshold is None  # the pipeline passes its threshold per call, never sets the predictor's

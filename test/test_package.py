@@ -43,19 +43,67 @@ def test_setup_data_files_and_scripts():
     assert cfg["install"]["install_scripts"] == "$base/lib/densehybrid_ros"
 
 
+TRAINING_MODULES = ("densehybrid_training", "training")  # the installed name of training/, and the folder's own
+
+
 def test_runtime_never_imports_training():
     offenders = []
     for path in (ROOT / "densehybrid_ros").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.name}: {n}" for n in names if n == "training" or n.startswith("training.")]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in TRAINING_MODULES]
     assert offenders == []
     code = ("import importlib, pkgutil, sys, densehybrid_ros\n"
             "for m in pkgutil.walk_packages(densehybrid_ros.__path__, 'densehybrid_ros.'): importlib.import_module(m.name)\n"
-            "print('training' in sys.modules)")
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_MODULES!r}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "test", capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
+    # the training module is installed under its project-specific name only: no top-level `training` from here
+    probe = ("import importlib.util as u\n"
+             "print(u.find_spec('densehybrid_training').origin)\n"
+             "t = u.find_spec('training')\nprint(t and t.origin)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT / "test", capture_output=True, text=True,
+                            check=True)
+    ours, other = result.stdout.split()
+    assert Path(ours).parent.name in TRAINING_MODULES and not other.startswith(str(ROOT)), result.stdout
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, anywhere in it (relative imports resolved against its package)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = node.module or ""
+            found.add(module if node.level == 0 else ".".join(p for p in (base, module) if p))
+    return found
+
+
+def has_code(path: Path) -> bool:
+    """More than a docstring (a package marker holding only its description has no code to judge)."""
+    body = ast.parse(path.read_text()).body
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+
+
+def test_node_holds_only_rclpy_code_and_nothing_imports_upward():
+    """Issue 15: every module of densehybrid_ros/node/ uses rclpy (ROS-free code lives in perception/ and the core);
+    nothing in densehybrid_ros/ outside node/ and tools/ imports node/ or tools/."""
+    package = ROOT / "densehybrid_ros"
+    node_modules = sorted(p for p in (package / "node").rglob("*.py") if has_code(p))
+    assert {p.stem for p in node_modules} >= {"perception_node", "parameters", "channel", "markers", "diagnostics"}
+    without_rclpy = [p.name for p in node_modules if not any(m.split(".")[0] == "rclpy" for m in imported_modules(p))]
+    assert without_rclpy == []
+    upward = []
+    for path in package.rglob("*.py"):
+        if path.relative_to(package).parts[0] in ("node", "tools"):
+            continue
+        upward += [f"{path.relative_to(ROOT)}: {m}" for m in imported_modules(path)
+                   if m.split(".")[:2] in (["densehybrid_ros", "node"], ["densehybrid_ros", "tools"])]
+    assert upward == []
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from densehybrid_ros.perception.image_codec import image_fields, stamp_ns  # noqa: F401  (re-exported for the node)
+from rclpy.type_support import check_is_valid_msg_type
+
+from densehybrid_ros.perception.image_codec import image_fields
 
 NUMERIC = {
     "float": ("f", np.float32), "double": ("d", np.float64), "long double": ("d", np.float64),
@@ -35,11 +37,15 @@ def message_class(msgtype: str) -> type:
         raise ValueError(f"not a message type name: {msgtype!r} (expected pkg/msg/Name)")
     package, kind, name = parts
     try:
-        module = importlib.import_module(f"{package}.{kind}")
-        return getattr(module, name)
+        cls = getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError):
         raise ValueError(f"message type {msgtype} is not available to rclpy here (is the {package} package "
                          "installed?)") from None
+    try:
+        check_is_valid_msg_type(cls)  # a message with its type support: one rclpy can publish and subscribe
+    except Exception as error:  # noqa: BLE001  (AttributeError, NoTypeSupportImportedException, RuntimeError)
+        raise ValueError(f"{msgtype} is not a ROS 2 message type rclpy can use: {error}") from None
+    return cls
 
 
 def msgtype_name(cls: type) -> str:

@@ -46,7 +46,7 @@ from visualization_msgs.msg import MarkerArray
 
 from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import to_rclpy
-from densehybrid_ros.perception.camera import pitch_roll_from_rotation
+from densehybrid_ros.perception.camera import Mount
 
 NODE_NAME = "sim_camera"
 SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -113,10 +113,10 @@ def check_parameters(values: dict[str, Any]) -> dict[str, Any]:
 
 def node_mount(pose: Any) -> tuple[float, float, float]:
     """(camera_height, camera_pitch, camera_roll) of a sim camera pose in the perception node's convention
-    (densehybrid_ros/perception/obstacles.py: pitch > 0 = optical axis below the horizon), from the pose itself: the road
-    is the world's z = 0 plane and the world is z up."""
-    pitch, roll = pitch_roll_from_rotation(pose.rotation)
-    return float(pose.position[2]), pitch, roll
+    (`camera.Mount.from_pose`: pitch > 0 = optical axis below the horizon), from the pose itself: the road is the
+    world's z = 0 plane and the world is z up."""
+    mount = Mount.from_pose(pose.position, pose.rotation)
+    return mount.height, mount.pitch, mount.roll
 
 
 class SimCameraNode(Node):

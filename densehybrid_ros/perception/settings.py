@@ -12,7 +12,8 @@ and in the on-set-parameters callback:
 
 Cameras: `cameras` (string array) names the cameras of a multi-camera node; empty = one camera on the plain
 topics. Each named camera also gets the mounting parameters `<camera>.camera_height`, `<camera>.camera_pitch`
-and `<camera>.camera_roll` (declared by the node at configure, defaulting to the global ones; `MOUNT_PARAMS`).
+and `<camera>.camera_roll` (declared by the node at configure, defaulting to the global ones; `MOUNT_PARAMS`), which
+make its `camera.Mount`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
+from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.perception.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
 from densehybrid_ros.perception.planner_outputs import MAX_GRID_CELLS, GridSpec
 from densehybrid_ros.weights import OPERATING_POINT_RE
@@ -35,7 +37,8 @@ DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 BACKENDS = ("torch", "onnxruntime")
 CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: used in topic and parameter names
 MAX_CAMERAS = 16
-MOUNT_PARAMS = ("camera_height", "camera_pitch", "camera_roll")  # per camera: <camera>.<name>
+MOUNT_FIELDS = {"camera_height": "height", "camera_pitch": "pitch", "camera_roll": "roll"}  # parameter -> Mount field
+MOUNT_PARAMS = tuple(MOUNT_FIELDS)  # per camera: <camera>.<name>
 GROUND_FRAME_SUFFIX = "_ground"  # grid_frame "" = <image frame_id>_ground
 
 
@@ -256,6 +259,23 @@ def split_mount_param(name: str) -> tuple[str, str] | None:
     return (camera, base) if camera and base in MOUNT_PARAMS else None
 
 
+def mount_value(mount: Mount, name: str) -> float:
+    """The value of mounting parameter `name` (MOUNT_PARAMS) in `mount`."""
+    return getattr(mount, MOUNT_FIELDS[name])
+
+
+def with_mount_values(mount: Mount, values: Mapping[str, float]) -> Mount:
+    """`mount` with the given mounting parameters (MOUNT_PARAMS names) changed; SettingsError naming each bad one."""
+    errors = []
+    for name, value in values.items():
+        reason = check_value(name, value) if name in MOUNT_FIELDS else f"{name} is not a mounting parameter"
+        if reason is not None:
+            errors.append(reason)
+    if errors:
+        raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
+    return replace(mount, **{MOUNT_FIELDS[name]: float(value) for name, value in values.items()})
+
+
 def check_update(name: str, value: Any, configured: bool) -> str | None:
     """Why a runtime set of `name` to `value` must be rejected, or None. `configured`: the node is
     inactive or active (configure-time parameters are then frozen)."""
@@ -384,13 +404,11 @@ class Settings:
         """The frame_id of ~/obstacle_grid for images in `image_frame`: `grid_frame`, else <image_frame>_ground."""
         return self.grid_frame or f"{image_frame}{GROUND_FRAME_SUFFIX}"
 
-    def with_mount(self, mount: Mapping[str, float]) -> "Settings":
-        """These settings with one camera's mounting values (MOUNT_PARAMS) in place of the global ones."""
-        changes = {name: float(mount[name]) for name in MOUNT_PARAMS if name in mount}
-        errors = [reason for name, value in changes.items() if (reason := check_value(name, value)) is not None]
-        if errors:
-            raise SettingsError("invalid parameters:\n  " + "\n  ".join(errors))
-        return replace(self, **changes)
+    @property
+    def mount(self) -> Mount:
+        """The global camera mount (camera_height, camera_pitch, camera_roll): the single camera's, and each named
+        camera's default at configure."""
+        return Mount(self.camera_height, self.camera_pitch, self.camera_roll)
 
 
 def resolve_weights(path: str) -> Path:

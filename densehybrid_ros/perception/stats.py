@@ -1,14 +1,15 @@
 """Frame counters, rates and timings for /diagnostics, and the OK/WARN/ERROR decision. ROS-free, thread-safe.
 
-The executor thread counts received and dropped frames; the worker thread counts rejected/processed frames
-and errors; the diagnostics timer calls `report()` once per period, which summarises the window since the
-previous report (rates, mean/max times) next to the totals since configure.
+The executor thread counts received and dropped frames; the worker thread counts rejected/processed frames,
+errors, batches (`BatchStats`) and stage times (`StageTimes`); the diagnostics timer calls each `report()` once per
+period, which summarises the window since the previous report (rates, mean/max times) next to the running totals.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
 
@@ -21,7 +22,7 @@ class Report:
 
 
 class FrameStats:
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
         self.received = self.dropped = self.rejected = self.processed = self.errors = self.idle = 0
@@ -139,3 +140,37 @@ class BatchStats:
         return [("batch size mean", mean([s for s, _ in window])),
                 ("batched forward mean [ms]", mean([t for _, t in window])),
                 ("batches (total)", str(batches)), ("batched frames (total)", str(frames))]
+
+
+class StageTimes:
+    """Wall time per stage of the processed frames: the mean over the diagnostics window and running totals since
+    activation (densehybrid_ros/tools/bench_node.py differences two reports). decode = message -> RGB; process =
+    the batched `Perception.predict` + this frame's `Perception.present` (colours, obstacles, overlay, planner
+    outputs); publish = arrays -> messages -> publish."""
+
+    STAGES = ("decode", "process", "publish")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.totals = dict.fromkeys(self.STAGES, 0.0)
+        self.frames = 0
+        self._window = dict.fromkeys(self.STAGES, 0.0)
+        self._window_frames = 0
+
+    def add(self, **ms: float) -> None:
+        """One frame's time [ms] in every stage (keyword per stage)."""
+        with self._lock:
+            for stage in self.STAGES:
+                self.totals[stage] += ms[stage]
+                self._window[stage] += ms[stage]
+            self.frames += 1
+            self._window_frames += 1
+
+    def report(self) -> list[tuple[str, str]]:
+        with self._lock:
+            window, n = self._window, self._window_frames
+            self._window, self._window_frames = dict.fromkeys(self.STAGES, 0.0), 0
+            totals, frames = dict(self.totals), self.frames
+        means = [(f"stage {s} mean [ms]", f"{window[s] / n:.2f}" if n else "nan") for s in self.STAGES]
+        return [*means, *((f"stage {s} total [ms]", f"{totals[s]:.3f}") for s in self.STAGES),
+                ("stage frames (total)", str(frames))]
