@@ -31,7 +31,6 @@ right distance whatever the seed (the sim samples the mount per seed).
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
 from typing import Any
@@ -44,12 +43,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
+from densehybrid_ros.cli_args import parse_size
 from densehybrid_ros.node.dds import init_ros_process
 from densehybrid_ros.node.messages import to_rclpy
 from densehybrid_ros.perception.camera import Mount
 
 NODE_NAME = "sim_camera"
-SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 SPLITS = ("test", "val", "train")
 DEFAULTS: dict[str, Any] = {
     "rate": 10.0, "speed": 8.0, "size": "512x256", "seed": 0, "split": "test", "frames": 600, "loop": True,
@@ -69,13 +68,6 @@ DESCRIPTIONS = {
     "perception_node": "fully qualified name of a densehybrid_perception node to set camera_height/pitch/roll on "
                        "(empty = none)",
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = SIZE_RE.match(str(text).strip())
-    if not match or int(match.group(1)) < 16 or int(match.group(2)) < 16:
-        raise ValueError(f"size must be WxH with both at least 16, e.g. 512x256, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def check_parameters(values: dict[str, Any]) -> dict[str, Any]:
