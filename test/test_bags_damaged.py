@@ -200,7 +200,7 @@ def assert_frames_read_as_rendered(bag: Path, frames, expected: list[int]) -> di
             np.testing.assert_array_equal(sample.semantic, frames[f].labels)
             finite = np.isfinite(frames[f].depth)
             np.testing.assert_array_equal(sample.depth[finite], frames[f].depth[finite])
-            assert sample.extras["mount"]["source"] == "tf" and sample.extras["camera_info"] is not None
+            assert sample.extras["mount_source"] == "tf" and sample.extras["camera_info"] is not None
             assert {a["id"] for a in sample.extras["anomalies"]} == {a.instance_id for a in frames[f].anomalies}
         return dataset.reading()
 

@@ -69,9 +69,9 @@ def test_sim_bag_samples_equal_the_rendered_frames(sim_bag, frames):
                 assert truth[a.instance_id]["visible_pixels"] == a.visible_pixels
             assert sample.extras["frame_id"] == "camera_optical_frame"
             mount = sample.extras["mount"]  # from the bag's /tf: the sim's own mount (same sign conventions)
-            assert mount["source"] == "tf" and mount["height"] == pytest.approx(frame.mount.height, abs=1e-6)
-            assert mount["pitch"] == pytest.approx(frame.mount.pitch, abs=1e-6)
-            assert mount["roll"] == pytest.approx(frame.mount.roll, abs=1e-6)
+            assert sample.extras["mount_source"] == "tf" and mount.height == pytest.approx(frame.mount.height, abs=1e-6)
+            assert mount.pitch == pytest.approx(frame.mount.pitch, abs=1e-6)
+            assert mount.roll == pytest.approx(frame.mount.roll, abs=1e-6)
     finally:
         dataset.close()
     with pytest.raises(DatasetError, match="no splits"):
@@ -198,3 +198,40 @@ def test_named_errors_for_broken_bags(tmp_path, sim_bag):
     (junk / data_file.name).write_bytes(bytes(range(256)) * 64)
     with pytest.raises(DatasetError, match="cannot read .*junk"):
         open_bag(junk)
+
+
+def transform(stamp: int, z: float, quaternion: np.ndarray, child: str = "cam"):
+    """base_footprint -> `child` at height z (quaternion x, y, z, w)."""
+    qx, qy, qz, qw = (float(v) for v in quaternion)
+    return T["geometry_msgs/msg/TransformStamped"](
+        header=header(stamp, "base_footprint"), child_frame_id=child,
+        transform=T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=0.3, y=0.0, z=z),
+                                                   rotation=T["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+
+
+def test_mount_from_tf_and_frames_without_a_valid_mount_are_dropped(tmp_path):
+    """/tf base_footprint -> camera: the frame's Mount (height = z, pitch from the rotation; scipy builds the rotation:
+    the optical frame pitched down by p about the footprint's y axis) and its source; a camera below the ground gives
+    no mount: that frame is dropped and counted, the others read."""
+    from scipy.spatial.transform import Rotation
+
+    from densehybrid_ros.perception.camera import Mount
+
+    optical = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # columns: x right, y down, z forward
+    pitches, heights = (0.1, -0.05, 0.2), (1.3, 1.7, -0.4)
+    msgs = []
+    for i, (p, z) in enumerate(zip(pitches, heights)):
+        stamp = 7_000_000_000 + i * 100_000_000
+        rgb, labels = rgb_and_labels(i)
+        q = Rotation.from_matrix(Rotation.from_euler("y", p).as_matrix() @ optical).as_quat()  # x, y, z, w
+        msgs += [("/camera/image_raw", "sensor_msgs/msg/Image", stamp, image(stamp, rgb, "rgb8")),
+                 ("/camera/labels", "sensor_msgs/msg/Image", stamp + 1, image(stamp, labels, "mono8")),
+                 ("/tf", "tf2_msgs/msg/TFMessage", stamp + 2, T["tf2_msgs/msg/TFMessage"](transforms=[transform(stamp, z, q)]))]
+    with open_bag(write(tmp_path / "tf", msgs)) as dataset:
+        assert len(dataset) == 2 and dataset.dropped == {
+            "no camera mount from /tf: camera height must be > 0 m, got -0.4": 1}
+        for i in range(2):
+            sample = dataset[i]
+            mount = sample.extras["mount"]
+            assert isinstance(mount, Mount) and sample.extras["mount_source"] == "tf"
+            assert (mount.height, mount.pitch, mount.roll) == pytest.approx((heights[i], pitches[i], 0.0), abs=1e-9)

@@ -1,5 +1,5 @@
 """densehybrid-eval-bag on sim bags: metrics equal to evaluate() on the same frames, obstacles equal to the node's
-FrameProcessor, recorded-output scoring, and the ground-plane geometry against the sim's true boxes."""
+perception pipeline, recorded-output scoring, and the ground-plane geometry against the sim's true boxes."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +13,8 @@ import pytest
 from conftest import make_sim_weights
 from test_node_support import PER_FRAME_OBSTACLES, eval_bag_options
 from densehybrid_ros.datasets.base import EvalSample
-from densehybrid_ros.evaluation import bag_cli as eval_bag
 from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
-from densehybrid_ros.evaluation.bag_cli import match_greedy
+from densehybrid_ros.evaluation.obstacle_metric import match_greedy
 
 W, H, N, RATE, SEED = 160, 80, 6, 5.0, 3
 
@@ -104,7 +103,7 @@ def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_n
     from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
     from densehybrid_ros.perception.camera import CameraModel
     from densehybrid_ros.perception.settings import Settings
-    from densehybrid_ros.perception.pipeline import FrameProcessor, Wanted
+    from densehybrid_ros.perception.pipeline import CameraFrame, Perception, Wanted
     from densehybrid_ros.predictor import Predictor, PredictorConfig
 
     threshold = threshold_for(sim_weights, frames)
@@ -128,15 +127,15 @@ def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_n
     assert metrics["closed_set"] == reference["closed_set"]
     assert metrics["open_set"] == reference["open_set"]
 
-    # obstacles: exactly what the node's FrameProcessor places, matched to the sim's true boxes
+    # obstacles: exactly what the node's perception pipeline places, matched to the sim's true boxes
     obstacles = metrics["obstacles"]
     settings = Settings.from_values({"threshold": threshold, "min_obstacle_area": 3, "camera_height": height,
                                      "camera_pitch": pitch, "camera_roll": roll})
-    processor = FrameProcessor(Predictor.from_weights(sim_weights))
+    perception = Perception(Predictor.from_weights(sim_weights))
     total = 0
     for i, frame in enumerate(frames):
         camera = CameraModel.from_k(frame.camera.K().ravel(), W, H)
-        result = processor.process(frame.rgb, settings, Wanted(obstacles=True), camera)
+        (result,) = perception.run([CameraFrame(frame.rgb, Wanted(obstacles=True), intrinsics=camera)], settings)
         centres = [ob.center for ob in result.obstacles]
         total += len(centres)
         name = frame_name(i, RATE)
@@ -234,13 +233,15 @@ def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_
     assert json.loads((tmp_path / "args" / "metrics.json").read_text())["obstacles"]["mount_sources"] == {"arguments": 2}
 
 
-def test_sim_mount_transform_gives_the_node_mount(frames):
+def test_the_sim_bags_transform_gives_the_node_mount(frames):
+    """What a sim bag carries on /tf (the camera's pose in base_footprint), read as the bag reader does, is the mount
+    the sim camera node uses (node_mount: from the render geometry)."""
     from densehybrid_ros.datasets.rosbag import mount_from_transform
 
     for frame in frames[:3]:
-        translation, quaternion = eval_bag.sim_mount_transform(frame.pose)
+        translation, quaternion = frame.pose.footprint_transform()
         mount = mount_from_transform((*translation, *quaternion))
-        assert (mount["height"], mount["pitch"], mount["roll"]) == pytest.approx(mount_of(frame), abs=1e-12)
+        assert (mount.height, mount.pitch, mount.roll) == pytest.approx(mount_of(frame), abs=1e-12)
 
 
 def test_cli_errors_are_named(tmp_path, sim_bag, capsys):

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from conftest import ROS_DOMAIN_ID
-from densehybrid_ros.tools.demo import Child
 from densehybrid_ros.node.dds import use_large_image_transport
+from densehybrid_ros.tools.harness import Child, SpunNode
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN_ID = ROS_DOMAIN_ID
@@ -45,7 +45,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 class Process(Child):
     """`python -m MODULE ...` (args start with "-m") from the checkout, with the tests' ROS environment and its
-    output in `log`; stop() = SIGINT, then kill (the demo's child-process helper)."""
+    output in `log`; stop() = SIGINT, then kill (the tools' child process, densehybrid_ros/tools/harness.py)."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
         if args[:1] != ["-m"]:
@@ -85,41 +85,18 @@ def node_process(tmp: Path, *params: str, name: str = "node", params_file: Path 
     return Process(args, tmp / f"{name}.log", env)
 
 
-class Harness:
-    """A test-side rclpy node spun in a background thread, with collectors, publishers and service calls."""
+class Harness(SpunNode):
+    """A test-side rclpy node spun in a background thread (the tools' `SpunNode`), with collectors, publishers and
+    service calls; localhost discovery while it lives."""
 
     def __init__(self, name: str = "harness"):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
         self._saved_env = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         use_large_image_transport()  # as the project's processes do
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001  (context shut down while closing)
-                if self._stop.is_set():
-                    return
-                raise
+        super().__init__(f"{name}_{os.getpid()}", DOMAIN_ID)
 
     def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join(5)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        super().close()
         if self._saved_env is None:
             os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
         else:

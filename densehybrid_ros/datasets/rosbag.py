@@ -42,16 +42,18 @@ label image as stored, ``ood`` anomaly -> 1, 255 -> 255, everything else 0, ``de
 where invalid (the sim's +inf sky included: NaN = unknown is the EvalSample convention). ``extras``: ``stamp_ns``,
 ``frame_id``, ``camera_info`` (k, width, height) or None, ``anomalies`` (list of dicts: id, position, size in the
 image frame, text, visible_pixels parsed from the sim's ``visible_px=N`` text) or None when the bag has no
-markers for the frame, ``mount`` (height, pitch, roll in the node's convention, from the ground frame to the
-camera frame on /tf at the image stamp, else /tf_static) or None.
+markers for the frame, ``mount`` (a `densehybrid_ros.perception.camera.Mount`: height, pitch, roll in the node's
+convention, from the ground frame to the camera frame on /tf at the image stamp, else /tf_static) or None, and
+``mount_source`` ("tf" | "tf_static", None without a mount).
 
 Damaged bags (a recording cut short, flipped bytes; see densehybrid_ros.bagio): the bag is read by bagio.BagReader,
 which salvages what a damaged file holds. While indexing, every message is decoded and checked (images and depth
 images decodable, label images mono8 with values 0..K-1, anomaly_id or 255 when the classes are known, CameraInfo K
 usable, markers and transforms finite). A message that fails is skipped and counted under its topic, and its frame
 is left out (`dropped`: reason -> frames): also a frame whose label image, depth image or markers are missing while
-that topic lost messages to damage, or whose images disagree in size. `reading()` / `reading_lines()` give the
-per-topic counts and the frames for metrics.json and consoles; nothing damaged ends an evaluation.
+that topic lost messages to damage, whose images disagree in size, or whose transform gives no valid camera mount
+(e.g. the camera below the ground). `reading()` / `reading_lines()` give the per-topic counts and the frames for
+metrics.json and consoles; nothing damaged ends an evaluation.
 
 Memory: opening the dataset makes one pass over the bag and keeps only an index per topic (header stamp ->
 where the message is and what its check returned: a few numbers per message; /tf transforms between the two
@@ -76,7 +78,7 @@ from densehybrid_ros.bagio import BagError, BagReader, DecodeError, RawMessage
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, VOID, DatasetError, EvalSample, register
 from densehybrid_ros.perception import image_codec
 from densehybrid_ros.perception.image_codec import ImageRejected, stamp_ns
-from densehybrid_ros.perception.camera import CameraModel, pitch_roll_from_rotation, quaternion_to_rotation
+from densehybrid_ros.perception.camera import CameraModel, Mount, quaternion_to_rotation
 
 SIM_ANOMALY_ID = 15  # densehybrid_ros.sim.taxonomy.ANOMALY_ID (checked by a test; not imported: no pybullet needed)
 LABEL_ENCODINGS = ("mono8", "8UC1")
@@ -298,8 +300,7 @@ def decode_labels(msg: Any) -> np.ndarray:
     """A mono8 / 8UC1 label image as (H, W) uint8 (row padding removed); ImageRejected otherwise."""
     if msg.encoding not in LABEL_ENCODINGS:
         raise ImageRejected(f"label images must be {' or '.join(LABEL_ENCODINGS)}, got {msg.encoding!r}")
-    rows = image_codec._rows(msg.encoding, int(msg.width), int(msg.height), int(msg.step), msg.data, 1)
-    return np.ascontiguousarray(rows).reshape(int(msg.height), int(msg.width)).copy()
+    return image_codec.decode_single_channel(msg, np.uint8)
 
 
 def decode_color(msg: Any, msgtype: str) -> np.ndarray:
@@ -322,11 +323,10 @@ def parse_markers(msg: Any, ns: str) -> list[dict]:
     return out
 
 
-def mount_from_transform(value: tuple[float, ...]) -> dict:
-    """Camera height and (pitch, roll) in the node's convention from the camera's pose in a z-up ground frame."""
-    rotation = quaternion_to_rotation(*value[3:])
-    pitch, roll = pitch_roll_from_rotation(rotation)
-    return {"height": float(value[2]), "pitch": pitch, "roll": roll}
+def mount_from_transform(value: tuple[float, ...]) -> Mount:
+    """The camera mount (height, pitch, roll in the node's convention) of the camera's pose in a z-up ground frame:
+    translation + quaternion (x, y, z, w); ValueError when it is no valid mount (camera at or below the ground)."""
+    return Mount.from_pose(value[:3], quaternion_to_rotation(*value[3:]))
 
 
 def image_info(msg: Any, msgtype: str) -> tuple[tuple[int, int], str]:
@@ -447,6 +447,11 @@ class BagDataset:
         if (bag.has_dynamic_transforms(frame_id) and (transform is None or transform[1] != "tf")
                 and bag.lost_messages(TF_TOPIC)):
             return f"no {TF_TOPIC} transform ({TF_TOPIC} damaged)"
+        if transform is not None:
+            try:
+                mount_from_transform(transform[0])
+            except ValueError as exc:
+                return f"no camera mount from /{transform[1]}: {exc}"
         return None
 
     def _bad_label_values(self, values: np.ndarray) -> str | None:
@@ -544,11 +549,10 @@ class BagDataset:
         receive_ns = self.bag.topics[t.image].index[stamp].receive_ns
         markers = self.bag.lookup(t.anomalies, stamp, receive_ns) if t.anomalies else None
         transform = self.bag.transform(frame_id, stamp)
-        mount = None
-        if transform is not None:
-            mount = {**mount_from_transform(transform[0]), "source": transform[1]}
         extras = {"stamp_ns": stamp, "frame_id": frame_id, "camera_info": self._camera_info(stamp),
-                  "anomalies": parse_markers(markers, t.anomaly_ns) if markers is not None else None, "mount": mount}
+                  "anomalies": parse_markers(markers, t.anomaly_ns) if markers is not None else None,
+                  "mount": mount_from_transform(transform[0]) if transform is not None else None,
+                  "mount_source": transform[1] if transform is not None else None}
         return EvalSample(name=name, image=image, ood=ood, semantic=labels, depth=depth, extras=extras)
 
 

@@ -2,7 +2,11 @@
 SMIYC benchmark's binned pixel metrics, distance bins, the ensemble criterion (4.4) and the cross-fold
 threshold protocol.
 
-Pure numpy/scipy; every metric accumulates in int64 counts or float64 sums and pools over the dataset.
+One protocol (evaluate.py): `evaluate(source, dataset, metrics)` with prediction sources (sources.py, recorded.py)
+and metrics of one interface (metrics.py, obstacle_metric.py); the command lines densehybrid-eval (cli.py) and
+densehybrid-eval-bag (bag_cli.py over bag_eval.py).
+
+The accumulators are pure numpy/scipy; each accumulates in int64 counts or float64 sums and pools over the dataset.
 Label conventions are those of ``densehybrid_ros.datasets``: ood 0 inlier / 1 anomaly / 255 void;
 semantic 0..K-1 known / K anomaly / 255 void; scores HIGHER = MORE ANOMALOUS.
 """
@@ -28,7 +32,7 @@ from densehybrid_ros.evaluation.component_metrics import (  # noqa: F401
     ComponentSizeFilter,
 )
 from densehybrid_ros.evaluation.distance_bins import (  # noqa: F401
-    DEFAULT_BIN_EDGES,
+    DISTANCE_EDGES,
     DistanceBinnedAnomalyMetrics,
     DistanceBinResult,
     distance_binned_metrics,

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from densehybrid_ros.evaluation.evaluate import COMPONENT_FILTERS, EvalOptions, evaluate
     from densehybrid_ros.evaluation.report import summary_table, write_report
     from densehybrid_ros.evaluation.smiyc_eval import smiyc_mode, smiyc_table
+    from densehybrid_ros.evaluation.sources import LivePredictions
     from densehybrid_ros.predictor import Predictor, PredictorConfig
     from densehybrid_ros.weights import WeightsError
 
@@ -67,16 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         scores = tuple(dict.fromkeys(("hybrid",) + args.scores))
         extra = tuple(s for s in scores if s != "hybrid")
         predictor = Predictor.from_weights(args.weights, PredictorConfig(device=args.device, extra_scores=extra))
+        source = LivePredictions(predictor, predictor.threshold)  # open-set maps (report examples) at the weights' own
         dataset = open_dataset(args.dataset, args.split)
         options = EvalOptions(scores=scores, max_images=args.max_images, per_image=args.per_image, threshold=args.threshold)
-        result = evaluate(predictor, dataset, options, progress=not args.quiet)
+        result = evaluate(source, dataset, options, progress=not args.quiet)
         if args.fold_b:
             from densehybrid_ros.evaluation.evaluate import cross_fold
 
-            result.metrics["cross_fold"] = cross_fold(predictor, dataset, open_dataset(args.fold_b, args.fold_b_split),
+            result.metrics["cross_fold"] = cross_fold(source, dataset, open_dataset(args.fold_b, args.fold_b_split),
                                                       args.max_images)
         if dataset.kind in COMPONENT_FILTERS and not args.no_smiyc_mode:
-            result.metrics.update(smiyc_mode(predictor, dataset, scores, args.max_images, progress=not args.quiet))
+            result.metrics.update(smiyc_mode(source, dataset, scores, args.max_images, progress=not args.quiet))
         report = write_report(result, args.out, [c.color for c in predictor.metadata.classes])
         smiyc_text = smiyc_table(result.metrics)
         if smiyc_text:

@@ -3,8 +3,9 @@
 A pixel with depth d (metres, NaN = unknown) belongs to the bin [lower, upper) with lower <= d < upper;
 pixels with unknown depth or outside every bin are left out. Each bin pools its pixels over all images
 in a `StreamingAnomalyMetrics` (bounded memory; exact). A bin without anomaly (or without inlier) pixels
-reports ``metrics = None`` and the reason. `PAPER_BIN_EDGES` are the 5 m bins from 5 to 50 m of the
-paper's Table 6 (AP and FPR95 per range on LostAndFound test, Sec. 6.4).
+reports ``metrics = None`` and the reason. `DISTANCE_EDGES` are the project's bins (pixel metrics, recall and obstacle
+detection by distance: one definition); `PAPER_BIN_EDGES` the 5 m bins from 5 to 50 m of the paper's Table 6 (AP and
+FPR95 per range on LostAndFound test, Sec. 6.4).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from densehybrid_ros.evaluation._checks import as_ood_labels, as_scores, check_s
 from densehybrid_ros.evaluation.anomaly_metrics import AnomalyMetrics
 from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics
 
-DEFAULT_BIN_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
+DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
 PAPER_BIN_EDGES = tuple(float(d) for d in range(5, 55, 5))
 
 
@@ -56,7 +57,7 @@ def distance_bin_index(depth: np.ndarray, edges: np.ndarray) -> np.ndarray:
 class DistanceBinnedAnomalyMetrics:
     """Per-bin exact anomaly metrics over a dataset: ``update(scores, ood_labels, depth)`` then ``compute()``."""
 
-    def __init__(self, bin_edges: Sequence[float] = DEFAULT_BIN_EDGES, max_buffer_pixels: int = 1 << 22,
+    def __init__(self, bin_edges: Sequence[float] = DISTANCE_EDGES, max_buffer_pixels: int = 1 << 22,
                  tmp_dir: str | None = None) -> None:
         self.edges = check_bin_edges(bin_edges)
         self._bins = [StreamingAnomalyMetrics(max_buffer_pixels, tmp_dir) for _ in range(self.edges.size - 1)]
@@ -85,7 +86,7 @@ class DistanceBinnedAnomalyMetrics:
 
 
 def distance_binned_metrics(scores: np.ndarray, ood_labels: np.ndarray, depth: np.ndarray,
-                            bin_edges: Sequence[float] = DEFAULT_BIN_EDGES) -> list[DistanceBinResult]:
+                            bin_edges: Sequence[float] = DISTANCE_EDGES) -> list[DistanceBinResult]:
     """One-shot `DistanceBinnedAnomalyMetrics` on arrays held in memory."""
     acc = DistanceBinnedAnomalyMetrics(bin_edges, max_buffer_pixels=max(1, np.asarray(scores).size + 1))
     try:
@@ -95,5 +96,5 @@ def distance_binned_metrics(scores: np.ndarray, ood_labels: np.ndarray, depth: n
         acc.close()
 
 
-__all__ = ["DEFAULT_BIN_EDGES", "PAPER_BIN_EDGES", "DistanceBinResult", "DistanceBinnedAnomalyMetrics", "distance_binned_metrics",
+__all__ = ["DISTANCE_EDGES", "PAPER_BIN_EDGES", "DistanceBinResult", "DistanceBinnedAnomalyMetrics", "distance_binned_metrics",
            "distance_bin_index", "check_bin_edges"]

@@ -1,7 +1,7 @@
 """SMIYC benchmark mode for `densehybrid-eval`: the official code's numbers next to the exact ones.
 
-`evaluate` stays the exact one-pass evaluation. For the SMIYC kinds, `smiyc_mode` adds two further passes of
-the shared Predictor over the labelled frames (it has no per-prediction hook into `evaluate`):
+`evaluate` stays the exact one-pass evaluation. For the SMIYC kinds, `smiyc_mode` adds two further passes of the
+prediction source over the labelled frames only (the second needs the first's threshold):
 
 1. ``smiyc_pixel``: `SmiycPixelMetrics` per score: percentile bins (768, the leaderboard's 'PixBinaryClass')
    on the score maps cast to float16 as the benchmark's ``Evaluation.save_output`` stores them, and uniform
@@ -24,19 +24,24 @@ from tqdm import tqdm
 from densehybrid_ros.datasets.base import EvalDataset
 from densehybrid_ros.evaluation.component_metrics import ComponentMetrics
 from densehybrid_ros.evaluation.evaluate import COMPONENT_FILTERS, _jsonable
+from densehybrid_ros.evaluation.metrics import score_maps
 from densehybrid_ros.evaluation.smiyc_metrics import PERCENTILES, UNIFORM, SmiycPixelMetrics, as_submitted
+from densehybrid_ros.evaluation.sources import PredictionSource, as_source
 from densehybrid_ros.predictor import Predictor
 
+Source = PredictionSource | Predictor
 
-def labelled_maps(predictor: Predictor, dataset: EvalDataset, max_images: int | None, progress: bool,
+
+def labelled_maps(source: Source, dataset: EvalDataset, max_images: int | None, progress: bool,
                   desc: str) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """(ood labels, {score name: map}) of every labelled image among the first `max_images`, predicted anew."""
+    """(ood labels, {score name: map}) of every labelled image among the first `max_images`, predicted anew (frames
+    without labels are not predicted)."""
+    source = as_source(source)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress):
         sample = dataset[i]
         if sample.ood is not None:
-            pred = predictor.predict(sample.image)
-            yield sample.ood, {"hybrid": pred.hybrid, **pred.scores}
+            yield sample.ood, score_maps(source.predict(sample))
 
 
 def _finish(accumulator: SmiycPixelMetrics) -> dict:
@@ -47,7 +52,7 @@ def _finish(accumulator: SmiycPixelMetrics) -> dict:
         return {"num_bins": accumulator.num_bins, "skipped": str(exc)}
 
 
-def smiyc_pixel_pass(predictor: Predictor, dataset: EvalDataset, scores: tuple[str, ...], max_images: int | None,
+def smiyc_pixel_pass(source: Source, dataset: EvalDataset, scores: tuple[str, ...], max_images: int | None,
                      progress: bool) -> dict:
     """The benchmark's pixel metrics per score and bin strategy.
 
@@ -59,7 +64,7 @@ def smiyc_pixel_pass(predictor: Predictor, dataset: EvalDataset, scores: tuple[s
     live = {s: {PERCENTILES: SmiycPixelMetrics(PERCENTILES), UNIFORM: SmiycPixelMetrics(UNIFORM)} for s in scores}
     skipped: dict[str, dict[str, str]] = {s: {} for s in scores}
     frames = 0
-    for ood, maps in labelled_maps(predictor, dataset, max_images, progress, f"smiyc pixel {dataset.kind}"):
+    for ood, maps in labelled_maps(source, dataset, max_images, progress, f"smiyc pixel {dataset.kind}"):
         frames += 1
         for s in scores:
             for strategy, acc in list(live[s].items()):
@@ -74,21 +79,21 @@ def smiyc_pixel_pass(predictor: Predictor, dataset: EvalDataset, scores: tuple[s
             "labelled_images": frames, "scores": results}
 
 
-def components_pass(predictor: Predictor, dataset: EvalDataset, threshold: float, max_images: int | None,
+def components_pass(source: Source, dataset: EvalDataset, threshold: float, max_images: int | None,
                     progress: bool) -> dict:
     """SMIYC component metrics of the float16-stored hybrid maps at ``score > threshold`` (the benchmark's
     SegEval rule), with the kind's size filter."""
     components = ComponentMetrics(COMPONENT_FILTERS[dataset.kind])
-    for ood, maps in labelled_maps(predictor, dataset, max_images, progress, f"smiyc components {dataset.kind}"):
+    for ood, maps in labelled_maps(source, dataset, max_images, progress, f"smiyc components {dataset.kind}"):
         components.update_scores(as_submitted(maps["hybrid"]), ood, threshold)
     return asdict(components.compute())
 
 
-def smiyc_mode(predictor: Predictor, dataset: EvalDataset, scores: tuple[str, ...], max_images: int | None,
+def smiyc_mode(source: Source, dataset: EvalDataset, scores: tuple[str, ...], max_images: int | None,
                progress: bool = True) -> dict:
     """``smiyc_pixel`` (all scores) and ``components_best_f1`` (hybrid, at the best-F1 threshold of its
     percentile curve, as the benchmark's SegEval takes it) for a SMIYC dataset."""
-    pixel = smiyc_pixel_pass(predictor, dataset, scores, max_images, progress)
+    pixel = smiyc_pixel_pass(source, dataset, scores, max_images, progress)
     out: dict = {"smiyc_pixel": pixel}
     hybrid = pixel["scores"]["hybrid"][PERCENTILES]
     if "best_F1_threshold" not in hybrid:
@@ -97,7 +102,7 @@ def smiyc_mode(predictor: Predictor, dataset: EvalDataset, scores: tuple[str, ..
     threshold = hybrid["best_F1_threshold"]
     try:
         out["components_best_f1"] = {"score": "hybrid", "threshold": threshold, "rule": "float16 score > threshold",
-                                     **components_pass(predictor, dataset, threshold, max_images, progress)}
+                                     **components_pass(source, dataset, threshold, max_images, progress)}
     except ValueError as exc:
         out["components_best_f1_skipped"] = str(exc)
     return _jsonable(out)

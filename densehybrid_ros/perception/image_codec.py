@@ -140,6 +140,17 @@ def decode_depth_msg(msg: Any) -> np.ndarray:
     return decode_depth(msg.encoding, int(msg.width), int(msg.height), int(msg.step), int(msg.is_bigendian), msg.data)
 
 
+def decode_single_channel(msg: Any, dtype: type[np.generic] | np.dtype) -> np.ndarray:
+    """A one-channel sensor_msgs/Image (e.g. mono8 labels, a 32FC1 score map) as an (H, W) array of `dtype`, native
+    byte order, row padding removed, a copy; ImageRejected when width/height/step do not describe the payload. Which
+    encodings are acceptable is the caller's check."""
+    dtype = np.dtype(dtype)
+    width, height = int(msg.width), int(msg.height)
+    rows = _rows(msg.encoding, width, height, int(msg.step), msg.data, dtype.itemsize)
+    stored = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    return np.ascontiguousarray(rows).view(stored).reshape(height, width).astype(dtype)
+
+
 OUTPUT_ENCODINGS = {"mono8": (np.uint8, 1), "rgb8": (np.uint8, 3), "32FC1": (np.float32, 1)}
 
 

@@ -9,10 +9,11 @@
             its ~/anomaly_score, ~/semantic, ~/obstacles and ~/overlay; densehybrid-replay plays the bag's images and
             CameraInfo to it over DDS in real time (an isolated domain: ROS_DOMAIN_ID = $ROS_DOMAIN_ID, else one
             derived from the pid; ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; a Fast DDS profile with a shared-memory
-            segment that holds the node's outputs, see `ros_environment`). Logs: OUT/logs/.
-3. score    densehybrid-eval-bag scores the recorded outputs (`--outputs`: hybrid AP / FPR95 / AUROC, mIoU, open-mIoU,
-            obstacle localisation from the recorded markers) and, offline (deterministic: the bag read directly,
-            the same Predictor), the baselines (generative, discriminative, MSP, max-logit, entropy).
+            segment that holds the node's outputs, see `tools.harness.ros_environment`). Logs: OUT/logs/.
+3. score    bag evaluation (`evaluation.bag_eval.evaluate_bag`, densehybrid-eval-bag's work) scores the recorded outputs
+            (hybrid AP / FPR95 / AUROC, mIoU, open-mIoU, obstacle localisation from the recorded markers) and, offline
+            (deterministic: the bag read directly, the same Predictor), the baselines (generative, discriminative,
+            MSP, max-logit, entropy); their console text in OUT/logs/eval_live.log and eval_offline.log.
 4. report   OUT/metrics.json, OUT/report.md (links eval-bag's reports with the PR/ROC curves), OUT/overlay.gif and
             OUT/overlay_frames/*.png from the recorded ~/overlay images; a summary table on stdout.
 
@@ -23,22 +24,24 @@ are still written), 2 on bad arguments or missing / invalid weights.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
-from densehybrid_ros.node.dds import PROFILE_VARIABLES, use_large_image_transport
+from densehybrid_ros.cli_args import parse_size
+from densehybrid_ros.node.dds import PROFILE_VARIABLES
+from densehybrid_ros.perception.camera import Mount
+from densehybrid_ros.tools.harness import Child, ToolError, Watcher, ros_environment, scoped_environ, wait_for
 from densehybrid_ros.weights import file_sha256
+
+if TYPE_CHECKING:
+    from densehybrid_ros.evaluation.bag_eval import BagEvalConfig
+    from densehybrid_ros.evaluation.obstacle_metric import ObstacleOptions
+    from densehybrid_ros.weights import WeightsMetadata
 
 NAMESPACE = "/demo"
 NODE = f"{NAMESPACE}/densehybrid_perception"
@@ -54,12 +57,7 @@ GIF_MAX_BYTES = 3_000_000
 PNG_FRAMES = 4
 
 
-class DemoError(RuntimeError):
-    """A failure the demo reports in one clear message (exit status `code`)."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
+DemoError = ToolError  # a failure the demo reports in one clear message (exit status `code`), a child's included
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ def default_weights() -> Path:
         return DEFAULT_WEIGHTS
 
 
-def check_weights(path: Path) -> Any:
+def check_weights(path: Path) -> WeightsMetadata:
     """The validated metadata of `path` (header only); DemoError (exit 2) when missing or not a weights file."""
     from densehybrid_ros.weights import WeightsError, read_metadata
 
@@ -123,162 +121,40 @@ def write_sim_bag(config: DemoConfig) -> int:
         return write_bag(config.bag, frames, config.rate)
 
 
-def bag_mount(bag: Path) -> dict:
-    """The camera mount {height, pitch, roll, source} at the bag's first frame, from its /tf (the node's convention),
-    as densehybrid-eval-bag reads it."""
+def first_frame_mount(bag: Path) -> tuple[Mount, str]:
+    """The camera mount at the bag's first frame, from its /tf (the node's convention), as densehybrid-eval-bag reads
+    it, and where it came from ("tf" | "tf_static")."""
     from densehybrid_ros.datasets.rosbag import open_bag
 
     dataset = open_bag(bag)
     try:
-        mount = dataset[0].extras.get("mount")
+        extras = dataset[0].extras
     finally:
         dataset.close()
-    if mount is None:
+    if extras["mount"] is None:
         raise DemoError(f"{bag} has no base_footprint -> camera transform on /tf: no camera mount for the node")
-    return mount
+    return extras["mount"], extras["mount_source"]
 
 
-def mount_arguments(mount: dict) -> list[str]:
-    """--camera-height/--camera-pitch/--camera-roll for densehybrid-eval-bag: the node's fixed mount."""
-    return ["--camera-height", repr(mount["height"]), "--camera-pitch", repr(mount["pitch"]),
-            "--camera-roll", repr(mount["roll"])]
+def bag_mount(bag: Path) -> Mount:
+    """The camera mount at the bag's first frame (`first_frame_mount` without its source)."""
+    return first_frame_mount(bag)[0]
 
 
-# ------------------------------------------------------------------ child processes over DDS
-def ros_environment(config: DemoConfig | None = None) -> tuple[int, dict[str, str]]:
-    """(domain id, environment of the children): $ROS_DOMAIN_ID, else one derived from the pid (as
-    densehybrid-bench-node does), discovery limited to this host, and the project's large-image Fast DDS profile
-    (`densehybrid_ros.node.dds`: without it, 28 of 60 ~/anomaly_score messages reached the recorder here) unless
-    the environment configures DDS already."""
-    domain = int(os.environ.get("ROS_DOMAIN_ID", 1 + os.getpid() % 100))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-    use_large_image_transport(env)
-    return domain, env
+def mount_record(mount: Mount, source: str) -> dict:
+    """metrics.json's "mount": height, pitch, roll and where they came from."""
+    return {"height": mount.height, "pitch": mount.pitch, "roll": mount.roll, "source": source}
 
 
-@contextlib.contextmanager
-def scoped_environ(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ (for the rclpy context created in this process), restored afterwards."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class Child:
-    """`python -m MODULE ARGS` with its output in LOGS/NAME.log; stop() = SIGINT, then kill after a timeout."""
-
-    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str], cwd: Path | None = None):
-        self.name, self.log = name, logs / f"{name}.log"
-        self._file = self.log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=cwd, stdout=self._file,
-                                     stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def died(self) -> str:
-        """A message naming this process, its exit status and its log's last lines."""
-        return f"the {self.name} process exited with status {self.proc.returncode} (log {self.log}):\n{self.tail()}"
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._file.close()
-        return self.proc.returncode
-
-
-class Watcher:
-    """An rclpy node of the demo's own (private context, spun in a thread): graph queries, and the perception node's
-    running totals from its /diagnostics. It subscribes to none of the node's outputs: a second reader of a large
-    output costs the recorder frames (the node's image publishers keep one sample)."""
-
-    TOTALS = ("received", "processed", "dropped", "rejected", "errors")
-
-    def __init__(self, domain: int, node: str):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
-        self.node = rclpy.create_node(f"densehybrid_demo_{os.getpid()}", context=self.context)
-        self.prefix, self.totals = f"{node}:", dict.fromkeys(self.TOTALS, 0)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            if status.name.startswith(self.prefix):
-                values = {kv.key: kv.value for kv in status.values}
-                self.totals = {k: int(values.get(f"{k} (total)", 0)) for k in self.TOTALS}
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001  (context shut down while closing)
-                if self._stop.is_set():
-                    return
-                raise
-
-    def settled(self, frames: int) -> bool:
-        """Every one of `frames` inputs has been received and processed, dropped or rejected."""
-        t = self.totals
-        return t["received"] >= frames and t["processed"] + t["dropped"] + t["rejected"] + t["errors"] >= t["received"]
-
-    def subscribers(self, topic: str) -> int:
-        return self.node.count_subscribers(topic)
-
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join(5)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, abort: Callable[[], str | None] = lambda: None) -> bool:
-    """Poll until `predicate()` (True) or the timeout (False); DemoError with abort()'s message when it gives one."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        reason = abort()
-        if reason:
-            raise DemoError(reason)
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def node_arguments(weights: Path, mount: dict | None, namespace: str = NAMESPACE) -> list[str]:
+# ------------------------------------------------------------------ the live run over DDS
+def node_arguments(weights: Path, mount: Mount | None, namespace: str = NAMESPACE) -> list[str]:
     """The perception node in `namespace`: reliable input QoS (no frame lost in transport), markers until replaced,
     the bag's camera mount (None: the node's default mount)."""
     params = {"weights": str(weights), "qos_reliability": "reliable", "qos_depth": "10", "marker_lifetime": "0.0",
               "diagnostics_period": "0.5"}
     if mount is not None:
-        params.update(camera_height=f"{mount['height']:.9f}", camera_pitch=f"{mount['pitch']:.9f}",
-                      camera_roll=f"{mount['roll']:.9f}")
+        params.update(camera_height=f"{mount.height:.9f}", camera_pitch=f"{mount.pitch:.9f}",
+                      camera_roll=f"{mount.roll:.9f}")
     args = ["densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={namespace}"]
     for name, value in params.items():
         args += ["-p", f"{name}:={value}"]
@@ -292,12 +168,12 @@ class LiveRun:
     timings_s: dict = field(default_factory=dict)
 
 
-def run_live(config: DemoConfig, mount: dict) -> LiveRun:
+def run_live(config: DemoConfig, mount: Mount) -> LiveRun:
     """Node + recorder, then the replay; waits for the node's answers and stops everything (SIGINT, then kill).
     Problems end up in LiveRun.error (the recorded bag keeps whatever arrived)."""
     from densehybrid_ros.node.record import recorded_counts
 
-    domain, env = ros_environment(config)
+    domain, env = ros_environment()
     topics = {name: f"{NODE}/{name}" for name in OUTPUTS}
     with scoped_environ({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES) if k in env}):
         watcher = Watcher(domain, NODE)
@@ -353,33 +229,47 @@ def run_live(config: DemoConfig, mount: dict) -> LiveRun:
     return run
 
 
-# ------------------------------------------------------------------ scoring (densehybrid-eval-bag)
-def eval_bag(args: list[str], name: str, config: DemoConfig) -> dict:
-    """densehybrid-eval-bag in this process with its output in LOGS/NAME.log; its metrics.json."""
-    from densehybrid_ros.evaluation.bag_cli import main as eval_bag_main
+# ------------------------------------------------------------------ scoring (bag evaluation)
+def score_bag(name: str, config: DemoConfig, evaluation: BagEvalConfig) -> dict:
+    """`bag_eval.evaluate_bag` of `evaluation` (a BagEvalConfig) with its report in OUT/NAME and its console text in
+    LOGS/NAME.log (as densehybrid-eval-bag prints it); its metrics.json."""
+    from densehybrid_ros.datasets.base import DatasetError
+    from densehybrid_ros.evaluation.bag_eval import evaluate_bag
+    from densehybrid_ros.weights import WeightsError
 
-    out = config.out / name
     log = config.logs / f"{name}.log"
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        status = eval_bag_main([*args, "--bag", str(config.bag), "--out", str(out), "--quiet"])
-    log.write_text(buffer.getvalue())
-    if status != 0:
-        raise DemoError(f"densehybrid-eval-bag ({name}) failed with status {status}:\n{buffer.getvalue().strip()}")
-    return json.loads((out / "metrics.json").read_text())
+    try:
+        result = evaluate_bag(evaluation)
+        report = result.write(config.out / name)
+    except (DatasetError, WeightsError, ValueError, OSError) as error:
+        log.write_text(f"densehybrid-eval-bag: error: {error}\n")
+        raise DemoError(f"densehybrid-eval-bag ({name}) failed: {error}") from None
+    log.write_text(result.console(report) + "\n")
+    return result.metrics
 
 
-def score_live(config: DemoConfig, mount: dict) -> dict:
+def node_mount_options(mount: Mount) -> ObstacleOptions:
+    """Bag evaluation's obstacle options with the node's fixed camera mount (its defaults otherwise)."""
+    from densehybrid_ros.evaluation.obstacle_metric import ObstacleOptions
+
+    return ObstacleOptions(camera_height=mount.height, camera_pitch=mount.pitch, camera_roll=mount.roll)
+
+
+def score_live(config: DemoConfig, mount: Mount) -> dict:
     """The recorded node outputs scored against the bag (obstacles from the recorded markers)."""
-    return eval_bag(["--outputs", str(config.recorded), "--weights", str(config.weights),
-                     "--score-topic", f"{NODE}/anomaly_score", "--semantic-topic", f"{NODE}/semantic",
-                     "--obstacles-topic", f"{NODE}/obstacles", *mount_arguments(mount)], "eval_live", config)
+    from densehybrid_ros.evaluation.bag_eval import BagEvalConfig
+
+    topics = {"score": f"{NODE}/anomaly_score", "semantic": f"{NODE}/semantic", "obstacles": f"{NODE}/obstacles"}
+    return score_bag("eval_live", config, BagEvalConfig(bag=config.bag, outputs=config.recorded, weights=config.weights,
+                                                         output_topics=topics, obstacles=node_mount_options(mount)))
 
 
-def score_offline(config: DemoConfig, mount: dict) -> dict:
+def score_offline(config: DemoConfig, mount: Mount) -> dict:
     """The Predictor on the bag read directly, with every baseline score; the node's mount for the obstacles."""
-    return eval_bag(["--weights", str(config.weights), "--scores", ",".join(BASELINES), *mount_arguments(mount)],
-                    "eval_offline", config)
+    from densehybrid_ros.evaluation.bag_eval import BagEvalConfig
+
+    return score_bag("eval_offline", config, BagEvalConfig(bag=config.bag, weights=config.weights, scores=BASELINES,
+                                                           obstacles=node_mount_options(mount)))
 
 
 def anomaly_entry(metrics: dict) -> dict:
@@ -572,7 +462,7 @@ def prepare_out(config: DemoConfig) -> None:
     config.logs.mkdir()
 
 
-def live_section(config: DemoConfig, mount: dict, timings: dict) -> tuple[dict, str | None]:
+def live_section(config: DemoConfig, mount: Mount, timings: dict) -> tuple[dict, str | None]:
     """The live run and the scoring of what it recorded: (the "live" entry of metrics.json, the failure or None).
     Without --keep-going a failure raises DemoError."""
     live_run = run_live(config, mount)
@@ -614,7 +504,7 @@ def run(config: DemoConfig) -> int:
           f"weights {config.weights}", flush=True)
     started = time.monotonic()
     written = write_sim_bag(config)
-    mount = bag_mount(config.bag)
+    mount, mount_source = first_frame_mount(config.bag)
     step("write_bag", started)
     print(f"  bag: {written} frames -> {config.bag} ({timings['write_bag']:.1f} s); replaying to the node ...",
           flush=True)
@@ -633,7 +523,7 @@ def run(config: DemoConfig) -> int:
                "weights_provenance": metadata.provenance,
                "bag": {"path": str(config.bag), "frames": written, "seed": config.seed, "size": list(config.size),
                        "rate": config.rate, "split": SPLIT, "speed_mps": SPEED_MPS},
-               "mount": mount, "live": live, "offline": offline, "overlay": overlays, "timings_s": timings}
+               "mount": mount_record(mount, mount_source), "live": live, "offline": offline, "overlay": overlays, "timings_s": timings}
     (config.out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     report = write_report(summary, config.out)
     print(text_table(*score_rows(summary)))
@@ -648,8 +538,6 @@ def run(config: DemoConfig) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from densehybrid_ros.sim.cli import parse_size
-
     ap = argparse.ArgumentParser(prog="densehybrid-demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
