@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from densehybrid_ros.cli_args import parse_size
+from densehybrid_ros.tools.harness import Child, SpunNode, scoped_environ, wait_for
 
 if TYPE_CHECKING:
     from densehybrid_ros.predictor import Predictor
@@ -256,10 +255,8 @@ def bench_node(weights: str | Path | None, frames: int = 30, size: tuple[int, in
 
 def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], device: str, outputs: tuple[str, ...] | None,
            warmup: int, model: str, frame_timeout: float, log: Path | None, threads: int | None) -> dict:
-    import rclpy
     import torch
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -284,30 +281,13 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     log_path = Path(log) if log is not None else Path(tmp.name) / "node.log"
-    log_file = log_path.open("wb")
-    node = subprocess.Popen(
-        [sys.executable, "-m", "densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={namespace}",
-         "-p", f"weights:={weights}", "-p", f"device:={device}", "-p", "qos_reliability:=reliable", "-p", "qos_depth:=1",
-         "-p", "diagnostics_period:=0.2"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    context = rclpy.Context()
-    saved_range = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = env["ROS_AUTOMATIC_DISCOVERY_RANGE"]
-    rclpy.init(context=context, domain_id=domain)
-    harness = rclpy.create_node(f"densehybrid_bench_{os.getpid()}", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(harness)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            try:
-                executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001  (context shut down while closing)
-                if stop.is_set():
-                    return
-                raise
-
-    spinner = threading.Thread(target=spin, daemon=True)
+    node = Child(log_path.stem, [
+        "densehybrid_ros.node.perception_node", "--ros-args", "-r", f"__ns:={namespace}", "-p", f"weights:={weights}",
+        "-p", f"device:={device}", "-p", "qos_reliability:=reliable", "-p", "qos_depth:=1",
+        "-p", "diagnostics_period:=0.2"], log_path.parent, env)
+    with scoped_environ({"ROS_AUTOMATIC_DISCOVERY_RANGE": env["ROS_AUTOMATIC_DISCOVERY_RANGE"]}):
+        spun = SpunNode(f"densehybrid_bench_{os.getpid()}", domain)
+    harness = spun.node
     answers = Answers([f"{node_name}/{o}" for o in outputs])
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     for o in outputs:
@@ -322,18 +302,16 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
     harness.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     image_pub = harness.create_publisher(Image, f"{namespace}/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
     info_pub = harness.create_publisher(CameraInfo, f"{namespace}/camera_info", reliable)
-    spinner.start()
     try:
         started = time.perf_counter()
         rendered = render_frames(frames, size)
         render_s = time.perf_counter() - started
         images = [rgb for rgb, _ in rendered]
-        deadline = time.monotonic() + 120
-        while image_pub.get_subscription_count() == 0 or any(
-                harness.count_publishers(f"{node_name}/{o}") == 0 for o in outputs):
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not start: {log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.05)
+        started_up = wait_for(lambda: image_pub.get_subscription_count() > 0 and all(
+            harness.count_publishers(f"{node_name}/{o}") > 0 for o in outputs), 120,
+            abort=lambda: None if node.alive() else node.died())
+        if not started_up:
+            raise RuntimeError(f"the node did not start within 120 s: {node.tail(40)}")
         before = time_predictor(predictor, images)
         # messages built beforehand (a camera driver's work, not the node's); stamps set per send
         counter = [0]
@@ -422,24 +400,10 @@ def _bench(weights: str | Path | None, frames: int, size: tuple[int, int], devic
         node_stages = {k: round((totals1[k] - totals0[k]) / counted, 3) for k in STAGE_KEYS} if counted else {}
         closed = run(1, messages)
         after_run = time_predictor(predictor, images)
-        node_log = log_path.read_text(errors="replace")
+        node_log = node.log.read_text(errors="replace")
     finally:
-        stop.set()
-        spinner.join(5)
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(15)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(5)
-        log_file.close()
-        harness.destroy_node()
-        rclpy.try_shutdown(context=context)
-        if saved_range is None:
-            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-        else:
-            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = saved_range
+        spun.close()
+        node.stop()
         tmp.cleanup()
     torch_threads = torch.get_num_threads()
     predict_ms = before["predict_ms"] + after_run["predict_ms"]

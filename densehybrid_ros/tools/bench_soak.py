@@ -6,7 +6,7 @@
 1. bag      `--bag BAG`, else a sim driving bag written with `densehybrid-sim bag` in a temporary directory (test-pool
             anomalies, seed 7, `--bag-frames` frames at `--size`, at `--rate` Hz or 10). Its image messages (and the
             CameraInfo of each) are held in memory; the camera mount comes from its /tf when it has one.
-2. node     the perception node as its own process (`densehybrid_ros.tools.demo.Child`, the demo's node parameters:
+2. node     the perception node as its own process (`densehybrid_ros.tools.harness.Child`, the demo's node parameters:
             reliable input QoS with depth 10, so that no frame is lost in transport) in namespace /soak of an
             isolated DDS domain, with the bundled model by default.
 3. warm-up  frames are sent one at a time until one is answered (the node has matched this process's output
@@ -345,7 +345,8 @@ def _image_outputs(outputs: tuple[str, ...], calibrated: bool) -> tuple[str, ...
 def _run_node(config: SoakConfig, weights: Path, frames: BagFrames, rate: float, mount: dict | None, logs: Path,
               outputs: tuple[str, ...], image_outputs: tuple[str, ...]) -> tuple[SoakRun, dict, dict]:
     """Node process + this process's link: warm-up, soak, drain. (the run, the counts, link figures)."""
-    from densehybrid_ros.tools.demo import PROFILE_VARIABLES, Child, Watcher, node_arguments, ros_environment, scoped_environ
+    from densehybrid_ros.tools.demo import PROFILE_VARIABLES, node_arguments
+    from densehybrid_ros.tools.harness import Child, Watcher, ros_environment, scoped_environ
 
     domain, env = ros_environment()
     with scoped_environ({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES) if k in env}):
@@ -379,7 +380,7 @@ def _node_problem(node: Any) -> str | None:
 def _warm_up(link: SoakLink, node: Any, frames: BagFrames) -> tuple[dict[str, int], int]:
     """Send frames one by one until one is answered, then wait until every warm-up frame is settled: (baseline
     totals, warm-up frames sent)."""
-    from densehybrid_ros.tools.demo import DemoError, wait_for
+    from densehybrid_ros.tools.harness import ToolError, wait_for
 
     def check() -> str | None:
         return _node_problem(node)
@@ -398,7 +399,7 @@ def _warm_up(link: SoakLink, node: Any, frames: BagFrames) -> tuple[dict[str, in
         if not wait_for(lambda: link.reports() > reports and (t := link.totals()) is not None and settled(t, sent),
                         STARTUP_TIMEOUT_S, check):
             raise SoakError(f"the node's /diagnostics did not settle the {sent} warm-up frame(s): {link.totals()}")
-    except DemoError as error:
+    except ToolError as error:
         raise SoakError(str(error)) from None
     return link.totals(), sent
 
@@ -447,7 +448,7 @@ def _drain(config: SoakConfig, link: SoakLink, node: Any, run: SoakRun, base: di
            first: tuple[int, int]) -> dict:
     """Wait until every sent frame is settled in the node and each processed one answered here (at most
     config.drain_timeout), then read the counters from a /diagnostics report that came after."""
-    from densehybrid_ros.tools.demo import wait_for
+    from densehybrid_ros.tools.harness import wait_for
 
     start = time.monotonic()
 
@@ -578,11 +579,11 @@ def config_from_args(args: argparse.Namespace) -> SoakConfig:
 
 def main(args: argparse.Namespace, emit: Any) -> int:
     """`densehybrid-bench soak`: run it and `emit(result, table)`; 2 when it cannot run, 1 when the node died."""
-    from densehybrid_ros.tools.demo import DemoError
+    from densehybrid_ros.tools.harness import ToolError
 
     try:
         result = run_soak(config_from_args(args))
-    except (SoakError, DemoError, ValueError, OSError) as error:
+    except (SoakError, ToolError, ValueError, OSError) as error:
         print(f"densehybrid-bench soak: error: {error}", file=sys.stderr)
         return 2
     emit(result, lambda r: print(table(r)))

@@ -57,7 +57,6 @@ GIF_MAX_BYTES = 3_000_000
 PNG_FRAMES = 4
 
 
-DemoError = ToolError  # a failure the demo reports in one clear message (exit status `code`), a child's included
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,16 @@ def default_weights() -> Path:
 
 
 def check_weights(path: Path) -> WeightsMetadata:
-    """The validated metadata of `path` (header only); DemoError (exit 2) when missing or not a weights file."""
+    """The validated metadata of `path` (header only); ToolError (exit 2) when missing or not a weights file."""
     from densehybrid_ros.weights import WeightsError, read_metadata
 
     if not path.is_file():
-        raise DemoError(f"weights file not found: {path} (train one, or pass --weights PATH to a densehybrid_ros "
+        raise ToolError(f"weights file not found: {path} (train one, or pass --weights PATH to a densehybrid_ros "
                         f".safetensors file)", code=2)
     try:
         return read_metadata(path)
     except WeightsError as error:
-        raise DemoError(f"invalid weights: {error}", code=2) from None
+        raise ToolError(f"invalid weights: {error}", code=2) from None
 
 
 def write_sim_bag(config: DemoConfig) -> int:
@@ -132,7 +131,7 @@ def first_frame_mount(bag: Path) -> tuple[Mount, str]:
     finally:
         dataset.close()
     if extras["mount"] is None:
-        raise DemoError(f"{bag} has no base_footprint -> camera transform on /tf: no camera mount for the node")
+        raise ToolError(f"{bag} has no base_footprint -> camera transform on /tf: no camera mount for the node")
     return extras["mount"], extras["mount_source"]
 
 
@@ -193,7 +192,7 @@ def run_live(config: DemoConfig, mount: Mount) -> LiveRun:
 
     try:
         if not wait_for(lambda: all(watcher.subscribers(t) >= 1 for t in topics.values()), STARTUP_TIMEOUT_S, broken):
-            raise DemoError(f"the recorder did not subscribe to the node's outputs within {STARTUP_TIMEOUT_S:.0f} s "
+            raise ToolError(f"the recorder did not subscribe to the node's outputs within {STARTUP_TIMEOUT_S:.0f} s "
                             f"(logs in {config.logs}):\n{node.tail()}")
         run.timings_s["startup"] = time.monotonic() - start
         replay = Child("replay", ["densehybrid_ros.node.replay", str(config.bag), "--rate", "1.0",
@@ -204,9 +203,9 @@ def run_live(config: DemoConfig, mount: Mount) -> LiveRun:
         start = time.monotonic()
         playing = config.frames / config.rate + 30.0 + ANSWER_GRACE_S
         if not wait_for(lambda: not replay.alive(), playing, broken):
-            raise DemoError(f"the replay did not end within {playing:.0f} s:\n{replay.tail()}")
+            raise ToolError(f"the replay did not end within {playing:.0f} s:\n{replay.tail()}")
         if replay.proc.returncode != 0:
-            raise DemoError(replay.died())
+            raise ToolError(replay.died())
         wait_for(lambda: watcher.settled(config.frames), ANSWER_GRACE_S, broken)
 
         def recorded_everything() -> bool:  # one message per processed frame on every output
@@ -214,7 +213,7 @@ def run_live(config: DemoConfig, mount: Mount) -> LiveRun:
             return all(counts.get(t, 0) >= watcher.totals["processed"] for t in topics.values())
         wait_for(recorded_everything, ANSWER_GRACE_S, broken)  # else eval-bag reports the missing outputs
         run.timings_s["replay"] = time.monotonic() - start
-    except DemoError as error:
+    except ToolError as error:
         run.error = str(error)
     finally:
         if replay is not None:
@@ -243,7 +242,7 @@ def score_bag(name: str, config: DemoConfig, evaluation: BagEvalConfig) -> dict:
         report = result.write(config.out / name)
     except (DatasetError, WeightsError, ValueError, OSError) as error:
         log.write_text(f"densehybrid-eval-bag: error: {error}\n")
-        raise DemoError(f"densehybrid-eval-bag ({name}) failed: {error}") from None
+        raise ToolError(f"densehybrid-eval-bag ({name}) failed: {error}") from None
     log.write_text(result.console(report) + "\n")
     return result.metrics
 
@@ -464,12 +463,12 @@ def prepare_out(config: DemoConfig) -> None:
 
 def live_section(config: DemoConfig, mount: Mount, timings: dict) -> tuple[dict, str | None]:
     """The live run and the scoring of what it recorded: (the "live" entry of metrics.json, the failure or None).
-    Without --keep-going a failure raises DemoError."""
+    Without --keep-going a failure raises ToolError."""
     live_run = run_live(config, mount)
     timings.update({f"live_{k}": round(v, 2) for k, v in live_run.timings_s.items()})
     failure = live_run.error
     if failure and not config.keep_going:
-        raise DemoError(f"live run failed: {failure}")
+        raise ToolError(f"live run failed: {failure}")
     live: dict = {"node": live_run.node}
     if failure:
         live["error"] = failure
@@ -478,7 +477,7 @@ def live_section(config: DemoConfig, mount: Mount, timings: dict) -> tuple[dict,
         started = time.monotonic()
         try:
             metrics = score_live(config, mount)
-        except DemoError as error:
+        except ToolError as error:
             if not config.keep_going:
                 raise
             failure = failure or str(error)
@@ -564,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=args.seed, keep_going=args.keep_going)
     try:
         return run(config)
-    except DemoError as error:
+    except ToolError as error:
         print(f"densehybrid-demo: error: {error}", file=sys.stderr)
         return error.code
 
