@@ -107,11 +107,12 @@ def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_n
     from densehybrid_ros.predictor import Predictor, PredictorConfig
 
     threshold = threshold_for(sim_weights, frames)
-    height, pitch, roll = mount_of(frames[0])
+    mount = mount_of(frames[0])
     out = tmp_path / "out"
     rc = eval_bag_main(["--bag", str(sim_bag), "--weights", str(sim_weights), "--out", str(out), "--quiet",
                         "--scores", "hybrid,msp", "--threshold", repr(threshold), "--min-area", "3", "--min-visible", "3",
-                        "--camera-height", repr(height), "--camera-pitch", repr(pitch), "--camera-roll", repr(roll)])
+                        "--camera-height", repr(mount.height), "--camera-pitch", repr(mount.pitch),
+                        "--camera-roll", repr(mount.roll)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "obstacles:" in printed and "hybrid" in printed and (out / "report.md").is_file()
@@ -129,8 +130,8 @@ def test_eval_bag_metrics_equal_evaluate_on_the_frames_and_obstacles_equal_the_n
 
     # obstacles: exactly what the node's perception pipeline places, matched to the sim's true boxes
     obstacles = metrics["obstacles"]
-    settings = Settings.from_values({"threshold": threshold, "min_obstacle_area": 3, "camera_height": height,
-                                     "camera_pitch": pitch, "camera_roll": roll})
+    settings = Settings.from_values({"threshold": threshold, "min_obstacle_area": 3, "camera_height": mount.height,
+                                     "camera_pitch": mount.pitch, "camera_roll": mount.roll})
     perception = Perception(Predictor.from_weights(sim_weights))
     total = 0
     for i, frame in enumerate(frames):
@@ -227,9 +228,10 @@ def test_ground_plane_markers_land_within_10_percent_of_the_true_distance_up_to_
     assert checked >= 12, checked
     assert all(m["signed_rel_error"] > 0.03 for m in sidewalk), sidewalk  # placed too far, as explained above
     # the same with the mount as arguments (first frame's), the source recorded
-    height, pitch, roll = mount_of(frames[0])
+    mount = mount_of(frames[0])
     assert eval_bag_main(["--bag", str(bag), "--oracle", "--out", str(tmp_path / "args"), "--max-frames", "2",
-                          "--camera-height", repr(height), "--camera-pitch", repr(pitch), "--camera-roll", repr(roll)]) == 0
+                          "--camera-height", repr(mount.height), "--camera-pitch", repr(mount.pitch),
+                          "--camera-roll", repr(mount.roll)]) == 0
     assert json.loads((tmp_path / "args" / "metrics.json").read_text())["obstacles"]["mount_sources"] == {"arguments": 2}
 
 
@@ -240,8 +242,8 @@ def test_the_sim_bags_transform_gives_the_node_mount(frames):
 
     for frame in frames[:3]:
         translation, quaternion = frame.pose.footprint_transform()
-        mount = mount_from_transform((*translation, *quaternion))
-        assert (mount.height, mount.pitch, mount.roll) == pytest.approx(mount_of(frame), abs=1e-12)
+        mount, node = mount_from_transform((*translation, *quaternion)), mount_of(frame)
+        assert (mount.height, mount.pitch, mount.roll) == pytest.approx((node.height, node.pitch, node.roll), abs=1e-12)
 
 
 def test_cli_errors_are_named(tmp_path, sim_bag, capsys):

@@ -47,10 +47,11 @@ def test_recorded_maps_score_like_evaluate_on_the_answered_frames(sim_bag, sim_w
     threshold = threshold_for(sim_weights, frames)
     predictor = Predictor.from_weights(sim_weights)
     outputs = write_outputs_bag(tmp_path / "recorded", frames, predictor, skip=2)
-    height, pitch, roll = mount_of(frames[0])
+    camera = mount_of(frames[0])
     # obstacles frame by frame (confirmation over 1 of 1 frames, no miss budget): the recorded sequence lacks frame 2,
     # so obstacles confirmed across frames would legitimately differ from the full sequence's around it
-    mount = ["--camera-height", repr(height), "--camera-pitch", repr(pitch), "--camera-roll", repr(roll),
+    mount = ["--camera-height", repr(camera.height), "--camera-pitch", repr(camera.pitch),
+             "--camera-roll", repr(camera.roll),
              "--min-area", "3", "--min-visible", "3", "--threshold", repr(threshold),
              *eval_bag_options(*PER_FRAME_OBSTACLES)]
     assert eval_bag_main(["--bag", str(sim_bag), "--outputs", str(outputs), "--weights", str(sim_weights), "--quiet",
@@ -77,14 +78,15 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
     from sensor_msgs.msg import Image
 
     threshold = threshold_for(sim_weights, frames)
-    height, pitch, roll = mount_of(frames[0])
+    mount = mount_of(frames[0])
     # obstacles frame by frame in the node and in eval-bag below: the node gets the first CameraInfo after the first
     # image, so its tracks would start a frame later than eval-bag's and confirmation across frames would differ; and
     # no drivable-surface check: the classes of these random weights mean nothing (the rules are compared between
     # eval-bag and the node's code in test_node_evalbag.py)
     rules = (*PER_FRAME_OBSTACLES, "ground_band:=1.0")
     node = node_process(tmp_path, f"weights:={sim_weights}", f"threshold:={threshold!r}", "min_obstacle_area:=3",
-                        f"camera_height:={height!r}", f"camera_pitch:={pitch!r}", f"camera_roll:={roll!r}",
+                        f"camera_height:={mount.height!r}", f"camera_pitch:={mount.pitch!r}",
+                        f"camera_roll:={mount.roll!r}",
                         "qos_reliability:=reliable", "qos_depth:=10", "marker_lifetime:=0.0", *rules)
     outputs = {name: f"{NODE}/{name}" for name in ("anomaly_score", "semantic", "obstacles")}
     recorder = Process(["-m", "densehybrid_ros.node.record", "--out", str(tmp_path / "recorded"), "--status-period",
@@ -117,8 +119,8 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
     assert eval_bag_main(["--bag", str(sim_bag), "--outputs", str(tmp_path / "recorded"), "--weights", str(sim_weights),
                           "--quiet", "--out", str(out), "--score-topic", outputs["anomaly_score"],
                           "--semantic-topic", outputs["semantic"], "--obstacles-topic", outputs["obstacles"],
-                          "--threshold", repr(threshold), "--min-visible", "3", "--camera-height", repr(height),
-                          "--camera-pitch", repr(pitch), "--camera-roll", repr(roll)]) == 0, node.text()
+                          "--threshold", repr(threshold), "--min-visible", "3", "--camera-height", repr(mount.height),
+                          "--camera-pitch", repr(mount.pitch), "--camera-roll", repr(mount.roll)]) == 0, node.text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["outputs"]["scored_frames"] == len(frames), (metrics["outputs"], node.text())
     assert metrics["outputs"]["obstacles_from"] == "recorded markers"
@@ -126,8 +128,8 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
     direct = tmp_path / "direct"
     assert eval_bag_main(["--bag", str(sim_bag), "--weights", str(sim_weights), "--quiet", "--out", str(direct),
                           "--threshold", repr(threshold), "--min-area", "3", "--min-visible", "3",
-                          "--camera-height", repr(height), "--camera-pitch", repr(pitch),
-                          "--camera-roll", repr(roll), *eval_bag_options(*rules)]) == 0
+                          "--camera-height", repr(mount.height), "--camera-pitch", repr(mount.pitch),
+                          "--camera-roll", repr(mount.roll), *eval_bag_options(*rules)]) == 0
     reference = json.loads((direct / "metrics.json").read_text())
     assert metrics["scores"]["hybrid"]["anomaly"]["ap"] == pytest.approx(reference["scores"]["hybrid"]["anomaly"]["ap"], abs=1e-3)
     # the first image reaches the node before the first CameraInfo (bag order): no 3-D markers for that frame

@@ -222,8 +222,9 @@ def serve_frame(served: Served, scene: Scene, sec: int):
     from densehybrid_ros.node.sim_camera import node_mount
 
     frame = scene.frame
-    height, pitch, roll = node_mount(frame.pose)
-    results = served.harness.set_parameters(camera_height=height, camera_pitch=pitch, camera_roll=roll)
+    mount = node_mount(frame.pose)
+    results = served.harness.set_parameters(camera_height=mount.height, camera_pitch=mount.pitch,
+                                            camera_roll=mount.roll)
     assert all(r.successful for r in results), [r.reason for r in results]
     info = CameraInfo(width=W, height=H, distortion_model="plumb_bob")
     info.header.stamp.sec, info.header.frame_id = sec, FRAME
@@ -410,7 +411,8 @@ def test_with_a_registered_depth_image_the_points_are_the_true_surface(tmp_path,
 
     scene = next(s for s in scenes if checked_anomalies(s))
     frame = scene.frame
-    mount = dict(zip(("camera_height", "camera_pitch", "camera_roll"), node_mount(frame.pose)))  # for the grid
+    true = node_mount(frame.pose)  # for the grid
+    mount = {"camera_height": true.height, "camera_pitch": true.pitch, "camera_roll": true.roll}
     model = oracle_onnx(tmp_path / "oracle.onnx", W, H)
     ns = f"{NAMESPACE}_depth"  # its own namespace: the module-scoped node must never answer these frames
     node = node_process(tmp_path, "backend:=onnxruntime", f"onnx_model:={model}", f"min_obstacle_area:={MIN_AREA}",

@@ -71,7 +71,8 @@ def test_sim_camera_publishes_one_header_per_frame_with_the_sim_frames(tmp_path,
         harness.close()
 
     # the mount, in the perception node's convention, is the true pose of the rendered camera
-    np.testing.assert_allclose(mount, node_mount(sim_frames[0].pose), atol=1e-9)
+    true = node_mount(sim_frames[0].pose)
+    np.testing.assert_allclose(mount, [true.height, true.pitch, true.roll], atol=1e-9)
     assert 1.2 <= mount[0] <= 1.7 and abs(mount[1]) < 0.1
     expected_k = sim_frames[0].camera.K()
     now = time.time()
@@ -132,11 +133,11 @@ def test_node_mount_matches_the_render_geometry(sim_frames):
     from densehybrid_ros.node.sim_camera import node_mount
 
     frame = sim_frames[2]
-    height, pitch, roll = node_mount(frame.pose)
+    mount = node_mount(frame.pose)
     camera = CameraModel.from_k(frame.camera.K().ravel())
     rows, cols = np.nonzero((frame.labels == 0) & (frame.depth < 25.0))  # road within 25 m
     pick = np.random.default_rng(0).choice(rows.size, 50, replace=False)
     for r, c in zip(rows[pick], cols[pick]):
-        point = ground_point(float(c), float(r), camera, height, pitch, roll)
+        point = ground_point(float(c), float(r), camera, mount)
         # lane markings (class road) lie 1 cm above the asphalt: < 1% at a 1.2-1.7 m camera height
         assert point is not None and point[2] == pytest.approx(float(frame.depth[r, c]), rel=1e-2)

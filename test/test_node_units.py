@@ -23,7 +23,8 @@ from densehybrid_ros.perception.image_codec import (
     image_fields,
 )
 from densehybrid_ros.perception.obstacles import extract_components, locate_on_ground, locate_with_depth
-from densehybrid_ros.perception.camera import CameraModel, ground_point, level_from_camera, rotation_to_quaternion
+from densehybrid_ros.perception.camera import (CameraModel, Mount, ground_point, level_from_camera,
+                                               rotation_to_quaternion)
 from densehybrid_ros.perception.settings import DEFAULTS, PARAMS, SPECS, Settings, SettingsError, check_update, check_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_ground_point_inverts_hand_projection_with_pitch(pitch, lateral, forward
     c, s = math.cos(pitch), math.sin(pitch)
     p_cam = np.array([lateral, h * c - forward * s, h * s + forward * c])
     u, v = project(CAM, *p_cam)
-    back = ground_point(u, v, CAM, h, pitch, 0.0)
+    back = ground_point(u, v, CAM, Mount(h, pitch, 0.0))
     assert back is not None
     np.testing.assert_allclose(back, p_cam, atol=1e-6)
 
@@ -56,18 +57,18 @@ def test_ground_point_inverts_hand_projection_with_roll(roll):
     c, s = math.cos(roll), math.sin(roll)
     p_cam = np.array([c * lateral + s * h, -s * lateral + c * h, forward])
     u, v = project(CAM, *p_cam)
-    np.testing.assert_allclose(ground_point(u, v, CAM, h, 0.0, roll), p_cam, atol=1e-6)
+    np.testing.assert_allclose(ground_point(u, v, CAM, Mount(h, 0.0, roll)), p_cam, atol=1e-6)
 
 
 def test_pitch_sign_convention_and_horizon():
     h = 1.5
     # Optical axis (principal point): meets the ground at h / tan(pitch) ahead only when looking down.
-    hit = ground_point(CAM.cx, CAM.cy, CAM, h, 0.1, 0.0)
+    hit = ground_point(CAM.cx, CAM.cy, CAM, Mount(h, 0.1, 0.0))
     assert hit[0] == pytest.approx(0.0) and hit[1] == pytest.approx(0.0)
     assert hit[2] == pytest.approx(h / math.sin(0.1))  # range along the axis
-    assert ground_point(CAM.cx, CAM.cy, CAM, h, 0.0, 0.0) is None  # level: the axis is the horizon
-    assert ground_point(CAM.cx, CAM.cy, CAM, h, -0.1, 0.0) is None  # looking up
-    assert ground_point(CAM.cx, CAM.cy - 50, CAM, h, 0.0, 0.0) is None  # above the horizon
+    assert ground_point(CAM.cx, CAM.cy, CAM, Mount(h, 0.0, 0.0)) is None  # level: the axis is the horizon
+    assert ground_point(CAM.cx, CAM.cy, CAM, Mount(h, -0.1, 0.0)) is None  # looking up
+    assert ground_point(CAM.cx, CAM.cy - 50, CAM, Mount(h, 0.0, 0.0)) is None  # above the horizon
     r = level_from_camera(0.2, 0.0)
     np.testing.assert_allclose(r @ [0, 0, 1], [0, math.sin(0.2), math.cos(0.2)], atol=1e-12)
 
@@ -132,19 +133,19 @@ def test_locate_on_ground_distance_and_size_by_hand():
     mask = np.zeros((480, 640), bool)
     mask[y0:int(v_bottom - 0.5) + 1, x0:x1] = True
     (comp,), _ = extract_components(mask, np.ones(mask.shape, np.float32))
-    ob = locate_on_ground(comp, cam, h, pitch, 0.0)
+    ob = locate_on_ground(comp, cam, Mount(h, pitch, 0.0))
     assert ob.anchor[2] == pytest.approx(d) and ob.anchor[1] == pytest.approx(h)
     assert ob.distance == pytest.approx(math.hypot(ob.anchor[0], h, d))
     assert ob.size[0] == pytest.approx(40 * d / cam.fx)  # width: pixel extent x depth / f
     assert ob.size[1] == pytest.approx((v_bottom - (y0 - 0.5)) * d / cam.fy)
     np.testing.assert_allclose(ob.up, [0, -1, 0], atol=1e-12)
     assert ob.center[2] == pytest.approx(d + ob.size[2] / 2)
-    assert locate_on_ground(comp, cam, h, pitch, 0.0, max_distance=5.0) is None
+    assert locate_on_ground(comp, cam, Mount(h, pitch, 0.0), max_distance=5.0) is None
     # a component above the horizon has no ground contact
     sky = np.zeros((480, 640), bool)
     sky[10:40, 10:40] = True
     (up,), _ = extract_components(sky, None)
-    assert locate_on_ground(up, cam, h, 0.0, 0.0) is None
+    assert locate_on_ground(up, cam, Mount(h, 0.0, 0.0)) is None
 
 
 def test_locate_with_depth_uses_median_depth_along_centroid_ray():
@@ -324,7 +325,6 @@ def test_settings_defaults_and_validation():
 
 
 def test_camera_mounts_from_the_mounting_parameters():
-    from densehybrid_ros.perception.camera import Mount
     from densehybrid_ros.perception.settings import MOUNT_PARAMS, mount_value, with_mount_values
 
     s = Settings.from_values({"camera_height": 2.0, "camera_pitch": 0.1, "camera_roll": -0.05})
@@ -451,7 +451,6 @@ def test_rosbags_to_rclpy_conversion_keeps_every_field():
 
 # ---------------------------------------------------------------- one frame through the perception pipeline
 def test_perception_runs_the_predictor_and_builds_outputs(tiny_weights):
-    from densehybrid_ros.perception.camera import Mount
     from densehybrid_ros.perception.pipeline import CameraFrame, Perception, Wanted
     from densehybrid_ros.predictor import Predictor
 
@@ -478,10 +477,10 @@ def test_perception_runs_the_predictor_and_builds_outputs(tiny_weights):
     assert result.semantic_color.shape == (48, 80, 3) and result.overlay.shape == (48, 80, 3)
     (ob,) = result.obstacles
     assert ob.component.area == 48 * 80 and ob.id == 0 and result.located
-    assert ob.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, 1.5, 0.2, 0.0)))
+    assert ob.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, Mount(1.5, 0.2, 0.0))))
     (own,) = perception.run([CameraFrame(rgb, everything, intrinsics=cam, mount=Mount(2.0, 0.3, 0.0))],
                             settings.replace(threshold=low))[0].obstacles  # its own mount
-    assert own.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, 2.0, 0.3, 0.0)))
+    assert own.distance == pytest.approx(np.linalg.norm(ground_point(39.5, 47.5, cam, Mount(2.0, 0.3, 0.0))))
     palette_unknown = perception.palette[predictor.num_classes]
     assert (result.overlay[5:-5, 5:-5] == palette_unknown).all(axis=-1).mean() > 0.5  # highlighted
     assert result.points is None and result.grid is None  # not wanted

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from densehybrid_ros.perception.obstacles import Confirmation, Obstacle, ObstacleRules, ObstacleTracker, extract_components, frame_obstacles, stands_on_drivable
-from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.camera import CameraModel, Mount
 from densehybrid_ros.perception.settings import Settings, SettingsError
 
 ROAD, SIDEWALK, BUILDING, CAR = 0, 1, 2, 12
@@ -14,7 +14,7 @@ H, W = 100, 160
 # pinhole with f = 100 px, principal point at the image centre; mount 1.5 m high, level (pitch 0, roll 0):
 # a contact at bottom edge v lies z = 1.5 * 100 / (v - 49.5) m ahead; a span of n pixels there is n * z / 100 m
 CAMERA = CameraModel(fx=100.0, fy=100.0, cx=79.5, cy=49.5)
-MOUNT = (1.5, 0.0, 0.0)
+MOUNT = Mount(height=1.5, pitch=0.0, roll=0.0)
 
 
 def rules(drivable=(ROAD, SIDEWALK), band=0.05, width=(0.1, 3.0), height=(0.1, 3.0), min_area=10) -> ObstacleRules:

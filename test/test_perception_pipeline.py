@@ -97,7 +97,7 @@ def test_planner_outputs_are_the_placed_obstacles_on_the_ground(predictor):
     (ob,) = result.obstacles
     assert result.located and result.grid is None and len(result.points) == H * W  # every pixel of the obstacle
     # the front face: every point at the forward (level frame) distance of the ground contact, on its pixel's ray
-    contact = ground_point(ob.component.bottom_u, ob.component.bottom_v, CAM, mount.height, mount.pitch, mount.roll)
+    contact = ground_point(ob.component.bottom_u, ob.component.bottom_v, CAM, mount)
     rotation = level_from_camera(mount.pitch, mount.roll)
     level = result.points.xyz @ rotation.T
     np.testing.assert_allclose(level[:, 2], (rotation @ contact)[2], rtol=1e-9)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from densehybrid_ros.perception.obstacles import extract_components, place_obstacles
-from densehybrid_ros.perception.camera import CameraModel
+from densehybrid_ros.perception.camera import CameraModel, Mount
 from densehybrid_ros.perception.planner_outputs import (
     FREE,
     OCCUPIED,
@@ -26,6 +26,7 @@ from densehybrid_ros.perception.planner_outputs import (
 F, C, SIZE = 100.0, 49.5, 100
 CAMERA = CameraModel(F, F, C, C, SIZE, SIZE)
 HEIGHT = 1.5
+LEVEL = Mount(HEIGHT, 0.0, 0.0)  # a level camera HEIGHT above the road
 
 
 def block(rows: slice, cols: slice) -> np.ndarray:
@@ -37,7 +38,7 @@ def block(rows: slice, cols: slice) -> np.ndarray:
 def placed(mask: np.ndarray, pitch: float, roll: float = 0.0, depth: np.ndarray | None = None):
     """The node's path to obstacles: components of the mask, placed (ground plane or depth), ids 7, 8, ..."""
     components, labels = extract_components(mask, None, 1)
-    obstacles = place_obstacles(components, labels, CAMERA, HEIGHT, pitch, roll, depth=depth)
+    obstacles = place_obstacles(components, labels, CAMERA, Mount(HEIGHT, pitch, roll), depth=depth)
     for n, ob in enumerate(obstacles):
         ob.id = 7 + n
     return obstacles
@@ -51,19 +52,19 @@ def test_pixel_rays_and_the_ground_frame_by_hand():
     np.testing.assert_allclose(pixel_rays(CAMERA, np.array([49.5, 149.5]), np.array([69.5, 49.5])),
                                [[0.0, 0.2, 1.0], [1.0, 0.0, 1.0]])
     # level camera: a point 10 m ahead on the optical axis, 1.5 m down = on the ground 10 m ahead; right = -y
-    np.testing.assert_allclose(ground_from_camera(np.array([[0.0, HEIGHT, 10.0], [2.0, 0.0, 5.0]]), HEIGHT, 0.0, 0.0),
+    np.testing.assert_allclose(ground_from_camera(np.array([[0.0, HEIGHT, 10.0], [2.0, 0.0, 5.0]]), LEVEL),
                                [[10.0, 0.0, 0.0], [5.0, -2.0, HEIGHT]], atol=1e-12)
     # pitched down by p: d metres along the optical axis = d cos p ahead, d sin p lower
     p = 0.3
-    np.testing.assert_allclose(ground_from_camera(np.array([[0.0, 0.0, 4.0]]), HEIGHT, p, 0.0),
+    np.testing.assert_allclose(ground_from_camera(np.array([[0.0, 0.0, 4.0]]), Mount(HEIGHT, p, 0.0)),
                                [[4 * math.cos(p), 0.0, HEIGHT - 4 * math.sin(p)]], atol=1e-12)
     # rolled by r (clockwise seen from behind): the image x axis points right and down by r
     r = 0.2
-    np.testing.assert_allclose(ground_from_camera(np.array([[1.0, 0.0, 0.0]]), HEIGHT, 0.0, r),
+    np.testing.assert_allclose(ground_from_camera(np.array([[1.0, 0.0, 0.0]]), Mount(HEIGHT, 0.0, r)),
                                [[0.0, -math.cos(r), HEIGHT - math.sin(r)]], atol=1e-12)
     points = np.random.default_rng(0).normal(size=(20, 3))
-    np.testing.assert_allclose(camera_from_ground(ground_from_camera(points, HEIGHT, 0.25, -0.1), HEIGHT, 0.25, -0.1),
-                               points, atol=1e-12)
+    tilted = Mount(HEIGHT, 0.25, -0.1)
+    np.testing.assert_allclose(camera_from_ground(ground_from_camera(points, tilted), tilted), points, atol=1e-12)
 
 
 def test_ground_points_are_the_front_face_at_the_contact_distance_level_camera():
@@ -71,7 +72,7 @@ def test_ground_points_are_the_front_face_at_the_contact_distance_level_camera()
     1.5 / 0.2 = 7.5 m ahead; every pixel (u, v) is at z = 7.5 on its ray: ((u - 49.5) 0.075, (v - 49.5) 0.075, 7.5)."""
     mask = block(slice(60, 70), slice(40, 50))
     score = np.arange(SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
-    points = obstacle_points(placed(mask, 0.0), mask, score, CAMERA, HEIGHT, 0.0, 0.0)
+    points = obstacle_points(placed(mask, 0.0), mask, score, CAMERA, LEVEL)
     expected = [((u - C) * 0.075, (v - C) * 0.075, 7.5) for v in range(60, 70) for u in range(40, 50)]
     assert len(points) == 100 and rows_of(points.xyz) == rows_of(np.array(expected))
     # each point keeps its own pixel's score and the obstacle's id
@@ -80,7 +81,7 @@ def test_ground_points_are_the_front_face_at_the_contact_distance_level_camera()
     np.testing.assert_array_equal(points.score, score[v, u])
     assert (points.obstacle_id == 7).all() and points.obstacle_id.dtype == np.uint32
     # it stands on the ground: lowest points (pixel centres, row 69) 0.0375 m up, top edge 0.75 m above the bottom
-    heights = ground_from_camera(points.xyz, HEIGHT, 0.0, 0.0)[:, 2]
+    heights = ground_from_camera(points.xyz, LEVEL)[:, 2]
     assert heights.min() == pytest.approx(HEIGHT - 19.5 * 0.075)
     assert heights.max() == pytest.approx(HEIGHT - 10.5 * 0.075)
 
@@ -91,7 +92,7 @@ def test_ground_points_with_pitch_by_hand():
     p = 0.2
     c, s = math.cos(p), math.sin(p)
     mask = block(slice(60, 70), slice(45, 55))
-    points = obstacle_points(placed(mask, p), mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, p, 0.0)
+    points = obstacle_points(placed(mask, p), mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, Mount(HEIGHT, p, 0.0))
     forward = HEIGHT * (c - 0.2 * s) / (0.2 * c + s)
     expected = []
     for v in range(60, 70):
@@ -99,7 +100,7 @@ def test_ground_points_with_pitch_by_hand():
             a, b = (u - C) / F, (v - C) / F
             expected.append(np.array([a, b, 1.0]) * forward / (c - b * s))
     assert rows_of(points.xyz) == rows_of(np.array(expected))
-    np.testing.assert_allclose(ground_from_camera(points.xyz, HEIGHT, p, 0.0)[:, 0], forward)
+    np.testing.assert_allclose(ground_from_camera(points.xyz, Mount(HEIGHT, p, 0.0))[:, 0], forward)
 
 
 def test_depth_points_are_the_rays_at_their_depth_and_skip_invalid_pixels():
@@ -110,12 +111,12 @@ def test_depth_points_are_the_rays_at_their_depth_and_skip_invalid_pixels():
     depth[21:30, 14] = 6.0
     obstacles = placed(mask, 0.0, depth=depth)
     assert obstacles[0].source == "depth"
-    points = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, 0.0, 0.0, depth)
+    points = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, LEVEL, depth)
     expected = [np.array([(u - C) / F, (v - C) / F, 1.0]) * depth[v, u]
                 for v in range(20, 30) for u in range(10, 16) if (v, u) not in ((25, 12), (26, 13))]
     assert len(points) == 58 and rows_of(points.xyz) == rows_of(np.array(expected))
     # a depth image of another size is resized (nearest) to the mask's, as the node's obstacle placement does
-    half = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, 0.0, 0.0,
+    half = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, LEVEL,
                            np.full((50, 50), 4.0, np.float32))
     np.testing.assert_allclose(half.xyz[:, 2], 4.0)
 
@@ -124,18 +125,18 @@ def test_only_placed_obstacles_give_points_and_a_foreign_mask_is_an_error():
     mask = block(slice(60, 70), slice(40, 50)) | block(slice(5, 10), slice(5, 10))  # the second: above the horizon
     obstacles = placed(mask, 0.0)
     assert len(obstacles) == 1
-    points = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, 0.0, 0.0)
+    points = obstacle_points(obstacles, mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, LEVEL)
     assert len(points) == 100 and (points.xyz[:, 1] > 0).all()
-    assert len(obstacle_points([], mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, 0.0, 0.0)) == 0
+    assert len(obstacle_points([], mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, LEVEL)) == 0
     with pytest.raises(ValueError, match="not in this mask"):
         obstacle_points(obstacles, block(slice(60, 65), slice(40, 50)), np.zeros((SIZE, SIZE), np.float32), CAMERA,
-                        HEIGHT, 0.0, 0.0)
+                        LEVEL)
 
 
 def test_encoded_points_read_back_through_their_field_list():
     mask = block(slice(60, 62), slice(40, 43))
     score = np.linspace(-3, 3, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
-    points = obstacle_points(placed(mask, 0.0), mask, score, CAMERA, HEIGHT, 0.0, 0.0)
+    points = obstacle_points(placed(mask, 0.0), mask, score, CAMERA, LEVEL)
     fields, step, data = encode_points(points)
     assert fields == [("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("score", 12, 7), ("obstacle_id", 16, 6)]
     assert step == 20 and len(data) == 20 * len(points) == 120
@@ -178,8 +179,8 @@ def test_grid_by_hand_free_unknown_and_an_obstacle_with_the_ground_it_hides():
     p = 0.2
     spec = GridSpec(0.5, 30.0, 10.0)
     mask = block(slice(60, 70), slice(40, 60))
-    points = obstacle_points(placed(mask, p), mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, HEIGHT, p, 0.0)
-    grid = occupancy_grid(spec, CAMERA, HEIGHT, p, 0.0, mask, points.xyz)
+    points = obstacle_points(placed(mask, p), mask, np.zeros((SIZE, SIZE), np.float32), CAMERA, Mount(HEIGHT, p, 0.0))
+    grid = occupancy_grid(spec, CAMERA, Mount(HEIGHT, p, 0.0), mask, points.xyz)
     assert grid.dtype == np.int8 and grid.shape == (20, 60)
     c, s = math.cos(p), math.sin(p)
     forward = HEIGHT * (c - 0.2 * s) / (0.2 * c + s)
@@ -212,7 +213,7 @@ def test_grid_by_hand_free_unknown_and_an_obstacle_with_the_ground_it_hides():
 
 def test_grid_is_all_unknown_for_a_camera_looking_up_above_the_horizon():
     # pitch -0.6 (up): the bottom edge ray is 0.6 - atan(0.5) = 0.136 rad above the horizon: no road in view
-    grid = occupancy_grid(GridSpec(0.5, 30.0, 10.0), CAMERA, HEIGHT, -0.6, 0.0, np.zeros((SIZE, SIZE), bool),
+    grid = occupancy_grid(GridSpec(0.5, 30.0, 10.0), CAMERA, Mount(HEIGHT, -0.6, 0.0), np.zeros((SIZE, SIZE), bool),
                           np.zeros((0, 3)))
     assert (grid == UNKNOWN).all()
 

@@ -156,8 +156,7 @@ class ObstacleMetric(Metric):
             depth = sample.depth
         mount, source = self.options.mount(sample)
         candidates = frame_obstacles(is_anomalous(prediction.hybrid, self.threshold), prediction.hybrid,
-                                     prediction.class_ids, camera, (mount.height, mount.pitch, mount.roll), self.rules,
-                                     depth)
+                                     prediction.class_ids, camera, mount, self.rules, depth)
         published = self.tracker.update(candidates, self.confirmation).published
         self.candidates += len(candidates)
         self.score(sample, [ob.center for ob in published], source)

@@ -103,12 +103,10 @@ def check_parameters(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def node_mount(pose: Any) -> tuple[float, float, float]:
-    """(camera_height, camera_pitch, camera_roll) of a sim camera pose in the perception node's convention
-    (`camera.Mount.from_pose`: pitch > 0 = optical axis below the horizon), from the pose itself: the road is the
-    world's z = 0 plane and the world is z up."""
-    mount = Mount.from_pose(pose.position, pose.rotation)
-    return mount.height, mount.pitch, mount.roll
+def node_mount(pose: Any) -> Mount:
+    """The `Mount` of a sim camera pose in the perception node's convention (`Mount.from_pose`: pitch > 0 = optical
+    axis below the horizon, yaw 0), from the pose itself: the road is the world's z = 0 plane and the world is z up."""
+    return Mount.from_pose(pose.position, pose.rotation)
 
 
 class SimCameraNode(Node):
@@ -142,7 +140,7 @@ class SimCameraNode(Node):
 
             self.param_client = self.create_client(SetParameters, p["perception_node"].rstrip("/") + "/set_parameters")
         self.service_was_ready = False
-        self.mount: tuple[float, float, float] | None = None
+        self.mount: Mount | None = None
         self.sequence = None
         self.index = self.passes = self.published = 0
         self.finished = False
@@ -201,9 +199,10 @@ class SimCameraNode(Node):
         if self.index == 1:
             self.mount = node_mount(frame.pose)  # the pass's mount (the camera bounce is zero at t = 0)
             if self.passes == 0:
-                h, pitch, roll = self.mount
-                self.get_logger().info(f"camera mount (perception node convention): camera_height {h:.4f} m, "
-                                       f"camera_pitch {pitch:.5f} rad (> 0 = down), camera_roll {roll:.5f} rad")
+                mount = self.mount
+                self.get_logger().info(f"camera mount (perception node convention): "
+                                       f"camera_height {mount.height:.4f} m, camera_pitch {mount.pitch:.5f} rad "
+                                       f"(> 0 = down), camera_roll {mount.roll:.5f} rad")
         self._push_mount()
         spent = time.perf_counter() - tick
         if spent > 1.2 / self.p["rate"] and not self.warned_slow and self.published > 2:
@@ -220,8 +219,10 @@ class SimCameraNode(Node):
             from rclpy.parameter import Parameter
 
             request = SetParameters.Request()
+            mount = self.mount  # the perception node's mounting parameters (perception.settings.MOUNT_FIELDS)
+            values = {"camera_height": mount.height, "camera_pitch": mount.pitch, "camera_roll": mount.roll}
             request.parameters = [Parameter(name, value=float(value)).to_parameter_msg()
-                                  for name, value in zip(("camera_height", "camera_pitch", "camera_roll"), self.mount)]
+                                  for name, value in values.items()]
             future = self.param_client.call_async(request)
             future.add_done_callback(self._mount_pushed)
         self.service_was_ready = ready

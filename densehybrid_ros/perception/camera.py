@@ -4,7 +4,7 @@ mount (height above flat ground, pitch, roll) and the rays and ground points the
 Frames (REP 103/105 optical convention):
 - camera optical frame C: x right, y down, z forward (the image header's frame_id).
 - level frame L: same origin, x right, y down (along gravity), z forward, horizontal: the optical frame of
-  the same camera with zero pitch and roll. The ground plane is y_L = camera_height.
+  the same camera with zero pitch and roll. The ground plane is y_L = mount.height (`Mount`).
 - p_L = R(pitch, roll) @ p_C with R = Rx(-pitch) @ Rz(roll) (`level_from_camera`):
   pitch > 0 tilts the optical axis DOWN: z_C = (0, sin(pitch), cos(pitch)) in L;
   roll > 0 turns x_C towards y_C (clockwise seen from behind the camera): x_C = (cos(roll), sin(roll), 0) in L
@@ -95,14 +95,14 @@ def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray
     ])
 
 
-def ground_point(u: float, v: float, camera: CameraModel, height: float, pitch: float, roll: float) -> np.ndarray | None:
-    """Where the ray through pixel (u, v) meets the ground plane, in the camera optical frame; None when the
-    ray does not point below the horizon."""
+def ground_point(u: float, v: float, camera: CameraModel, mount: Mount) -> np.ndarray | None:
+    """Where the ray through pixel (u, v) meets the ground plane of `mount`, in the camera optical frame; None when
+    the ray does not point below the horizon."""
     ray_c = camera.ray(u, v)
-    ray_l = level_from_camera(pitch, roll) @ ray_c
+    ray_l = level_from_camera(mount.pitch, mount.roll) @ ray_c
     if ray_l[1] <= 1e-9:
         return None
-    return ray_c * (height / ray_l[1])
+    return ray_c * (mount.height / ray_l[1])
 
 
 def rotation_to_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from densehybrid_ros.perception.camera import CameraModel, ground_point, level_from_camera, rotation_to_quaternion
+from densehybrid_ros.perception.camera import (CameraModel, Mount, ground_point, level_from_camera,
+                                               rotation_to_quaternion)
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,20 @@ class Obstacle:
     missed: int = 0  # frames since it was last seen (0: seen in this frame; > 0: the last view, within the miss budget)
 
 
-def locate_on_ground(component: Component, camera: CameraModel, height: float, pitch: float, roll: float,
+def locate_on_ground(component: Component, camera: CameraModel, mount: Mount,
                      max_distance: float = math.inf) -> Obstacle | None:
-    """Place a component by intersecting its bottom-centre ray with the ground plane (flat ground assumed).
+    """Place a component by intersecting its bottom-centre ray with the ground plane of `mount` (flat ground assumed).
 
     The box stands on the ground (axes of the level frame): width and height are the component's pixel extents
     measured in the vertical plane through the contact point facing the camera; depth is assumed equal to the
     width. None when the bottom ray misses the ground (at/above the horizon) or lands beyond `max_distance`."""
-    contact_c = ground_point(component.bottom_u, component.bottom_v, camera, height, pitch, roll)
+    contact_c = ground_point(component.bottom_u, component.bottom_v, camera, mount)
     if contact_c is None:
         return None
     distance = float(np.linalg.norm(contact_c))
     if distance > max_distance:
         return None
-    r = level_from_camera(pitch, roll)
+    r = level_from_camera(mount.pitch, mount.roll)
     contact_l = r @ contact_c
     forward = contact_l[2]
     if forward <= 1e-6:
@@ -140,17 +141,17 @@ def locate_with_depth(component: Component, labels: np.ndarray, depth: np.ndarra
                     anchor=anchor, distance=distance, source="depth")
 
 
-def place_obstacles(components: list[Component], labels: np.ndarray, camera: CameraModel, height: float, pitch: float,
-                    roll: float, max_distance: float = math.inf, depth: np.ndarray | None = None) -> list[Obstacle]:
-    """Each component placed with the registered depth image when given, else on the ground plane of the mount
-    (height, pitch, roll); components that cannot be placed or lie beyond `max_distance` are dropped
-    (`frame_obstacles` places the candidates of a frame through this)."""
+def place_obstacles(components: list[Component], labels: np.ndarray, camera: CameraModel, mount: Mount,
+                    max_distance: float = math.inf, depth: np.ndarray | None = None) -> list[Obstacle]:
+    """Each component placed with the registered depth image when given, else on the ground plane of `mount`;
+    components that cannot be placed or lie beyond `max_distance` are dropped (`frame_obstacles` places the
+    candidates of a frame through this)."""
     obstacles = []
     for component in components:
         if depth is not None:
             located = locate_with_depth(component, labels, depth, camera, max_distance)
         else:
-            located = locate_on_ground(component, camera, height, pitch, roll, max_distance)
+            located = locate_on_ground(component, camera, mount, max_distance)
         if located is not None:
             obstacles.append(located)
     return obstacles
@@ -217,14 +218,13 @@ def fits_object_size(obstacle: Obstacle, rules: ObstacleRules) -> bool:
 
 
 def frame_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.ndarray, camera: CameraModel | None,
-                    mount: tuple[float, float, float], rules: ObstacleRules,
-                    depth: np.ndarray | None = None) -> list[Obstacle]:
-    """One frame's obstacle candidates, the one implementation for the node (FrameProcessor), densehybrid-eval-bag and
-    the demo: 8-connected components of `mask` with >= min_area pixels whose contact is on the drivable surface
-    (`stands_on_drivable`, when `rules.drivable_ids` is set), placed with `depth` when given, else on the ground plane
-    of the mount (height, pitch, roll), within max_distance and of a real object's size (`fits_object_size`); the
-    largest max_obstacles of them. Without a camera model: the components passing the surface check as 2-D boxes
-    (source "image", for the overlay only)."""
+                    mount: Mount, rules: ObstacleRules, depth: np.ndarray | None = None) -> list[Obstacle]:
+    """One frame's obstacle candidates, the one implementation for the node, densehybrid-eval-bag and the demo
+    (through `perception.pipeline.Perception` and `evaluation.obstacle_metric.ObstacleMetric`): 8-connected components
+    of `mask` with >= min_area pixels whose contact is on the drivable surface (`stands_on_drivable`, when
+    `rules.drivable_ids` is set), placed with `depth` when given, else on the ground plane of `mount`, within
+    max_distance and of a real object's size (`fits_object_size`); the largest max_obstacles of them. Without a camera
+    model: the components passing the surface check as 2-D boxes (source "image", for the overlay only)."""
     components, labels = extract_components(mask, score, rules.min_area)
     if rules.drivable_ids is not None:
         components = [c for c in components if stands_on_drivable(c, labels, class_ids, rules.drivable_ids,
@@ -232,7 +232,7 @@ def frame_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.nd
     if camera is None:
         return [Obstacle(c, np.zeros(3), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), np.zeros(3), math.nan, "image")
                 for c in components[:rules.max_obstacles]]
-    placed = place_obstacles(components, labels, camera, *mount, rules.max_distance, depth)
+    placed = place_obstacles(components, labels, camera, mount, rules.max_distance, depth)
     return [ob for ob in placed if fits_object_size(ob, rules)][:rules.max_obstacles]
 
 

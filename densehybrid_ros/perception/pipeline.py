@@ -161,9 +161,8 @@ class Perception:
         depth = frame.depth
         if depth is not None and depth.shape != shape:
             depth = cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-        candidates = frame_obstacles(
-            prediction.open_set == self.num_classes, prediction.hybrid, prediction.class_ids, camera,
-            (mount.height, mount.pitch, mount.roll), settings.obstacle_rules(self.class_names), depth)
+        candidates = frame_obstacles(prediction.open_set == self.num_classes, prediction.hybrid, prediction.class_ids,
+                                     camera, mount, settings.obstacle_rules(self.class_names), depth)
         if camera is None:
             result.obstacles = candidates
             return
@@ -172,12 +171,11 @@ class Perception:
 
     def _planner_outputs(self, result: FrameResult, frame: CameraFrame, settings: Settings) -> None:
         """Points of the obstacles seen in this frame (a missed one has no pixels here) and, when wanted, the grid."""
-        prediction, mount, camera = result.prediction, frame.mount if frame.mount is not None else settings.mount, frame.intrinsics
+        prediction, camera = result.prediction, frame.intrinsics
+        mount = frame.mount if frame.mount is not None else settings.mount
         anomalous = prediction.open_set == self.num_classes
         seen = [ob for ob in result.obstacles if ob.missed == 0]
-        result.points = obstacle_points(seen, anomalous, prediction.hybrid, camera, mount.height, mount.pitch,
-                                        mount.roll, frame.depth)
+        result.points = obstacle_points(seen, anomalous, prediction.hybrid, camera, mount, frame.depth)
         if frame.wanted.obstacle_grid:
             spec = settings.grid_spec()
-            result.grid = GroundGrid(spec, occupancy_grid(spec, camera, mount.height, mount.pitch, mount.roll,
-                                                          anomalous, result.points.xyz))
+            result.grid = GroundGrid(spec, occupancy_grid(spec, camera, mount, anomalous, result.points.xyz))

@@ -3,7 +3,7 @@ ROS-free (numpy); the node turns the arrays into sensor_msgs/PointCloud2 and nav
 
 Frames (see densehybrid_ros/perception/obstacles.py for the camera optical frame C and the level frame L):
 - ground frame G of a camera: origin on the ground plane straight below the optical centre, x forward along the
-  horizontal heading of the optical axis, y left, z up (REP 103). With the mount (height h, pitch, roll) and
+  horizontal heading of the optical axis, y left, z up (REP 103). With the `Mount` (height h, pitch, roll) and
   p_L = R p_C (`level_from_camera`): p_G = (z_L, -x_L, h - y_L). It is the sim's `base_footprint`.
 
 Points (`obstacle_points`), one per anomalous pixel of every placed obstacle, in the camera optical frame:
@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from densehybrid_ros.perception.obstacles import Obstacle, extract_components
-from densehybrid_ros.perception.camera import CameraModel, level_from_camera
+from densehybrid_ros.perception.camera import CameraModel, Mount, level_from_camera
 
 POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("score", "<f4"), ("obstacle_id", "<u4")])
 POINTFIELD_DATATYPES = {np.dtype("<f4"): 7, np.dtype("<u4"): 6}  # sensor_msgs/PointField FLOAT32, UINT32
@@ -74,17 +74,18 @@ def component_labels(anomalous: np.ndarray) -> np.ndarray:
     return extract_components(anomalous, None, min_area=anomalous.size + 1)[1]
 
 
-def ground_from_camera(points: np.ndarray, height: float, pitch: float, roll: float) -> np.ndarray:
-    """(N, 3) camera optical frame points -> the ground frame G (x forward, y left, z up, origin under the camera)."""
-    level = np.asarray(points, np.float64).reshape(-1, 3) @ level_from_camera(pitch, roll).T
-    return np.stack([level[:, 2], -level[:, 0], height - level[:, 1]], axis=-1)
+def ground_from_camera(points: np.ndarray, mount: Mount) -> np.ndarray:
+    """(N, 3) camera optical frame points -> the ground frame G of `mount` (x forward, y left, z up, origin under the
+    camera)."""
+    level = np.asarray(points, np.float64).reshape(-1, 3) @ level_from_camera(mount.pitch, mount.roll).T
+    return np.stack([level[:, 2], -level[:, 0], mount.height - level[:, 1]], axis=-1)
 
 
-def camera_from_ground(points: np.ndarray, height: float, pitch: float, roll: float) -> np.ndarray:
-    """(N, 3) ground frame G points -> the camera optical frame (inverse of `ground_from_camera`)."""
+def camera_from_ground(points: np.ndarray, mount: Mount) -> np.ndarray:
+    """(N, 3) ground frame G points of `mount` -> the camera optical frame (inverse of `ground_from_camera`)."""
     g = np.asarray(points, np.float64).reshape(-1, 3)
-    level = np.stack([-g[:, 1], height - g[:, 2], g[:, 0]], axis=-1)
-    return level @ level_from_camera(pitch, roll)
+    level = np.stack([-g[:, 1], mount.height - g[:, 2], g[:, 0]], axis=-1)
+    return level @ level_from_camera(mount.pitch, mount.roll)
 
 
 def _front_face(obstacle: Obstacle, rays: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,19 +104,19 @@ def _at_depth(rays: np.ndarray, depth_values: np.ndarray) -> tuple[np.ndarray, n
 
 
 def obstacle_points(obstacles: list[Obstacle], anomalous: np.ndarray, score: np.ndarray, camera: CameraModel,
-                    height: float, pitch: float, roll: float, depth: np.ndarray | None = None) -> ObstaclePoints:
+                    mount: Mount, depth: np.ndarray | None = None) -> ObstaclePoints:
     """The anomalous pixels of each placed obstacle (ground contact or depth, see the module docstring) in the
     camera optical frame, with their hybrid score and the obstacle's id.
 
     `anomalous` (H, W) bool is the mask the obstacles were extracted from, `score` (H, W) the hybrid score; `camera`
-    is scaled to the mask's size; `depth` (metres, any size: resized by nearest neighbour) is used for obstacles
-    placed with depth (`source == "depth"`)."""
+    is scaled to the mask's size; `mount` is the one the obstacles were placed with; `depth` (metres, any size:
+    resized by nearest neighbour) is used for obstacles placed with depth (`source == "depth"`)."""
     h, w = anomalous.shape
     camera = camera.for_image(w, h)
     if depth is not None and depth.shape != (h, w):
         depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
     labels = component_labels(anomalous)
-    rotation = level_from_camera(pitch, roll)
+    rotation = level_from_camera(mount.pitch, mount.roll)
     parts = []
     for ob in obstacles:
         c = ob.component
@@ -187,13 +188,13 @@ class GridSpec:
         return col, row, (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
 
 
-def visible_ground(spec: GridSpec, camera: CameraModel, height: float, pitch: float, roll: float,
+def visible_ground(spec: GridSpec, camera: CameraModel, mount: Mount,
                    anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(in_view, seen_ground) per cell, (ny, nx) bool: the cell centre projects into the image (in front of the
-    camera), and the pixel it projects onto is not anomalous."""
+    """(in_view, seen_ground) per cell of the ground frame of `mount`, (ny, nx) bool: the cell centre projects into
+    the image (in front of the camera), and the pixel it projects onto is not anomalous."""
     h, w = anomalous.shape
     camera = camera.for_image(w, h)
-    centres = camera_from_ground(spec.cell_centres().reshape(-1, 3), height, pitch, roll)
+    centres = camera_from_ground(spec.cell_centres().reshape(-1, 3), mount)
     z = centres[:, 2]
     ahead = z > 1e-6
     safe_z = np.where(ahead, z, 1.0)
@@ -207,12 +208,12 @@ def visible_ground(spec: GridSpec, camera: CameraModel, height: float, pitch: fl
     return in_view.reshape(shape), seen.reshape(shape)
 
 
-def occupancy_grid(spec: GridSpec, camera: CameraModel, height: float, pitch: float, roll: float,
-                   anomalous: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(ny, nx) int8 grid: 100 under obstacle points (camera optical frame, (N, 3)), 0 where the view reaches the
-    ground, -1 elsewhere (see the module docstring)."""
-    _, seen = visible_ground(spec, camera, height, pitch, roll, anomalous)
+def occupancy_grid(spec: GridSpec, camera: CameraModel, mount: Mount, anomalous: np.ndarray,
+                   points: np.ndarray) -> np.ndarray:
+    """(ny, nx) int8 grid on the ground frame of `mount`: 100 under obstacle points (camera optical frame, (N, 3)),
+    0 where the view reaches the ground, -1 elsewhere (see the module docstring)."""
+    _, seen = visible_ground(spec, camera, mount, anomalous)
     grid = np.where(seen, FREE, UNKNOWN).astype(np.int8)
-    col, row, inside = spec.cell_of(ground_from_camera(points, height, pitch, roll))
+    col, row, inside = spec.cell_of(ground_from_camera(points, mount))
     grid[row[inside], col[inside]] = OCCUPIED
     return grid
