@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from densehybrid_ros.classes import VOID
 from densehybrid_ros.sim.anomalies import PROCEDURAL_FAMILIES, SPLIT_POOL
 from densehybrid_ros.sim.frames import check_split, scene_frames
-from densehybrid_ros.sim.taxonomy import ANOMALY_ID, SIM_CLASSES, VOID
+from densehybrid_ros.sim.taxonomy import ANOMALY_ID, SIM_CLASSES
 from densehybrid_ros.sim.world import SimConfig, SimFrame, SimWorld
 
 FORMAT = "densehybrid-sim"

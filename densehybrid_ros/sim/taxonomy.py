@@ -1,7 +1,7 @@
 """Classes of the sim world: a Cityscapes-like subset (names and colours as Cityscapes) plus anomaly and void."""
 from __future__ import annotations
 
-from densehybrid_ros.classes import CITYSCAPES_CLASSES, VOID
+from densehybrid_ros.classes import CITYSCAPES_CLASSES
 
 _NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic sign", "vegetation", "terrain", "sky",
           "person", "rider", "car", "truck", "bicycle")
