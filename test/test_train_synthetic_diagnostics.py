@@ -164,6 +164,7 @@ def test_gradient_share_matches_backward_on_each_term():
     assert row["grad_norm_boundary"] == pytest.approx(boundary, rel=1e-4)
     assert row["grad_norm_mle"] == pytest.approx(mle, rel=1e-4)
     assert row["boundary_grad_share"] == pytest.approx(boundary / mle, rel=1e-4)
+    assert row["jsd_weight"] == 0.5 and row["mle_bpd"] == pytest.approx(float(terms["mle_bpd"].detach()), rel=1e-6)
     # pixel groups: pasted pixels vs labelled inlier pixels (void excluded), each by its own mask
     probs = torch.softmax(out.logits.detach(), 1).amax(1)
     inlier = (labels2 != 255) & ~d_out2

@@ -6,6 +6,12 @@ runs in its own process (thread settings, loader workers and torch.compile do no
 with the engine's own functions (`apply_speed_settings`, `make_loader`, `optimizer_step`). Variants are
 interleaved, in reversed order every other repeat, so that machine drift hits all of them alike. The first
 `warmup` steps (compilation, worker start-up) are timed apart from the steady-state steps.
+
+Mode `joint` times SynDenseHybrid steps (`engine._joint_step`: flow sampling, paste, segmenter, L_mle, routed
+backward, both optimizers) with one variant per DenseFlow preset (`--flow-presets`, built fresh: the timing does
+not depend on trained weights), at the joint config's crop, batch, sample sizes and shapes (`--joint-config`):
+
+    densehybrid-bench train --modes joint --flow-presets tiny cpu cpu_m cpu_l --warmup 1 --steps 3 --repeats 2
 """
 from __future__ import annotations
 
@@ -31,25 +37,39 @@ VARIANTS: dict[str, list[str]] = {
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "compile"]
 
 
-def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int, steps: int) -> dict:
-    """Steps/s of `steps` training steps after `warmup` steps, in this process."""
+def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int, steps: int,
+               flow: str | None = None) -> dict:
+    """Steps/s of `steps` training steps after `warmup` steps, in this process (`joint`: with a fresh `flow`)."""
     import torch
 
     from densehybrid_training.cli import build_model_and_dataset
     from densehybrid_training.config import load_train_config
     from densehybrid_training.engine import (ClosedSetNet, apply_speed_settings, compile_if_asked, make_loader,
-                                             optimizer_step, param_groups, batch_to_device)
+                                             optimizer_step, param_groups, batch_to_device, _joint_step)
     from densehybrid_training.mixed import StepBatchSampler
 
-    cfg = load_train_config(config, [f"mode={mode}", "init=null"] + overrides)
+    train_mode = "finetune" if mode == "joint" else mode
+    cfg = load_train_config(config, [f"mode={train_mode}", "init=null"] + overrides)
     cfg.validate()
-    model, dataset, _ = build_model_and_dataset(mode, cfg, require_init=False)
+    model, dataset, _ = build_model_and_dataset(train_mode, cfg, require_init=False)
     device = torch.device("cpu")
     apply_speed_settings(cfg, model)
     closed = mode == "segmenter"
     net = ClosedSetNet(model) if closed else model
     optimizer = torch.optim.Adam(param_groups(model, cfg, closed), lr=cfg.optim.lr)
     train_net = compile_if_asked(cfg, net)
+    joint = None
+    if mode == "joint":
+        from densehybrid_ros.weights import Normalization
+        from densehybrid_training.flow import build_flow, parameter_count
+        from densehybrid_training.synthetic import JointFlowTraining
+
+        if cfg.synthetic is None:
+            raise ValueError("mode joint needs a config with a `synthetic` section")
+        norm = Normalization()
+        fresh = build_flow(flow or "cpu")
+        joint = JointFlowTraining(fresh if cfg.synthetic.source == "flow" else None, cfg.synthetic, norm.mean,
+                                  norm.std, cfg.seed, device)
     model.train()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, 0, warmup + steps, cfg.seed)
     start = time.perf_counter()
@@ -58,16 +78,27 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
         if i == warmup:
             t0 = time.perf_counter()
         x, labels, d_out = batch_to_device(cfg, batch, device)
-        optimizer_step(cfg, train_net, optimizer, None, x, labels, d_out)
+        if joint is not None:
+            optimizer.zero_grad(set_to_none=True)
+            _joint_step(cfg, model, joint, optimizer, x, labels, d_out, i)
+        else:
+            optimizer_step(cfg, train_net, optimizer, None, x, labels, d_out)
     end = time.perf_counter()
-    return {"warmup_s": round(t0 - start, 3), "steps": steps, "seconds": round(end - t0, 3),
-            "steps_per_s": round(steps / (end - t0), 4), "threads": torch.get_num_threads(),
-            "batch_size": cfg.batch_size, "crop": list(cfg.data.crop)}
+    result = {"warmup_s": round(t0 - start, 3), "steps": steps, "seconds": round(end - t0, 3),
+              "steps_per_s": round(steps / (end - t0), 4), "threads": torch.get_num_threads(),
+              "batch_size": cfg.batch_size, "crop": list(cfg.data.crop)}
+    if joint is not None and joint.flow is not None:
+        result.update(flow=flow or "cpu", flow_name=joint.flow.config.name, flow_params=parameter_count(joint.flow),
+                      side_range=list(cfg.synthetic.side_range), sizes=cfg.synthetic.sizes, shape=cfg.synthetic.shape)
+    return result
 
 
-def run_variant(mode: str, config: Path | None, overrides: list[str], warmup: int, steps: int) -> dict:
+def run_variant(mode: str, config: Path | None, overrides: list[str], warmup: int, steps: int,
+                flow: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "densehybrid_training.bench_train", "--one", mode, "--warmup", str(warmup),
            "--steps", str(steps)]
+    if flow is not None:
+        cmd += ["--flow", flow]
     if config is not None:
         cmd += ["--config", str(config)]
     for o in overrides:
@@ -79,26 +110,44 @@ def run_variant(mode: str, config: Path | None, overrides: list[str], warmup: in
 
 
 def bench(modes: list[str], configs: dict[str, Path | None], variants: list[str], common: list[str], warmup: int,
-          steps: int, repeats: int) -> dict:
-    rows: dict[tuple[str, str], list[dict]] = {(m, v): [] for m in modes for v in variants}
+          steps: int, repeats: int, flow_presets: list[str] = ("cpu",)) -> dict:
+    """Every (mode, variant) `repeats` times, interleaved; mode `joint` has one variant per flow preset (its
+    ratios are to the `cpu` preset, or the first one listed), the other modes the speed `variants`."""
+    def variants_of(m: str) -> list[str]:
+        return [f"flow:{p}" for p in flow_presets] if m == "joint" else variants
+
+    def run(m: str, v: str) -> dict:
+        if m == "joint":
+            return run_variant(m, configs[m], common, warmup, steps, flow=v.split(":", 1)[1])
+        return run_variant(m, configs[m], common + VARIANTS[v], warmup, steps)
+
+    rows: dict[tuple[str, str], list[dict]] = {(m, v): [] for m in modes for v in variants_of(m)}
     for r in range(repeats):
-        order = [(m, v) for m in modes for v in variants]
+        order = [(m, v) for m in modes for v in variants_of(m)]
         for m, v in (order if r % 2 == 0 else order[::-1]):
-            res = run_variant(m, configs[m], common + VARIANTS[v], warmup, steps)
+            res = run(m, v)
             rows[(m, v)].append(res)
             print(f"  repeat {r + 1}: {m:9s} {v:24s} {res['steps_per_s']:.3f} steps/s (warm-up {res['warmup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
     result = {"warmup": warmup, "steps": steps, "repeats": repeats, "common": common, "modes": {}}
     for m in modes:
-        base = statistics.median(x["steps_per_s"] for x in rows[(m, "default")]) if "default" in variants else None
+        names = variants_of(m)
+        if m == "joint":
+            reference = "flow:cpu" if "flow:cpu" in names else names[0]
+        else:
+            reference = "default" if "default" in names else None
+        base = statistics.median(x["steps_per_s"] for x in rows[(m, reference)]) if reference else None
         table = {}
-        for v in variants:
+        for v in names:
             sps = [x["steps_per_s"] for x in rows[(m, v)]]
             med = statistics.median(sps)
-            table[v] = {"overrides": VARIANTS[v], "steps_per_s": sps, "median_steps_per_s": med,
+            table[v] = {"overrides": VARIANTS.get(v, []), "steps_per_s": sps, "median_steps_per_s": med,
                         "ratio_to_default": round(med / base, 3) if base else None,
                         "warmup_s": [x["warmup_s"] for x in rows[(m, v)]],
                         "batch_size": rows[(m, v)][0]["batch_size"], "crop": rows[(m, v)][0]["crop"]}
+            for key in ("flow_name", "flow_params", "side_range", "sizes", "shape"):
+                if key in rows[(m, v)][0]:
+                    table[v][key] = rows[(m, v)][0][key]
         result["modes"][m] = table
     return result
 
@@ -106,11 +155,14 @@ def bench(modes: list[str], configs: dict[str, Path | None], variants: list[str]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="densehybrid-bench train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--one", choices=("segmenter", "finetune"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=("segmenter", "finetune", "joint"), help=argparse.SUPPRESS)
+    ap.add_argument("--flow", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--segmenter-config", type=Path, default=Path("config/train/sim_segmenter.yaml"))
     ap.add_argument("--finetune-config", type=Path, default=Path("config/train/sim_finetune_real.yaml"))
-    ap.add_argument("--modes", nargs="+", default=["segmenter", "finetune"], choices=("segmenter", "finetune"))
+    ap.add_argument("--joint-config", type=Path, default=Path("config/train/sim_synthetic_big.yaml"))
+    ap.add_argument("--modes", nargs="+", default=["segmenter", "finetune"], choices=("segmenter", "finetune", "joint"))
+    ap.add_argument("--flow-presets", nargs="+", default=["cpu"], help="mode joint: DenseFlow presets to compare")
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="applied to every variant (e.g. data.root=data/sim_train_big)")
@@ -121,14 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(time_steps(args.one, args.config, args.overrides, args.warmup, args.steps)))
+        print(json.dumps(time_steps(args.one, args.config, args.overrides, args.warmup, args.steps, args.flow)))
         return 0
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         print("densehybrid-bench train: error: warmup, steps and repeats must be >= 1", file=sys.stderr)
         return 2
-    configs = {"segmenter": args.segmenter_config, "finetune": args.finetune_config}
+    configs = {"segmenter": args.segmenter_config, "finetune": args.finetune_config, "joint": args.joint_config}
     try:
-        result = bench(args.modes, configs, args.variants, args.overrides, args.warmup, args.steps, args.repeats)
+        result = bench(args.modes, configs, args.variants, args.overrides, args.warmup, args.steps, args.repeats,
+                       args.flow_presets)
     except RuntimeError as exc:
         print(f"densehybrid-bench train: error: {exc}", file=sys.stderr)
         return 2

@@ -75,7 +75,8 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
 
     if command == "finetune" and not cfg.data.negatives and cfg.synthetic is None:
         raise ConfigError("finetune needs negatives: set data.negatives (ade20k, ade20k-full, coco, sim) and/or "
-                          "synthetic.flow_checkpoint (a flow-pretrain checkpoint)")
+                          "synthetic (synthetic.flow_checkpoint: a flow-pretrain checkpoint, or synthetic.source: "
+                          "uniform | inlier_crops)")
     inliers, negatives, augment = build_training_data(cfg.data, with_negatives=command == "finetune")
     classes = [{"name": n, "color": list(c)} for n, c in inliers.classes]
     arch = dataclasses.replace(load_yaml(ModelConfig, model_config_path(cfg.model)), num_classes=len(classes))
@@ -117,6 +118,10 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
 
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
+    if command == "finetune" and cfg.synthetic is not None and cfg.synthetic.source == "flow" \
+            and not cfg.synthetic.flow_checkpoint:
+        raise ConfigError("synthetic.flow_checkpoint: required with synthetic.source 'flow' (a flow-pretrain "
+                          "checkpoint); the controls 'uniform' and 'inlier_crops' need none")
     model, dataset, meta = build_model_and_dataset(command, cfg)
     if cfg.class_balance != "none" and cfg.class_weights is None:
         cfg = dataclasses.replace(cfg, class_weights=tuple(class_weights(cfg.class_balance, dataset.inliers,
@@ -129,8 +134,9 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
         from densehybrid_training.synthetic import JointFlowTraining
 
         norm = Normalization()
-        joint = JointFlowTraining(load_flow(cfg.synthetic.flow_checkpoint), cfg.synthetic, norm.mean, norm.std,
-                                  cfg.seed, setup(cfg.device).device)
+        flow = load_flow(cfg.synthetic.flow_checkpoint) if cfg.synthetic.source == "flow" else None
+        joint = JointFlowTraining(flow, cfg.synthetic, norm.mean, norm.std, cfg.seed, setup(cfg.device).device,
+                                  epoch_steps=len(dataset) // cfg.batch_size)
     return train(cfg, model, dataset, meta, stop_after=stop_after, joint=joint)
 
 

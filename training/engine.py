@@ -209,10 +209,13 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
 
 
 def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, labels, d_out, step: int) -> dict:
-    """One SynDenseHybrid step: paste flow samples, one segmenter forward, gradients routed by
-    `densehybrid_training.synthetic.route_gradients`, both optimizers step. Every `synthetic.diagnostics_every` steps
-    the step's diagnostics (`JointFlowTraining.diagnostics`, read-only on gradients) go to OUT (`JointDiagnostics`)."""
-    from densehybrid_training.synthetic import JointDiagnostics, route_gradients
+    """One SynDenseHybrid step: paste negatives (`joint.mix`), one segmenter forward, the segmenter's loss (4.16)
+    into the segmenter only; with a flow (synthetic.source 'flow') the flow's loss (4.20) into the flow only
+    (`JointFlowTraining.backward_flow`, the flow half of `densehybrid_training.synthetic.route_gradients`), then both
+    optimizers step. The controls (source 'uniform' / 'inlier_crops') update the segmenter alone. Every
+    `synthetic.diagnostics_every` steps the step's diagnostics (`JointFlowTraining.diagnostics`, read-only on
+    gradients) go to OUT (`JointDiagnostics`)."""
+    from densehybrid_training.synthetic import JointDiagnostics
 
     mixed, labels, d_out, synthetic, replaced = joint.mix(x, labels, d_out, step)
     out = model(mixed)
@@ -225,10 +228,16 @@ def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, label
         joint.log.write(step + 1, joint.diagnostics(out.logits, labels, d_out, synthetic, flow_terms),
                         joint.last_samples)
     seg_params = [p for p in model.parameters() if p.requires_grad]
-    route_gradients(terms["total"], flow_terms["flow_total"], seg_params, list(joint.flow.parameters()))
+    terms["total"].backward(inputs=seg_params, retain_graph=joint.flow is not None)
+    if joint.flow is not None:
+        joint.backward_flow(flow_terms)
     optimizer.step()
     joint.step()
-    return {**terms, **{f"flow/{k}": v for k, v in flow_terms.items()}}
+    extra = {f"flow/{k}": v for k, v in flow_terms.items()}
+    if joint.flow is not None:
+        extra["flow/lambda"] = torch.tensor(joint.jsd_weight)
+        extra["flow/lr"] = torch.tensor(joint.optimizer.param_groups[0]["lr"])
+    return {**terms, **extra}
 
 
 def _tensorboard(cfg: TrainConfig):

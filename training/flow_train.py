@@ -14,6 +14,7 @@ from densehybrid_ros.config import from_dict
 from densehybrid_training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from densehybrid_training.config import DataConfig
 from densehybrid_training.flow import DenseFlow, DenseFlowConfig, flow_config
+from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
 from densehybrid_training.mixed import MixedContentDataset, StepBatchSampler
 
 
@@ -27,12 +28,13 @@ class FlowDataConfig(DataConfig):
 
 @dataclass(frozen=True)
 class FlowTrainConfig:
-    flow: str = "45-6"  # preset: 74-10, 45-6, cpu, tiny
+    flow: str = "45-6"  # preset: 74-10, 45-6, cpu, cpu-m, cpu-l, tiny (training/flow/model.py PRESETS)
     flow_overrides: dict[str, Any] = field(default_factory=dict)  # DenseFlowConfig fields
     out: str = "runs/flow"
     steps: int = 2000
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 1e-3  # base learning rate (thesis 5.3: 10^-3 with Adamax)
+    optim: FlowOptimConfig = field(default_factory=FlowOptimConfig)  # recipe: adam | thesis (flow_optim.py)
     seed: int = 0
     checkpoint_every: int = 200
     log_every: int = 20
@@ -42,6 +44,9 @@ class FlowTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("steps and batch_size must be >= 1 and lr > 0")
+        self.optim.validate()
+        if self.optim.finetune_steps > self.steps:
+            raise ValueError(f"optim.finetune_steps ({self.optim.finetune_steps}) exceeds steps ({self.steps})")
         self.flow_config()
 
     def flow_config(self) -> DenseFlowConfig:
@@ -75,15 +80,17 @@ def load_flow(checkpoint: str | Path) -> DenseFlow:
 
 
 def pretrain(cfg: FlowTrainConfig) -> Path:
-    """MLE (bits/dim) on random crops; resumes from OUT/checkpoints/last.pt."""
+    """MLE (bits/dim) on random crops; resumes from OUT/checkpoints/last.pt. Optimiser and schedule:
+    `cfg.optim` (`densehybrid_training.flow_optim`: 'adam' or the thesis 5.3 recipe; an epoch is one pass over
+    the inlier images, images // batch size steps)."""
     cfg.validate()
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     fcfg = cfg.flow_config()
     flow = DenseFlow(fcfg).to(device)
-    optimizer = torch.optim.Adam(flow.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))  # warm-up
     dataset = crops_dataset(cfg)
+    optimizer, scheduler = build_flow_optimizer(flow.parameters(), cfg.lr, cfg.optim, "pretrain", cfg.steps,
+                                                len(dataset) // cfg.batch_size)
     ckpt_dir = Path(cfg.out) / "checkpoints"
     last = ckpt_dir / "last.pt"
     start = 0
@@ -113,6 +120,7 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
             writer.add_scalar("flow/bits_per_dim", bpd.item(), done)
+            writer.add_scalar("flow/lr", optimizer.param_groups[0]["lr"], done)
             bar.set_postfix(bpd=f"{bpd.item():.3f}")
             log.write(f"{done},{bpd.item():.4f}\n")
             log.flush()

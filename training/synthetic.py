@@ -6,13 +6,20 @@ run the segmenter once, then route gradients:
 - the flow's loss L_mle + lambda * L_jsd (4.20) updates the flow only: L_jsd (4.19) reaches the flow THROUGH
   the segmenter's forward pass on the unquantized sample; L_mle (4.18) is the NLL of the inlier patches the
   samples replaced.
+
+Negatives (`SyntheticConfig`): one per image without a real negative (b of 4.21 = `real_prob`), of one size per batch
+or its own size per image (`sizes`), pasted as the whole rectangle or as an object-like smooth blob (`shape`,
+`blob_mask`); the pasted pixels are d_out with label void, L_mle scores the inlier patch under the sample's frame.
+`source` swaps the flow for the controls of thesis Tab. 6.11 (uniform noise, inlier crops) on the same path, with no
+flow. lambda of (4.20) is fixed (`jsd_weight`) or held at a share of the flow gradient (`boundary_share`,
+`BoundaryShareController`); the flow's optimiser follows `flow_optim` (`densehybrid_training.flow_optim`).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -21,17 +28,47 @@ import torch
 
 from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
+from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
+
+
+SOURCES = ("flow", "uniform", "inlier_crops")
+SHAPES = ("rectangle", "blob", "mixed")
+SIZES = ("batch", "image")
+MLE_NORMS = ("batch", "running")
+MIXED_BLOB_PROB = 0.5  # shape 'mixed': a blob with this probability, as the real negatives' object masks (public recipe)
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    flow_checkpoint: str = ""  # a `flow-pretrain` checkpoint
+    flow_checkpoint: str = ""  # a `flow-pretrain` checkpoint (source 'flow' only)
     real_prob: float = 0.0  # b of (4.21): an image gets a real negative with probability b, else a synthetic one
+    # where the pasted negatives come from: 'flow' (thesis 4.4), or the controls of thesis Tab. 6.11 on the same
+    # paste and loss path with no flow at all: 'uniform' (i.i.d. uniform noise patches) or 'inlier_crops' (a patch
+    # of another inlier image of the batch, [53])
+    source: str = "flow"
+    # the pasted region inside the sample's h x w frame: 'rectangle' (all of it), 'blob' (a random smooth
+    # star-shaped mask, `blob_mask`) or 'mixed' (a blob with probability 0.5, like the real negatives' masks)
+    shape: str = "rectangle"
+    # 'batch': one sample size per batch (earlier behaviour); 'image': every image draws its own (thesis Fig. 6.8:
+    # "we sample the normalizing flow at different resolutions to mimic anomalies of different sizes")
+    sizes: str = "batch"
     side_range: tuple[int, int] = (16, 128)  # sample height/width range (public code: 16..216), step 8
     temperature: float = 1.0
-    jsd_weight: float = 0.03  # lambda of (4.20)
+    jsd_weight: float = 0.03  # lambda of (4.20); with boundary_share > 0 only its starting value
+    # > 0: keep ||d(lambda L_boundary)/d zeta|| / ||d L_mle/d zeta|| at this target on average by rescaling lambda
+    # from a running average of the measured gradient-norm ratio (`BoundaryShareController`); 0: lambda = jsd_weight
+    # fixed
+    boundary_share: float = 0.0
+    share_every: int = 10  # update lambda every N steps (running averages are updated every step)
+    share_momentum: float = 0.9  # running-average momentum of the gradient-norm ratio
+    lambda_range: tuple[float, float] = (1e-4, 1e3)  # clamp of the adapted lambda
     flow_lr: float = 1e-5
+    flow_optim: FlowOptimConfig = field(default_factory=FlowOptimConfig)  # recipe adam | thesis (flow_optim.py)
     mle_every: int = 1  # accumulate L_mle on the replaced patches every N steps
+    # normalisation of the coupling nets' BatchNorm in L_mle: 'batch' (statistics of the replaced patches, as in
+    # pretraining; they also update the running statistics) or 'running' (the pretrained running statistics,
+    # frozen: the density whose likelihood is trained is exactly the one the samples are drawn from)
+    mle_norm: str = "batch"
     # the flow's boundary term: 'jsd' (4.19, the thesis's choice) or 'detector' (the Tab. 6.10 ablation:
     # L_d + L_x^UB of the generated pixels, the segmenter's own negative-data terms, also weighted by lambda)
     boundary: str = "jsd"
@@ -45,12 +82,27 @@ class SyntheticConfig:
             raise ValueError(f"real_prob must be in [0, 1], got {self.real_prob}")
         if not 8 <= self.side_range[0] <= self.side_range[1] or self.side_range[0] % 8 or self.side_range[1] % 8:
             raise ValueError(f"side_range must be multiples of 8 with 8 <= lo <= hi, got {self.side_range}")
-        if self.boundary not in ("jsd", "detector"):
-            raise ValueError(f"boundary must be 'jsd' or 'detector', got {self.boundary!r}")
+        for name, allowed in (("source", SOURCES), ("shape", SHAPES), ("sizes", SIZES), ("mle_norm", MLE_NORMS),
+                              ("boundary", ("jsd", "detector"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.jsd_weight < 0 or self.flow_lr <= 0 or self.temperature < 0 or self.mle_every < 1:
             raise ValueError("jsd_weight >= 0, flow_lr > 0, temperature >= 0 and mle_every >= 1 are required")
         if self.diagnostics_every < 0:
             raise ValueError(f"diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
+        if self.boundary_share < 0:
+            raise ValueError(f"boundary_share must be >= 0 (0 = fixed lambda), got {self.boundary_share}")
+        if self.share_every < 1 or not 0.0 <= self.share_momentum < 1.0:
+            raise ValueError(f"share_every must be >= 1 and share_momentum in [0, 1), got {self.share_every} and "
+                             f"{self.share_momentum}")
+        if not 0 < self.lambda_range[0] <= self.lambda_range[1]:
+            raise ValueError(f"lambda_range must satisfy 0 < lo <= hi, got {self.lambda_range}")
+        if self.boundary_share > 0 and not self.lambda_range[0] <= self.jsd_weight <= self.lambda_range[1]:
+            raise ValueError(f"jsd_weight {self.jsd_weight} (the starting lambda) lies outside lambda_range "
+                             f"{self.lambda_range}")
+        self.flow_optim.validate()
+        if self.flow_optim.finetune_steps:
+            raise ValueError("flow_optim.finetune_steps is for flow pretraining; joint training runs at flow_lr")
 
 
 def jsd_to_uniform(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -77,9 +129,28 @@ def detector_boundary_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, mas
     return outlier_posterior_loss(inlier_logit, mask) + outlier_likelihood_loss(logits, mask)
 
 
-def flow_mle_loss(flow, patches: torch.Tensor) -> torch.Tensor:
-    """L_mle (4.18): mean NLL of inlier patches in bits/dim (patches in [0, 1], sides multiples of 8)."""
-    return flow.bits_per_dim(patches).mean()
+def flow_mle_loss(flow, patches) -> torch.Tensor:
+    """L_mle (4.18) per dimension: mean over images of each inlier patch's NLL in bits/dim (patches in [0, 1],
+    sides multiples of the flow's size multiple).
+
+    `patches`: one (N, 3, h, w) batch, or a list of (3, h_i, w_i) patches of different sizes (per-image sample
+    sizes); patches of one size go through the flow together (BatchNorm in train mode sees them as one batch),
+    and every image weighs the same whatever its size.
+
+    Units: the thesis writes L_mle as the image-wide NLL -E[ln p(crop)] (nats per crop). Per dimension
+    (bits/dim = nats / (C h w ln 2)) keeps the gradient scale independent of the patch size, which varies 64x
+    between 16x16 and 128x128 samples; lambda of (4.20) is then chosen against this unit (issue 14 measurements,
+    `SyntheticConfig.boundary_share`)."""
+    if isinstance(patches, torch.Tensor):
+        return flow.bits_per_dim(patches).mean()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, patch in enumerate(patches):
+        groups.setdefault(tuple(patch.shape[-2:]), []).append(i)
+    total = None
+    for indices in groups.values():
+        bpd = flow.bits_per_dim(torch.stack([patches[i] for i in indices])).sum()
+        total = bpd if total is None else total + bpd
+    return total / len(patches)
 
 
 @contextlib.contextmanager
@@ -119,16 +190,19 @@ def flow_gradient_norms(boundary: torch.Tensor, mle: torch.Tensor | None, params
     return {"grad_norm_boundary": b, "grad_norm_mle": m, "boundary_grad_share": b / m if m > 0 else math.nan}
 
 
-def sample_grid(samples: torch.Tensor, columns: int = 8, gap: int = 2) -> np.ndarray:
-    """(N, 3, h, w) samples in [0, 1] -> one uint8 (rows, cols, 3) RGB image, `columns` per row, `gap` px apart."""
-    n, _, h, w = samples.shape
+def sample_grid(samples, columns: int = 8, gap: int = 2) -> np.ndarray:
+    """Samples in [0, 1], a (N, 3, h, w) batch or a list of (3, h_i, w_i) tiles of any sizes -> one uint8
+    (rows, cols, 3) RGB image, `columns` per row, each tile at the top left of a cell of the largest size,
+    cells `gap` px apart (black elsewhere)."""
+    tiles = [t.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() for t in samples]
+    n = len(tiles)
+    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
     cols = min(columns, n)
     rows = -(-n // cols)
     grid = np.zeros((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
-    s = samples.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
+    for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
-        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = s[i]
+        grid[r * (h + gap) : r * (h + gap) + t.shape[0], c * (w + gap) : c * (w + gap) + t.shape[1]] = t
     return (grid * 255).round().astype(np.uint8)
 
 
@@ -169,18 +243,65 @@ def sample_side(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
     return int(rng.choice(np.arange(lo, min(hi, limit) + 1, 8)))
 
 
+BLOB_HARMONICS = (2, 3, 4, 5)  # angular frequencies of the blob outline (no k = 1: the blob stays centred)
+BLOB_ROUGHNESS = 0.35  # a_k ~ U(0, roughness / k): sum a_k <= 0.45, so r(theta) >= 0.55 > 0
+
+
+def blob_mask_from(height: int, width: int, amplitudes, phases, harmonics=BLOB_HARMONICS) -> np.ndarray:
+    """A smooth star-shaped mask inscribed in a ``height x width`` frame (bool, (height, width)).
+
+    With pixel centres in frame-normalised coordinates ``u = (col + 0.5 - W/2) / (W/2)``, ``v = (row + 0.5 - H/2) /
+    (H/2)``, polar ``rho = sqrt(u^2 + v^2)``, ``theta = atan2(v, u)``, a pixel is inside iff
+
+        rho <= r(theta) / max_phi r(phi),   r(theta) = 1 + sum_k a_k cos(k theta + phi_k),
+
+    so the outline is a smooth closed curve reaching the frame's inscribed ellipse in its widest direction, every
+    ray from the centre crosses it once (one component, no holes), and all ``a_k = 0`` gives the inscribed ellipse
+    ``u^2 + v^2 <= 1`` (area ~ pi/4 of the frame). ``max r`` is taken over 720 angles."""
+    amplitudes = np.asarray(amplitudes, np.float64)
+    phases = np.asarray(phases, np.float64)
+    k = np.asarray(harmonics, np.float64)
+    if amplitudes.shape != k.shape or phases.shape != k.shape:
+        raise ValueError(f"need one amplitude and phase per harmonic {tuple(harmonics)}")
+
+    def radius(theta: np.ndarray) -> np.ndarray:
+        return 1.0 + (amplitudes * np.cos(np.multiply.outer(theta, k) + phases)).sum(-1)
+
+    if radius(np.linspace(0, 2 * np.pi, 720, endpoint=False)).min() <= 0:
+        raise ValueError("blob radius must stay positive: sum of amplitudes < 1")
+    r_max = radius(np.linspace(0, 2 * np.pi, 720, endpoint=False)).max()
+    v = (np.arange(height) + 0.5 - height / 2) / (height / 2)
+    u = (np.arange(width) + 0.5 - width / 2) / (width / 2)
+    vv, uu = np.meshgrid(v, u, indexing="ij")
+    return np.hypot(uu, vv) <= radius(np.arctan2(vv, uu)) / r_max
+
+
+def blob_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random object-like mask for a synthetic negative (`blob_mask_from` with ``a_k ~ U(0, 0.35 / k)`` and
+    uniform phases): the real negatives are object masks half of the time (public recipe), and a user without
+    negative data has no object masks to borrow, so the shapes are random smooth blobs."""
+    k = np.asarray(BLOB_HARMONICS, np.float64)
+    amplitudes = rng.uniform(0.0, BLOB_ROUGHNESS / k)
+    phases = rng.uniform(0.0, 2 * np.pi, size=k.shape)
+    return blob_mask_from(height, width, amplitudes, phases)
+
+
 def paste_synthetic(x01: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, sample: torch.Tensor,
-                    top: int, left: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rectangle paste (4.17) of a differentiable sample into image `x01` (3, H, W, values in [0, 1]); returns
-    the mixed image, labels (void inside), d_out and the replaced inlier patch crop(x+, m) of (4.18)."""
+                    top: int, left: int, mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paste (4.17) of a (differentiable) sample (3, h, w) into image `x01` (3, H, W, values in [0, 1]) at
+    (top, left), where `mask` (h, w, bool; None = the whole rectangle) is true; returns the mixed image, labels
+    (void on pasted pixels), d_out (true on pasted pixels) and the replaced inlier patch crop(x+, m) of (4.18):
+    the image's content under the sample's whole h x w frame (the flow scores rectangles)."""
     _, h, w = sample.shape
     replaced = x01[:, top : top + h, left : left + w].clone()
+    region = torch.ones((h, w), dtype=torch.bool, device=x01.device) if mask is None else mask.to(x01.device, torch.bool)
     out = x01.clone()
-    out[:, top : top + h, left : left + w] = sample
+    out[:, top : top + h, left : left + w] = torch.where(region, sample.to(x01.dtype), replaced)
     lab = labels.clone()
-    lab[top : top + h, left : left + w] = VOID
+    lab[top : top + h, left : left + w] = lab[top : top + h, left : left + w].masked_fill(region, VOID)
     dout = d_out.clone()
-    dout[top : top + h, left : left + w] = True
+    dout[top : top + h, left : left + w] |= region
     return out, lab, dout, replaced
 
 
@@ -190,21 +311,88 @@ def route_gradients(seg_loss: torch.Tensor, flow_loss: torch.Tensor, seg_params:
     flow_loss.backward(inputs=flow_params)
 
 
-class JointFlowTraining:
-    """The flow side of SynDenseHybrid fine-tuning: owns the flow and its optimizer (separate from the
-    segmenter's), pastes samples into a batch and routes gradients (see module doc)."""
+def _grads(loss: torch.Tensor | None, params: list, retain: bool = False) -> list[torch.Tensor | None]:
+    if loss is None or not loss.requires_grad:
+        return [None] * len(params)
+    return list(torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True))
 
-    def __init__(self, flow, cfg: SyntheticConfig, mean, std, seed: int, device: torch.device) -> None:
+
+def _norm(grads: list[torch.Tensor | None]) -> float:
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
+
+
+class BoundaryShareController:
+    """lambda of (4.20) that keeps the boundary term's share of the flow gradient at a target (issue 14):
+
+        r_t = ||d L_boundary / d zeta|| / ||d L_mle / d zeta||        (one step's ratio, over all flow parameters)
+        lambda = clamp(target / avg(r), lambda_range)
+
+    with an exponential running average of r (momentum `momentum`, the first measurement initialises it), updated at
+    every measurement; lambda is recomputed at the first measurement and then every `every` measurements, so the
+    mean of the per-step shares lambda * r_t that the diagnostics report (`boundary_grad_share`) sits at the target.
+    Measurements without both gradients (no L_mle this step, or no generated pixels) are skipped."""
+
+    def __init__(self, target: float, every: int, momentum: float, lam: float, lam_range: tuple[float, float]):
+        self.target, self.every, self.momentum = target, every, momentum
+        self.lam, self.lam_range = lam, lam_range
+        self.avg_ratio: float | None = None
+        self.count = 0
+
+    def update(self, norm_boundary: float, norm_mle: float) -> float:
+        if not (norm_boundary > 0 and norm_mle > 0 and math.isfinite(norm_boundary) and math.isfinite(norm_mle)):
+            return self.lam
+        ratio = norm_boundary / norm_mle
+        if self.avg_ratio is None:
+            self.avg_ratio = ratio
+        else:
+            self.avg_ratio = self.momentum * self.avg_ratio + (1 - self.momentum) * ratio
+        self.count += 1
+        if (self.count - 1) % self.every == 0:
+            lo, hi = self.lam_range
+            self.lam = min(hi, max(lo, self.target / self.avg_ratio))
+        return self.lam
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam, "avg_ratio": self.avg_ratio, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam, self.avg_ratio, self.count = state["lam"], state["avg_ratio"], int(state["count"])
+
+
+class JointFlowTraining:
+    """The negative side of SynDenseHybrid fine-tuning: pastes negatives into a batch; with source 'flow' it also
+    owns the flow and its optimizer (separate from the segmenter's) and routes the flow's gradients (see module
+    doc). The controls (source 'uniform' or 'inlier_crops', thesis Tab. 6.11) go through the same sizes, shapes,
+    paste and segmenter loss with no flow (`flow` may be None)."""
+
+    def __init__(self, flow, cfg: SyntheticConfig, mean, std, seed: int, device: torch.device,
+                 epoch_steps: int = 0) -> None:
         cfg.validate()
-        self.flow = flow.to(device).train()
         self.cfg = cfg
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=cfg.flow_lr)
+        self.flow = self.optimizer = self.scheduler = self.share = None
+        self.multiple = 8
+        if cfg.source == "flow":
+            if flow is None:
+                raise ValueError("synthetic.source 'flow' needs a flow (synthetic.flow_checkpoint)")
+            self.flow = flow.to(device).train()
+            self.optimizer, self.scheduler = build_flow_optimizer(self.flow.parameters(), cfg.flow_lr,
+                                                                  cfg.flow_optim, "joint", epoch_steps=epoch_steps)
+            self.multiple = flow.size_multiple
+            if cfg.boundary_share > 0:
+                self.share = BoundaryShareController(cfg.boundary_share, cfg.share_every, cfg.share_momentum,
+                                                     cfg.jsd_weight, cfg.lambda_range)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.seed = seed
-        self.multiple = flow.size_multiple
-        self.last_samples: torch.Tensor | None = None  # what the latest `mix` pasted (for diagnostics)
+        self.last_samples: list[torch.Tensor] | None = None  # what the latest `mix` pasted, one tile per image
+        self.last_pixels: torch.Tensor | None = None  # (3, n): the values of every pasted pixel of the latest `mix`
+        self.last_norms: dict[str, float] = {}  # gradient norms of the latest `backward_flow` (adaptive lambda)
         self.log: JointDiagnostics | None = None  # opened by the training loop when diagnostics are on
+
+    @property
+    def jsd_weight(self) -> float:
+        """lambda of (4.20) in force: fixed `cfg.jsd_weight`, or the `BoundaryShareController`'s."""
+        return self.cfg.jsd_weight if self.share is None else self.share.lam
 
     def diagnostics_due(self, done: int) -> bool:
         return self.cfg.diagnostics_every > 0 and done % self.cfg.diagnostics_every == 0
@@ -218,73 +406,166 @@ class JointFlowTraining:
 
     def diagnostics(self, logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, synthetic: torch.Tensor,
                     flow_terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One step's diagnostics (issue 14): the boundary term's share of the flow gradient
-        (`flow_gradient_norms`), JSD-to-uniform and max softmax on pasted vs inlier (not void, not negative)
-        pixels (`masked_confidence`), and per-channel mean/std of the pasted samples in [0, 1]."""
-        boundary = self.cfg.jsd_weight * flow_terms[self.cfg.boundary]
-        row = flow_gradient_norms(boundary, flow_terms.get("mle_bpd"), list(self.flow.parameters()))
+        """One step's diagnostics (issue 14): lambda, the boundary term's share of the flow gradient
+        (`flow_gradient_norms`; NaN without a flow), L_mle (bits/dim of the replaced inlier patches), JSD-to-uniform and max softmax on pasted vs inlier (not void,
+        not negative) pixels (`masked_confidence`), and per-channel mean/std of the pasted pixels in [0, 1]."""
+        if self.flow is not None:
+            boundary = self.jsd_weight * flow_terms[self.cfg.boundary]
+            row = flow_gradient_norms(boundary, flow_terms.get("mle_bpd"), list(self.flow.parameters()))
+        else:
+            row = {"grad_norm_boundary": math.nan, "grad_norm_mle": math.nan, "boundary_grad_share": math.nan}
+        row["jsd_weight"] = self.jsd_weight if self.flow is not None else math.nan
+        mle = flow_terms.get("mle_bpd")
+        row["mle_bpd"] = math.nan if mle is None else float(mle.detach())  # inlier bits/dim of the replaced patches
         inlier = ~d_out & (labels != VOID)
         for name, mask in (("synthetic", synthetic), ("inlier", inlier)):
             for key, value in masked_confidence(logits, mask).items():
                 row[f"{key}_{name}"] = value
-        s = self.last_samples
+        s = self.last_pixels
         for c, channel in enumerate("rgb"):
-            row[f"sample_mean_{channel}"] = math.nan if s is None else float(s[:, c].mean())
-            row[f"sample_std_{channel}"] = math.nan if s is None else float(s[:, c].std())
+            row[f"sample_mean_{channel}"] = math.nan if s is None else float(s[c].mean())
+            row[f"sample_std_{channel}"] = math.nan if s is None else float(s[c].std())
         return row
 
     def state_dict(self) -> dict:
-        return {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.flow is None:
+            return {}
+        state = {"flow": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()}
+        if self.share is not None:
+            state["share"] = self.share.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.flow is None:
+            return
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints from before the flow had a schedule: constant lr
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.share is not None and "share" in state:
+            self.share.load_state_dict(state["share"])
+
+    def _draw_size(self, rng: np.random.Generator, H: int, W: int) -> tuple[int, int]:
+        lo, hi = self.cfg.side_range
+        m = self.multiple
+        return sample_side(rng, max(lo, m), hi, H - H % m), sample_side(rng, max(lo, m), hi, W - W % m)
+
+    def _content(self, sizes: list[tuple[int, int]], x01: torch.Tensor, todo: list[int],
+                 rng: np.random.Generator) -> list[torch.Tensor]:
+        """One negative (3, h, w) in [0, 1] per image of `todo`: flow samples, uniform noise, or a crop of another
+        inlier image of the batch (the same image, elsewhere, in a batch of one)."""
+        if self.cfg.source == "flow":
+            if len(set(sizes)) == 1 and self.cfg.sizes == "batch":
+                return list(self.sample(len(todo), *sizes[0]).unbind(0))
+            return [self.sample(1, h, w)[0] for h, w in sizes]
+        if self.cfg.source == "uniform":
+            return [torch.from_numpy(rng.random((3, h, w), dtype=np.float32)).to(x01.device, x01.dtype)
+                    for h, w in sizes]
+        n, _, H, W = x01.shape
+        out = []
+        for i, (h, w) in zip(todo, sizes):
+            others = [j for j in range(n) if j != i] or [i]
+            j = others[int(rng.integers(len(others)))]
+            top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+            out.append(x01[j, :, top : top + h, left : left + w].detach().clone())
+        return out
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, step: int):
-        """Paste one flow sample size per batch into every image that has no real negative; returns
-        (mixed x, labels, d_out, synthetic mask, replaced inlier patches or None)."""
+        """Paste one negative into every image that has no real negative; returns (mixed x, labels, d_out,
+        synthetic mask, replaced inlier patches or None). Sizes (`cfg.sizes`), positions, shapes (`cfg.shape`) and
+        the controls' content come from a generator seeded by (seed, step); flow samples from torch's RNG.
+        Replaced patches (source 'flow' only): one (N, 3, h, w) batch with one size per batch, else a list."""
         rng = np.random.default_rng([self.seed, 104729, step])
         todo = [i for i in range(x.shape[0]) if not bool(d_out[i].any())]
         synthetic = torch.zeros_like(d_out)
         if not todo:
-            self.last_samples = None
+            self.last_samples = self.last_pixels = None
             return x, labels, d_out, synthetic, None
         H, W = labels.shape[-2:]
-        lo, hi = self.cfg.side_range
-        h = sample_side(rng, max(lo, self.multiple), hi, H - H % self.multiple)
-        w = sample_side(rng, max(lo, self.multiple), hi, W - W % self.multiple)
-        samples = self.sample(len(todo), h, w)
-        self.last_samples = samples.detach()
+        if self.cfg.sizes == "batch":
+            sizes = [self._draw_size(rng, H, W)] * len(todo)
+        else:
+            sizes = [self._draw_size(rng, H, W) for _ in todo]
         x01 = x * self.std + self.mean
-        rows, labs, douts, replaced = [], [], [], []
+        samples = self._content(sizes, x01, todo, rng) if self.cfg.source == "flow" else None
+        positions = [(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))) for h, w in sizes]
+        masks = []
+        for h, w in sizes:
+            blob = self.cfg.shape == "blob" or (self.cfg.shape == "mixed" and rng.random() < MIXED_BLOB_PROB)
+            masks.append(torch.from_numpy(blob_mask(rng, h, w)).to(x.device) if blob else None)
+        if samples is None:
+            samples = self._content(sizes, x01, todo, rng)
+        rows, labs, douts, replaced, tiles, pixels = [], [], [], [], [], []
         for i in range(x.shape[0]):
             if i in todo:
-                top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
-                xi, li, di, ri = paste_synthetic(x01[i], labels[i], d_out[i], samples[todo.index(i)], top, left)
+                k = todo.index(i)
+                xi, li, di, ri = paste_synthetic(x01[i], labels[i], d_out[i], samples[k], *positions[k], masks[k])
                 synthetic[i] = di & ~d_out[i]
                 rows.append(xi), labs.append(li), douts.append(di), replaced.append(ri)
+                s = samples[k].detach()
+                tiles.append(s if masks[k] is None else s * masks[k])
+                pixels.append(s.reshape(3, -1) if masks[k] is None else s[:, masks[k]])
             else:
                 rows.append(x01[i]), labs.append(labels[i]), douts.append(d_out[i])
+        self.last_samples, self.last_pixels = tiles, torch.cat(pixels, dim=1)
         mixed = (torch.stack(rows) - self.mean) / self.std
-        return mixed, torch.stack(labs), torch.stack(douts), synthetic, torch.stack(replaced)
+        if self.cfg.source != "flow":
+            patches = None
+        elif self.cfg.sizes == "batch":
+            patches = torch.stack(replaced)
+        else:
+            patches = replaced
+        return mixed, torch.stack(labs), torch.stack(douts), synthetic, patches
 
-    def flow_loss(self, logits: torch.Tensor, synthetic: torch.Tensor, replaced: torch.Tensor | None,
-                  step: int, inlier_logit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """L(zeta) = L_mle + lambda * L_jsd (4.20); with boundary='detector', lambda * (L_d + L_x^UB) instead."""
+    def flow_loss(self, logits: torch.Tensor, synthetic: torch.Tensor, replaced, step: int,
+                  inlier_logit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """L(zeta) = L_mle + lambda * L_jsd (4.20); with boundary='detector', lambda * (L_d + L_x^UB) instead.
+        Empty without a flow (the controls train no generator)."""
+        if self.flow is None:
+            return {}
         if self.cfg.boundary == "jsd":
             terms = {"jsd": jsd_to_uniform(logits, synthetic)}
         else:
             if inlier_logit is None:
                 raise ValueError("boundary='detector' needs the segmenter's inlier logit")
             terms = {"detector": detector_boundary_loss(logits, inlier_logit, synthetic)}
-        total = self.cfg.jsd_weight * next(iter(terms.values()))
+        total = self.jsd_weight * next(iter(terms.values()))
         if replaced is not None and step % self.cfg.mle_every == 0:
             # un-normalising can leave values a rounding error outside [0, 1]
-            terms["mle_bpd"] = flow_mle_loss(self.flow, replaced.detach().clamp(0.0, 1.0))
+            patches = (replaced.detach().clamp(0.0, 1.0) if isinstance(replaced, torch.Tensor)
+                       else [p.detach().clamp(0.0, 1.0) for p in replaced])
+            with eval_mode(self.flow) if self.cfg.mle_norm == "running" else contextlib.nullcontext():
+                terms["mle_bpd"] = flow_mle_loss(self.flow, patches)
             total = total + terms["mle_bpd"]
         terms["flow_total"] = total
         return terms
 
+    def backward_flow(self, flow_terms: dict[str, torch.Tensor]) -> None:
+        """Accumulate d flow_total / d zeta into the flow's `.grad` (the flow half of `route_gradients`; call after
+        the segmenter's backward with retain_graph). With `boundary_share` the two terms' gradients are taken apart
+        (`torch.autograd.grad`: their graphs share only the parameters, so this costs what one backward does),
+        summed as lambda * g_boundary + g_mle with the lambda of `flow_total`, and their norms update lambda for the
+        next steps (`BoundaryShareController`)."""
+        params = list(self.flow.parameters())
+        if self.share is None:
+            flow_terms["flow_total"].backward(inputs=params)
+            return
+        lam = self.jsd_weight
+        g_b = _grads(flow_terms[self.cfg.boundary], params)
+        g_m = _grads(flow_terms.get("mle_bpd"), params)
+        for p, b, m in zip(params, g_b, g_m):
+            parts = [t for t in (None if b is None else lam * b, m) if t is not None]
+            if parts:
+                g = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+                p.grad = g if p.grad is None else p.grad + g
+        nb, nm = _norm(g_b), (_norm(g_m) if "mle_bpd" in flow_terms else math.nan)
+        self.last_norms = {"grad_norm_boundary_unit": nb, "grad_norm_mle": nm, "lambda_used": lam}
+        self.share.update(nb, nm)
+
     def step(self) -> None:
+        if self.flow is None:
+            return
         self.optimizer.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -113,6 +113,12 @@ PRESETS: dict[str, DenseFlowConfig] = {
     # one training step on 16 crops of 64x64 takes ~0.5 s on 2 cores (45-6: ~25 s for 2 crops)
     "cpu": DenseFlowConfig(blocks=((2, 2), (2, 3), (1, 6)), growth=4, coupling_width=32, dense_layers=3,
                            dense_growth=16, dequantization="uniform"),
+    # stronger CPU candidates (issue 14; `densehybrid-bench train --modes joint` measures them): DenseFlow-22-6,
+    # 2.20M parameters, and DenseFlow-31-6, 6.62M; the thesis's 45-6 structure scaled to 2 cores
+    "cpu-m": DenseFlowConfig(blocks=((2, 3), (2, 4), (1, 8)), growth=6, coupling_width=48, dense_layers=3,
+                             dense_growth=24, dequantization="uniform"),
+    "cpu-l": DenseFlowConfig(blocks=((3, 3), (3, 4), (1, 10)), growth=6, coupling_width=48, dense_layers=4,
+                             dense_growth=32, dequantization="uniform"),
     # unit tests: same structure (3 blocks, cross-unit coupling), ~57k parameters
     "tiny": DenseFlowConfig(blocks=((2, 1), (2, 1), (1, 2)), growth=2, coupling_width=8, dense_layers=2,
                             dense_growth=4, landmarks=(2, 2), dequantization="uniform", dequant_steps=1,
@@ -122,7 +128,7 @@ PRESETS: dict[str, DenseFlowConfig] = {
 
 
 def flow_config(preset: str | DenseFlowConfig = "45-6", **overrides) -> DenseFlowConfig:
-    """A preset name ('74-10', '45-6', 'cpu', 'tiny') or a config, with field overrides, validated."""
+    """A preset name ('74-10', '45-6', 'cpu', 'cpu-m', 'cpu-l', 'tiny') or a config, with field overrides, validated."""
     if isinstance(preset, DenseFlowConfig):
         config = preset
     elif preset in PRESETS:

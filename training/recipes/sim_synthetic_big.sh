@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# SynDenseHybrid on the Detector-quality schedule (issue 14), after sim_detector_quality.sh has trained the closed-set
+# model (runs/sim_segmenter_big): DenseFlow pretraining on the large train split, joint fine-tuning with synthetic
+# negatives (no real negatives), the Tab. 6.11 controls (uniform noise, inlier crops) and the Tab. 6.10 ablation
+# (L_mle + L_d + L_x) on the same budget; each exported, calibrated on val and evaluated on both test splits with the
+# same scores as the real-negative model. Every step resumes or is skipped when its output exists; run from the
+# repository root (make venv first).
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+[ -f runs/sim_segmenter_big/checkpoints/step_0024000.pt ] || { echo "closed-set run not finished" >&2; exit 1; }
+$PY -m densehybrid_training flow-pretrain --config config/train/sim_flow_pretrain_big.yaml
+[ -f runs/sim_flow_big_eval.json ] || $PY -m densehybrid_training flow-eval --config config/train/sim_flow_pretrain_big.yaml \
+    --checkpoint runs/sim_flow_big/checkpoints/last.pt --set data.root=data/sim_val_big --set data.split=val \
+    --out runs/sim_flow_big_eval > runs/sim_flow_big_eval.json
+for variant in "" _uniform _inlier_crops _detector; do
+  name=sim_synthetic_big$variant
+  $PY -m densehybrid_training finetune --config config/train/$name.yaml
+  [ -f runs/$name.safetensors ] || $PY -m densehybrid_training export --checkpoint runs/$name/checkpoints/last.pt \
+      --out runs/$name.safetensors --input-size 512x256
+  [ -f runs/${name}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights runs/$name.safetensors \
+      --dataset sim:data/sim_val_big --out runs/${name}_calibrated.safetensors
+  for t in sim_test_big sim_test_big_b; do
+    [ -f runs/eval_${name}_$t/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
+        --weights runs/${name}_calibrated.safetensors --dataset sim:data/$t \
+        --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_${name}_$t --quiet
+  done
+done
