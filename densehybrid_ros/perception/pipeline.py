@@ -117,9 +117,9 @@ class Perception:
         if wanted.semantic_color:
             result.semantic_color = colorize(prediction.class_ids, self.palette)
         if (wanted.any_obstacles or wanted.overlay) and prediction.open_set is not None:
-            self._obstacles(result, frame, settings, tracker)
+            camera, depth = self._obstacles(result, frame, settings, tracker)
             if result.located and (wanted.obstacle_points or wanted.obstacle_grid):
-                self._planner_outputs(result, frame, settings)
+                self._planner_outputs(result, frame, settings, camera, depth)
         if wanted.overlay:
             result.overlay = render_overlay(frame.rgb, prediction.class_ids, prediction.open_set, result.obstacles,
                                             self.palette, self.num_classes, settings.overlay_alpha)
@@ -152,9 +152,11 @@ class Perception:
         except KeyError:
             raise ValueError(f"unknown camera {camera!r}: this pipeline serves {list(self._trackers)}") from None
 
-    def _obstacles(self, result: FrameResult, frame: CameraFrame, settings: Settings, tracker: ObstacleTracker) -> None:
+    def _obstacles(self, result: FrameResult, frame: CameraFrame, settings: Settings,
+                   tracker: ObstacleTracker) -> tuple[CameraModel | None, np.ndarray | None]:
         """Candidates of this frame (`obstacles.frame_obstacles`), confirmed by the camera's `tracker`. No intrinsics:
-        the candidates as 2-D boxes for the overlay only (no 3D, no ids, no confirmation)."""
+        the candidates as 2-D boxes for the overlay only (no 3D, no ids, no confirmation). Returns the intrinsics and
+        depth at the image's resolution (what the planner outputs use too)."""
         prediction, mount = result.prediction, frame.mount if frame.mount is not None else settings.mount
         shape = frame.rgb.shape[:2]
         camera = frame.intrinsics.for_image(shape[1], shape[0]) if frame.intrinsics is not None else None
@@ -165,17 +167,20 @@ class Perception:
                                      camera, mount, settings.obstacle_rules(self.class_names), depth)
         if camera is None:
             result.obstacles = candidates
-            return
+            return camera, depth
         result.obstacles = tracker.update(candidates, settings.confirmation()).published
         result.located = True
+        return camera, depth
 
-    def _planner_outputs(self, result: FrameResult, frame: CameraFrame, settings: Settings) -> None:
-        """Points of the obstacles seen in this frame (a missed one has no pixels here) and, when wanted, the grid."""
-        prediction, camera = result.prediction, frame.intrinsics
+    def _planner_outputs(self, result: FrameResult, frame: CameraFrame, settings: Settings, camera: CameraModel,
+                         depth: np.ndarray | None) -> None:
+        """Points of the obstacles seen in this frame (a missed one has no pixels here) and, when wanted, the grid, with
+        the intrinsics and depth the obstacles were placed with."""
+        prediction = result.prediction
         mount = frame.mount if frame.mount is not None else settings.mount
         anomalous = prediction.open_set == self.num_classes
         seen = [ob for ob in result.obstacles if ob.missed == 0]
-        result.points = obstacle_points(seen, anomalous, prediction.hybrid, camera, mount, frame.depth)
+        result.points = obstacle_points(seen, anomalous, prediction.hybrid, camera, mount, depth)
         if frame.wanted.obstacle_grid:
             spec = settings.grid_spec()
             result.grid = GroundGrid(spec, occupancy_grid(spec, camera, mount, anomalous, result.points.xyz))
