@@ -91,7 +91,7 @@ def test_replay_into_recorders_round_trips(tmp_path, source_bag):
         assert f"published {4 * N} message(s)" in replay.text(), replay.text()
         # both recorders have written every message of the bag before they are stopped
         wait_until(lambda: all(all(recorded_counts(r.text()).get(t, 0) >= N for t in remaps.values())
-                               for r in recorders.values()), 30, message="the recorders' writes")
+                               for r in recorders.values()), 120, message="the recorders' writes")
     finally:
         if replay is not None:
             replay.stop()
