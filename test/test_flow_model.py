@@ -315,3 +315,18 @@ def test_maximum_likelihood_training_lowers_bits_per_dim():
     with torch.no_grad():
         after = model.bits_per_dim(data, generator=g).mean().item()
     assert after < before - 0.5, (before, after)
+
+
+@pytest.mark.parametrize("preset, name, latent_channels",
+                         [("cpu-m", "DenseFlow-22-6", 84), ("cpu-l", "DenseFlow-31-6", 120)])
+def test_stronger_cpu_presets(preset, name, latent_channels):
+    """Channels by hand: 3x4 = 12 after the initial squeeze; a block of u units adds (u - 1) * growth; each
+    squeeze-and-drop doubles (x4, half dropped). cpu-m: 12 + 6 = 18 -> 36 + 6 = 42 -> 84; cpu-l: 12 + 12 = 24 -> 48 + 12
+    = 60 -> 120; 64 / 2^3 = 8 px."""
+    config = PRESETS[preset]
+    assert config.name == name and config.dequantization == "uniform" and config.coupling_width == 48
+    counts = parameter_breakdown(preset, 64, 64)
+    assert counts["latent"] == (latent_channels, 8, 8)
+    parts = ("coupling_networks", "cross_unit_g", "actnorm_and_1x1", "dequantizer", "priors")
+    assert sum(counts[p] for p in parts) == counts["total"]
+    assert parameter_breakdown("cpu")["total"] < counts["total"] < parameter_breakdown("45-6")["total"]

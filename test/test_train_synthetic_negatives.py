@@ -242,7 +242,8 @@ def test_inlier_crop_control_pastes_another_image_of_the_batch():
     mixed01 = _to01(mixed)
     for i in range(3):
         rows, cols = torch.nonzero(synthetic[i], as_tuple=True)
-        top, left, h, w = int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        top, left = int(rows.min()), int(cols.min())
+        h, w = int(rows.max()) - top + 1, int(cols.max()) - left + 1
         patch = mixed01[i, :, top : top + h, left : left + w]
         found = [(j, a, b) for j in range(3) for a in range(40 - h + 1) for b in range(48 - w + 1)
                  if torch.allclose(x01[j, :, a : a + h, b : b + w], patch, atol=1e-5)]

@@ -127,8 +127,8 @@ def bench(modes: list[str], configs: dict[str, Path | None], variants: list[str]
         for m, v in (order if r % 2 == 0 else order[::-1]):
             res = run(m, v)
             rows[(m, v)].append(res)
-            print(f"  repeat {r + 1}: {m:9s} {v:24s} {res['steps_per_s']:.3f} steps/s (warm-up {res['warmup_s']:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(f"  repeat {r + 1}: {m:9s} {v:24s} {res['steps_per_s']:.3f} steps/s "
+                  f"(warm-up {res['warmup_s']:.1f} s)", file=sys.stderr, flush=True)
     result = {"warmup": warmup, "steps": steps, "repeats": repeats, "common": common, "modes": {}}
     for m in modes:
         names = variants_of(m)

@@ -35,7 +35,7 @@ SOURCES = ("flow", "uniform", "inlier_crops")
 SHAPES = ("rectangle", "blob", "mixed")
 SIZES = ("batch", "image")
 MLE_NORMS = ("batch", "running")
-MIXED_BLOB_PROB = 0.5  # shape 'mixed': a blob with this probability, as the real negatives' object masks (public recipe)
+MIXED_BLOB_PROB = 0.5  # shape 'mixed': a blob with this probability (the real negatives' object-mask share)
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,8 @@ def paste_synthetic(x01: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor
     the image's content under the sample's whole h x w frame (the flow scores rectangles)."""
     _, h, w = sample.shape
     replaced = x01[:, top : top + h, left : left + w].clone()
-    region = torch.ones((h, w), dtype=torch.bool, device=x01.device) if mask is None else mask.to(x01.device, torch.bool)
+    region = (torch.ones((h, w), dtype=torch.bool, device=x01.device) if mask is None
+              else mask.to(x01.device, torch.bool))
     out = x01.clone()
     out[:, top : top + h, left : left + w] = torch.where(region, sample.to(x01.dtype), replaced)
     lab = labels.clone()
@@ -407,8 +408,9 @@ class JointFlowTraining:
     def diagnostics(self, logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, synthetic: torch.Tensor,
                     flow_terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """One step's diagnostics (issue 14): lambda, the boundary term's share of the flow gradient
-        (`flow_gradient_norms`; NaN without a flow), L_mle (bits/dim of the replaced inlier patches), JSD-to-uniform and max softmax on pasted vs inlier (not void,
-        not negative) pixels (`masked_confidence`), and per-channel mean/std of the pasted pixels in [0, 1]."""
+        (`flow_gradient_norms`; NaN without a flow), L_mle (bits/dim of the replaced inlier patches), JSD-to-uniform
+        and max softmax on pasted vs inlier (not void, not negative) pixels (`masked_confidence`), and per-channel
+        mean/std of the pasted pixels in [0, 1]."""
         if self.flow is not None:
             boundary = self.jsd_weight * flow_terms[self.cfg.boundary]
             row = flow_gradient_norms(boundary, flow_terms.get("mle_bpd"), list(self.flow.parameters()))

@@ -113,8 +113,12 @@ PRESETS: dict[str, DenseFlowConfig] = {
     # one training step on 16 crops of 64x64 takes ~0.5 s on 2 cores (45-6: ~25 s for 2 crops)
     "cpu": DenseFlowConfig(blocks=((2, 2), (2, 3), (1, 6)), growth=4, coupling_width=32, dense_layers=3,
                            dense_growth=16, dequantization="uniform"),
-    # stronger CPU candidates (issue 14; `densehybrid-bench train --modes joint` measures them): DenseFlow-22-6,
-    # 2.20M parameters, and DenseFlow-31-6, 6.62M; the thesis's 45-6 structure scaled to 2 cores
+    # stronger CPU presets (issue 14), the thesis's 45-6 structure scaled to 2 cores: DenseFlow-22-6 (2.20M parameters)
+    # and DenseFlow-31-6 (6.62M). Measured on the quiet 2-core machine: joint SynDenseHybrid steps/s at batch 8,
+    # 256x512 crops, per-image samples 16..160 px (`densehybrid-bench train --modes joint --flow-presets cpu cpu-m
+    # cpu-l --warmup 1 --steps 3 --repeats 2`): cpu 0.274, cpu-m 0.188 (x0.69), cpu-l 0.114 (x0.42); a real-negative
+    # step runs at 1.21. After 200 pretraining steps (batch 16, 64x64 sim crops) the val ELBO is 5.02 / 4.59 / 4.40
+    # bits/dim at 0.45 / 1.13 / ~2.5-3.2 s per step. 45-6's flow work is ~10x cpu's (~31 s per joint step).
     "cpu-m": DenseFlowConfig(blocks=((2, 3), (2, 4), (1, 8)), growth=6, coupling_width=48, dense_layers=3,
                              dense_growth=24, dequantization="uniform"),
     "cpu-l": DenseFlowConfig(blocks=((3, 3), (3, 4), (1, 10)), growth=6, coupling_width=48, dense_layers=4,

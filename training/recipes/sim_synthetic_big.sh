@@ -9,7 +9,8 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 [ -f runs/sim_segmenter_big/checkpoints/step_0024000.pt ] || { echo "closed-set run not finished" >&2; exit 1; }
 $PY -m densehybrid_training flow-pretrain --config config/train/sim_flow_pretrain_big.yaml
-[ -f runs/sim_flow_big_eval.json ] || $PY -m densehybrid_training flow-eval --config config/train/sim_flow_pretrain_big.yaml \
+[ -f runs/sim_flow_big_eval.json ] || $PY -m densehybrid_training flow-eval \
+    --config config/train/sim_flow_pretrain_big.yaml \
     --checkpoint runs/sim_flow_big/checkpoints/last.pt --set data.root=data/sim_val_big --set data.split=val \
     --out runs/sim_flow_big_eval > runs/sim_flow_big_eval.json
 for variant in "" _uniform _inlier_crops _detector; do
