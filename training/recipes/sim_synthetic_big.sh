@@ -7,7 +7,7 @@
 # repository root (make venv first).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-[ -f runs/sim_segmenter_big/checkpoints/step_0024000.pt ] || { echo "closed-set run not finished" >&2; exit 1; }
+[ -f runs/sim_segmenter_big/checkpoints/step_0016000.pt ] || { echo "closed-set run not finished" >&2; exit 1; }
 $PY -m densehybrid_training flow-pretrain --config config/train/sim_flow_pretrain_big.yaml
 [ -f runs/sim_flow_big_eval.json ] || $PY -m densehybrid_training flow-eval \
     --config config/train/sim_flow_pretrain_big.yaml \
