@@ -6,6 +6,7 @@
     densehybrid-train flow-pretrain --config F.yaml [--set key=value ...]  DenseFlow MLE on inlier crops
     densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
+    densehybrid-train curves    --run OUT [--run OUT2 ...] --out curves.png     val mIoU and training loss
 
 Multi-process / multi-GPU: `torchrun --nproc_per_node N -m densehybrid_training segmenter --config C.yaml`.
 """
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--input-size", type=_size, default=None, help="WxH grid the node resizes frames to")
     e.add_argument("--onnx", type=Path, default=None)
+    k = sub.add_parser("curves", help="learning curves (val mIoU from OUT/val.csv, loss from OUT/tensorboard)")
+    k.add_argument("--run", dest="runs", type=Path, action="append", required=True,
+                   help="a run's out directory; several are drawn one after another (closed-set, then fine-tuning)")
+    k.add_argument("--out", type=Path, required=True, help="PNG")
+    k.add_argument("--classes", default="", help="comma-separated classes whose val IoU is drawn too")
+    k.add_argument("--window", type=int, default=20, help="moving average over this many logged losses")
     return ap
 
 
@@ -166,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in m["operating_points"].items():
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
+        elif args.command == "curves":
+            from densehybrid_training.curves import main as curves_main
+
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+            return curves_main(args.runs, args.out, classes, args.window)
         else:
             from densehybrid_training.export import export
 
