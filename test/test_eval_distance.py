@@ -58,3 +58,26 @@ def test_bin_boundaries_nan_and_errors():
         distance_binned_metrics(scores, labels, -np.ones(6), [0, 10])
     with pytest.raises(ValueError, match="shape mismatch"):
         distance_binned_metrics(scores, labels, depth[:5], [0, 10])
+
+
+def test_near_range_pools_every_pixel_nearer_than_it():
+    """`DistanceBins(near=20)` reports one AP over all pixels nearer than 20 m (not a mix of the 0-10 / 10-20 bins)."""
+    from types import SimpleNamespace
+
+    from densehybrid_ros.datasets.base import EvalSample
+    from densehybrid_ros.evaluation.metrics import DistanceBins
+
+    metric = DistanceBins(["hybrid"], [0, 10, 20, math.inf], near=20.0)
+    images = [scene(seed, n=3000) for seed in range(3)]
+    for i, (scores, labels, depth) in enumerate(images):
+        sample = EvalSample(name=str(i), image=np.zeros((1, 1, 3), np.uint8), ood=labels, depth=depth)
+        metric.update(sample, SimpleNamespace(hybrid=scores, scores={}))
+    near = metric.compute()["scores"]["hybrid"]["near"]
+    metric.close()
+    scores, labels, depth = (np.concatenate(column) for column in zip(*images))
+    subset = (depth < 20) & (labels != 255)
+    y, s = labels[subset], scores[subset]
+    assert (near["lower"], near["upper"]) == (0.0, 20.0)
+    assert near["metrics"]["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert near["metrics"]["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert near["num_positives"] == int(y.sum())

@@ -21,6 +21,7 @@ from densehybrid_ros.evaluation.anomaly_metrics import AnomalyMetrics
 from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics
 
 DISTANCE_EDGES = (0.0, 10.0, 20.0, 30.0, 50.0, math.inf)
+NEAR_RANGE = 20.0  # metres: the "near" range whose pooled metrics reports give beside the bins (a vehicle's reaction range)
 PAPER_BIN_EDGES = tuple(float(d) for d in range(5, 55, 5))
 
 

@@ -25,7 +25,7 @@ from densehybrid_ros.datasets.base import EvalDataset, EvalSample
 from densehybrid_ros.evaluation.bootstrap import DEFAULT_RESAMPLES
 from densehybrid_ros.evaluation.breakdown import SIZE_EDGES
 from densehybrid_ros.evaluation.component_metrics import ANOMALY_TRACK, OBSTACLE_TRACK
-from densehybrid_ros.evaluation.distance_bins import DISTANCE_EDGES
+from densehybrid_ros.evaluation.distance_bins import DISTANCE_EDGES, NEAR_RANGE
 from densehybrid_ros.evaluation.metrics import (GROUP, BootstrapGroups, Components, DatasetSummary, DistanceBins,
                                                 Ensemble, Example, Metric, OperatingPoints, PerImage, PixelAnomaly,
                                                 RecallBreakdown, ReportSamples, Segmentation, SizeBins, merge_entries)
@@ -47,6 +47,7 @@ class EvalOptions:
     threshold: float | None = None  # open-set / component threshold; None -> `sources.protocol_threshold`
     operating_points: dict[str, float] | None = None  # further named thresholds to report; None -> the weights' points
     distance_edges: tuple[float, ...] = DISTANCE_EDGES
+    near_range: float | None = NEAR_RANGE  # metres: metrics pooled over pixels nearer than this ("near"); None = off
     subsample_per_image: int = 20000
     keep_examples: int = 6
     seed: int = 0
@@ -83,7 +84,7 @@ def build_metrics(options: EvalOptions, source: PredictionSource, dataset: EvalD
                              PixelAnomaly(options.scores, groups), SizeBins(options.scores, options.size_edges)]
     if options.per_image:
         metrics.append(PerImage(options.scores))
-    metrics += [DistanceBins(options.scores, options.distance_edges),
+    metrics += [DistanceBins(options.scores, options.distance_edges, options.near_range),
                 Segmentation(source.num_classes, getattr(dataset, "classes", None), threshold, comparable, groups),
                 OperatingPoints(points, source.num_classes, comparable),
                 RecallBreakdown(named, options.size_edges, options.distance_edges)]

@@ -195,11 +195,13 @@ class PerImage(Metric):
 
 class DistanceBins(Metric):
     """Per score, "distance_bins": exact AP / AUROC / FPR95 by depth (`DistanceBinnedAnomalyMetrics`), where frames
-    have depth."""
+    have depth; with `near` (metres), also "near": the same metrics pooled over every pixel nearer than `near` (the
+    range a vehicle must react in; a pooled AP is not a combination of the bins' APs)."""
 
-    def __init__(self, scores: Sequence[str], edges: Sequence[float]) -> None:
-        self.scores, self.edges = tuple(scores), tuple(edges)
+    def __init__(self, scores: Sequence[str], edges: Sequence[float], near: float | None = None) -> None:
+        self.scores, self.edges, self.near = tuple(scores), tuple(edges), near
         self.bins: dict[str, DistanceBinnedAnomalyMetrics] = {}
+        self.near_bins: dict[str, DistanceBinnedAnomalyMetrics] = {}
 
     def update(self, sample: EvalSample, prediction: Prediction) -> None:
         if sample.ood is None or sample.depth is None:
@@ -208,15 +210,23 @@ class DistanceBins(Metric):
         for s in self.scores:
             if s not in self.bins:
                 self.bins[s] = DistanceBinnedAnomalyMetrics(self.edges)
+                if self.near is not None:
+                    self.near_bins[s] = DistanceBinnedAnomalyMetrics((0.0, self.near))
             self.bins[s].update(maps[s], sample.ood, sample.depth)
+            if self.near is not None:
+                self.near_bins[s].update(maps[s], sample.ood, sample.depth)
 
     def compute(self) -> dict:
         if not self.bins:
             return {}
-        return {"scores": {s: {"distance_bins": [asdict(b) for b in acc.compute()]} for s, acc in self.bins.items()}}
+        out = {s: {"distance_bins": [asdict(b) for b in acc.compute()]} for s, acc in self.bins.items()}
+        for s, acc in self.near_bins.items():
+            (near,) = acc.compute()
+            out[s]["near"] = asdict(near)
+        return {"scores": out}
 
     def close(self) -> None:
-        for acc in self.bins.values():
+        for acc in [*self.bins.values(), *self.near_bins.values()]:
             acc.close()
 
 

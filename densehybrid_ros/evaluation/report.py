@@ -83,6 +83,10 @@ def summary_table(metrics: dict) -> str:
             f"{_edge(b['lower'])}-{_edge(b['upper'])}: AP {_pct((b.get('metrics') or {}).get('ap'))}"
             f" recall@t {_pct(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
             for b in hybrid["distance_bins"]))
+    near = hybrid.get("near")
+    if near and near.get("metrics"):
+        rows.append(f"hybrid nearer than {_edge(near['upper'])} m: AP {_pct(near['metrics']['ap'])}  "
+                    f"FPR95 {_pct(near['metrics']['fpr95'])}")
     if hybrid.get("size_bins"):
         rec = {(b["lower"], b["upper"]): b for b in metrics.get("recall_by_size", [])}
         rows.append("hybrid by anomaly size [px]: " + "; ".join(
