@@ -361,6 +361,18 @@ def score_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+NEAR_DETECTION_M = 30.0  # the range whose detection rate the demo states on its own line (bins' upper edges)
+
+
+def near_detection(obstacles: dict, within: float = NEAR_DETECTION_M) -> str:
+    """'rate (detected/eligible)' over the distance bins that end at or before `within` metres."""
+    bins = [b for b in obstacles.get("detection_by_distance") or []
+            if b["upper"] is not None and b["upper"] <= within]
+    eligible = sum(b["eligible"] for b in bins)
+    detected = sum(b["detected"] for b in bins)
+    return f"{detected / eligible:.3f} ({detected}/{eligible})" if eligible else "-"
+
+
 def result_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows): segmentation and obstacle localisation, live vs offline."""
     sources = [summary["live"] if "scores" in summary["live"] else None, summary["offline"]]
@@ -377,6 +389,7 @@ def result_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         row("frames scored", lambda s: str(s["frames"])),
         row("obstacle detection rate", lambda s: f"{_num(s['obstacles']['detection_rate'], '{:.3f}')} "
                                                  f"({s['obstacles']['detected']}/{s['obstacles']['eligible']})"),
+        row(f"detection within {NEAR_DETECTION_M:g} m", lambda s: near_detection(s["obstacles"])),
         row("distance error median / mean [m]",
             lambda s: f"{err('median_abs_m', '{:.2f}')(s)} / {err('mean_abs_m', '{:.2f}')(s)}"),
         row("relative distance error median / mean",
