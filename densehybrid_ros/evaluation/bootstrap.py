@@ -2,7 +2,7 @@
 
 Pixels of one street are strongly correlated (the same objects, light and camera), so resampling pixels or
 even frames would give intervals far too narrow. Each group keeps sufficient statistics:
-- per score, a histogram of its positive and negative pixels on a fixed fine grid (`GroupedScoreHistograms`);
+- per score, a histogram of its positive and negative pixels on a fine grid (`GroupedScoreHistograms`);
 - a closed-set confusion matrix (`GroupedConfusion`).
 A bootstrap replicate draws as many groups as there are, with replacement (Efron's nonparametric bootstrap),
 adds their statistics and recomputes the metric; the interval is the 2.5 and 97.5 percentiles of the
@@ -71,7 +71,7 @@ def _padded(rows: list[np.ndarray], count: int, shape: tuple[int, ...]) -> np.nd
 
 
 class GroupedScoreHistograms:
-    """Per-group positive/negative histograms of one score on a fixed `ScoreGrid`."""
+    """Per-group positive/negative histograms of one score on a `ScoreGrid` (carried over when it grows)."""
 
     def __init__(self, num_bins: int = 8192, margin: float = 1.0) -> None:
         self.grid = ScoreGrid(num_bins, margin)
@@ -83,6 +83,10 @@ class GroupedScoreHistograms:
         values, is_anomaly = valid_pixels(scores, ood_labels)
         if values.size == 0:
             return
+        merges = self.grid.extend(values)
+        if merges:
+            self._pos = [self.grid.merge(h, merges) for h in self._pos]
+            self._neg = [self.grid.merge(h, merges) for h in self._neg]
         cells = self.grid.cells(values)
         n = self.grid.num_bins
         while len(self._pos) <= g:

@@ -4,8 +4,8 @@ Size of an anomaly pixel = the pixel count of its 8-connected anomaly component 
 vehicle sees of the object). For a size bin, the positives are the anomaly pixels whose component falls in
 the bin and the negatives are ALL inlier pixels (the question is "how well are objects of this size told
 apart from the scene", not "from other inliers of the same size"). AP per size bin comes from histograms on
-a fixed fine grid (bounded memory; the pooled metrics elsewhere are exact); recall at a threshold is counted
-exactly (score >= threshold flags a pixel).
+a fine grid that grows as needed (bounded memory; the pooled metrics elsewhere are exact); recall at a
+threshold is counted exactly (score >= threshold flags a pixel).
 """
 from __future__ import annotations
 
@@ -127,6 +127,9 @@ class SizeBinnedAnomalyMetrics:
         valid = (labels == OOD_INLIER) | (labels == OOD_ANOMALY)
         if not valid.any():
             return
+        merges = self.grid.extend(scores[valid])
+        if merges:
+            self.pos, self.neg = self.grid.merge(self.pos, merges), self.grid.merge(self.neg, merges)
         cells = np.full(labels.shape, -1, np.int64)
         cells[valid] = self.grid.cells(scores[valid])
         self.neg += np.bincount(cells[labels == OOD_INLIER], minlength=self.grid.num_bins)
