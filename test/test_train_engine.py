@@ -136,3 +136,5 @@ def test_cli_errors_are_clear(sim_train, tiny_model_yaml, tmp_path, capsys):
     assert "unknown field(s) ['lrr']" in capsys.readouterr().err
     assert train_main(["segmenter", "--set", f"data.root={tmp_path / 'nope'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert train_main(["finetune", "--set", "loss_variant=authors", "--set", "loss.x_out_margin=8"]) == 2
+    assert "x_out_margin applies to loss_variant 'thesis' only" in capsys.readouterr().err

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from densehybrid_training.losses import (LossWeights, authors_code_loss, classification_loss, densehybrid_loss,
-                                         inlier_posterior_loss, outlier_likelihood_loss, outlier_posterior_loss)
+from densehybrid_training.losses import (LossWeights, authors_code_loss, bounded_outlier_likelihood_loss,
+                                         classification_loss, densehybrid_loss, inlier_posterior_loss,
+                                         outlier_likelihood_loss, outlier_posterior_loss)
 from densehybrid_training.paste import paste_negative, random_position, random_rectangle
 
 # one image, 2 classes, 1x3 pixels: pixel 0 inlier class 1, pixel 1 void (not pasted), pixel 2 pasted
@@ -88,6 +89,41 @@ def test_gradients_match_autograd_of_the_formula():
     gb = torch.autograd.grad(ref, (logits, g))
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_bounded_outlier_term_by_hand():
+    """Inliers' mean LSE is the reference; a pasted pixel costs max(0, LSE - (reference - m)) and gets no push
+    below that; the reference carries no gradient."""
+    # 1x4 pixels, 2 classes: pixels 0, 1 inliers; 2, 3 pasted
+    logits = torch.tensor([[[[2.0, 0.0, 1.0, -9.0]], [[0.0, 4.0, 1.0, -9.0]]]], requires_grad=True)
+    labels = torch.tensor([[[0, 1, 255, 255]]])
+    d_out = torch.tensor([[[False, False, True, True]]])
+    lse = [math.log(math.exp(2) + 1), math.log(1 + math.exp(4)), math.log(2 * math.exp(1)), math.log(2 * math.exp(-9))]
+    reference = (lse[0] + lse[1]) / 2
+    margin = 2.0
+    expected = (max(0.0, lse[2] - (reference - margin)) + max(0.0, lse[3] - (reference - margin))) / 2
+    assert lse[2] > reference - margin > lse[3]  # one pixel above the bound, one below
+    loss = bounded_outlier_likelihood_loss(logits, labels, d_out, margin)
+    assert loss.item() == pytest.approx(expected)
+    (grad,) = torch.autograd.grad(loss, logits)
+    # d/ds of LSE is softmax; only pixel 2 (above the bound) gets a gradient, with weight 1/2 of the mean
+    torch.testing.assert_close(grad[0, :, 0, 2], torch.tensor([0.25, 0.25]))
+    assert torch.count_nonzero(grad[..., [0, 1, 3]]) == 0
+
+
+def test_compound_loss_uses_the_bounded_term_when_a_margin_is_set():
+    w = LossWeights(1.0, 0.3, 0.2, 0.05, x_out_margin=1.0)
+    t = densehybrid_loss(LOGITS, G, LABELS, D_OUT, w)
+    # reference: pixel 0's LSE(0, 1); pasted pixel 2: LSE(1, 3)
+    ref = math.log(1 + math.e)
+    bounded = max(0.0, math.log(math.exp(1) + math.exp(3)) - (ref - 1.0))
+    expected = (-math.log(math.exp(1) / (1 + math.exp(1))) + 0.3 * -math.log(sig(0.5))
+                + 0.2 * -math.log(1 - sig(-1.5)) + 0.05 * bounded)
+    assert t["total"].item() == pytest.approx(expected)
+    assert t["x_out_bounded"].item() == pytest.approx(bounded)
+    assert t["x_in"].item() == pytest.approx(ref)
+    with pytest.raises(ValueError, match="x_out_margin"):
+        LossWeights(x_out_margin=-1.0).validate()
 
 
 def test_authors_variant_counts_void_as_inlier():

@@ -104,6 +104,9 @@ class TrainConfig:
             raise ValueError(f"class_balance must be 'none' or 'enet', got {self.class_balance!r}")
         if self.loss_variant not in ("thesis", "authors"):
             raise ValueError(f"loss_variant must be 'thesis' or 'authors', got {self.loss_variant!r}")
+        if self.loss_variant == "authors" and self.loss.x_out_margin is not None:
+            raise ValueError("loss.x_out_margin applies to loss_variant 'thesis' only (the authors' variant is "
+                             "their code's loss, unbounded)")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size, checkpoint_every and log_every must be >= 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

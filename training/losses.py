@@ -30,11 +30,17 @@ class LossWeights:
     b2: float = 0.3  # -ln P(d_in|x), inlier pixels
     b3: float = 0.3  # -ln (1 - P(d_in|x)), pasted pixels
     b4: float = 0.03  # LSE(s) = ln p^(x) (L_x^UB's outlier term), pasted pixels
+    # None: L_x's outlier term as in the thesis (unbounded below); a number m: the bounded form
+    # `bounded_outlier_likelihood_loss`, which stops pushing a pasted pixel once its LSE is m nats under the
+    # batch's mean inlier LSE
+    x_out_margin: float | None = None
 
     def validate(self) -> None:
         for name in ("b1", "b2", "b3", "b4"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+        if self.x_out_margin is not None and self.x_out_margin < 0:
+            raise ValueError(f"loss.x_out_margin must be >= 0 nats (or null), got {self.x_out_margin}")
 
 
 THESIS_TRAFFIC = LossWeights()  # LDN-121 on road scenes
@@ -84,13 +90,35 @@ def outlier_likelihood_loss(logits: torch.Tensor, d_out: torch.Tensor) -> torch.
     return _masked_mean(unnormalized_log_likelihood(logits), d_out)
 
 
+def mean_inlier_likelihood(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+    """E_in[LSE(s)] = E_in[ln p^(x)] (4.7), detached: where the inliers' likelihood sits (logged as `x_in`; the
+    reference of the bounded outlier term)."""
+    return _masked_mean(unnormalized_log_likelihood(logits), inlier_mask(labels, d_out)).detach()
+
+
+def bounded_outlier_likelihood_loss(logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
+                                    margin: float) -> torch.Tensor:
+    """A bounded form of L_x^UB's outlier term (not in the thesis; the project's option):
+    E_out[max(0, LSE(s) - (sg(E_in[LSE(s)]) - margin))], with sg the stop-gradient.
+
+    The thesis's E_out[LSE(s)] (4.14) has no lower bound: on the sim it drove pasted pixels to LSE -52 (inliers
+    ~3) and the total loss below zero while rider and bicycle IoU fell to ~0. This form pushes a pasted pixel's
+    likelihood down only until it lies `margin` nats under the batch's mean inlier likelihood, so the gradient
+    stays on the negatives that still look like inliers. The reference is detached: lowering every logit
+    (inliers included) earns nothing."""
+    reference = mean_inlier_likelihood(logits, labels, d_out)
+    excess = F.relu(unnormalized_log_likelihood(logits) - (reference - margin))
+    return _masked_mean(excess, d_out)
+
+
 def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor,
                      weights: LossWeights = THESIS_TRAFFIC, class_weights: torch.Tensor | None = None
                      ) -> dict[str, torch.Tensor]:
     """The compound loss (4.16) with modulation weights; returns every term and `total`.
 
     logits (B, K, H, W), inlier_logit (B, 1, H, W), labels (B, H, W) with 255 = void, d_out (B, H, W) bool;
-    `class_weights` (K,) optionally balance L_cls.
+    `class_weights` (K,) optionally balance L_cls. With `weights.x_out_margin` set, L_x's outlier term is the
+    bounded form (`x_out_bounded`); `x_out` is then logged only. `x_in` (logged) is E_in[LSE(s)].
     """
     terms = {
         "cls": classification_loss(logits, labels, d_out, class_weights),
@@ -98,8 +126,12 @@ def densehybrid_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: t
         "d_out": outlier_posterior_loss(inlier_logit, d_out),
         "x_out": outlier_likelihood_loss(logits, d_out),
     }
+    if weights.x_out_margin is not None:
+        terms["x_out_bounded"] = bounded_outlier_likelihood_loss(logits, labels, d_out, weights.x_out_margin)
+    x_term = terms["x_out"] if weights.x_out_margin is None else terms["x_out_bounded"]
     terms["total"] = (weights.b1 * terms["cls"] + weights.b2 * terms["d_in"] + weights.b3 * terms["d_out"]
-                      + weights.b4 * terms["x_out"])
+                      + weights.b4 * x_term)
+    terms["x_in"] = mean_inlier_likelihood(logits, labels, d_out)
     return terms
 
 
@@ -112,4 +144,5 @@ def authors_code_loss(logits: torch.Tensor, inlier_logit: torch.Tensor, labels: 
     x_out = outlier_likelihood_loss(logits, d_out)
     head = torch.where(d_out, -log_outlier_posterior(inlier_logit), -log_inlier_posterior(inlier_logit)).mean()
     total = cls + lse_weight * x_out + ce_weight * head
-    return {"cls": cls, "x_out": x_out, "head": head, "total": total}
+    return {"cls": cls, "x_out": x_out, "head": head, "total": total,
+            "x_in": mean_inlier_likelihood(logits, labels, d_out)}
