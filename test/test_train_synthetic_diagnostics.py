@@ -200,3 +200,18 @@ def test_diagnostics_leave_the_training_step_unchanged_and_are_written(tmp_path)
     png = cv2.imread(str(out / "pasted" / "step_0000001.png"))
     assert png is not None and png.shape[0] >= 16
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_diagnostics_csv_keeps_one_header_when_a_resume_logs_new_columns(tmp_path):
+    """A run resumed by a version that logs more columns: old rows keep their values, the header grows, and
+    every row reads back under the right column names (csv.DictReader, not the writer's own code)."""
+    from densehybrid_training.synthetic import JointDiagnostics
+
+    log = JointDiagnostics(tmp_path)
+    log.write(10, {"a": 1.0, "b": 2.0}, None)
+    JointDiagnostics(tmp_path).write(20, {"a": 3.0, "c": 4.0, "b": 5.0}, None)
+    with (tmp_path / "joint_diagnostics.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["step", "a", "b", "c"]
+    assert rows == [{"step": "10", "a": "1", "b": "2", "c": ""}, {"step": "20", "a": "3", "b": "5", "c": "4"}]

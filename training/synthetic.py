@@ -221,12 +221,19 @@ class JointDiagnostics:
         from torch.utils.tensorboard import SummaryWriter
 
         self.out.mkdir(parents=True, exist_ok=True)
-        new = not self.csv.is_file()
+        columns = ["step", *row]
+        if self.csv.is_file():
+            with self.csv.open(newline="") as f:
+                reader = csv.DictReader(f)
+                old = list(reader)
+                header = list(reader.fieldnames or columns)
+            if header != columns:  # a run resumed by a version that logs other columns: one header for all rows
+                columns = header + [c for c in columns if c not in header]
+                self._rewrite(old, columns)
+        else:
+            self._rewrite([], columns)
         with self.csv.open("a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", *row])
-            w.writerow([step, *(f"{v:.6g}" for v in row.values())])
+            csv.DictWriter(f, columns, restval="").writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
         if self._writer is None:
             self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
         for name, value in row.items():
@@ -237,6 +244,15 @@ class JointDiagnostics:
             (self.out / "pasted").mkdir(exist_ok=True)
             cv2.imwrite(str(self.out / "pasted" / f"step_{step:07d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         self._writer.flush()
+
+
+    def _rewrite(self, rows: list[dict], columns: list[str]) -> None:
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, columns, restval="")
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(self.csv)
 
 
 def sample_side(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
