@@ -93,3 +93,17 @@ def test_cli_two_fold_protocol_matches_the_protocol_on_the_same_predictions(sim_
     assert got["mean_f1"] == pytest.approx(ref.mean_f1, abs=1e-12)
     assert got["fold_a"]["images"] == 5 and got["fold_b"]["images"] == 3
     assert got["fold_b"]["applied_threshold"] == pytest.approx(ref.fold_b.applied_threshold)
+
+
+def test_summary_warns_when_binned_replicates_disagree_with_the_exact_point():
+    from densehybrid_ros.evaluation.report import summary_table
+
+    def iv(point, binned):
+        return {"point": point, "low": point - 0.05, "high": point + 0.05, "binned_point": binned}
+
+    anomaly = {"ap": 0.404, "fpr95": 0.09, "auroc": 0.98}
+    metrics = {"scores": {"hybrid": {"anomaly": anomaly,
+                                     "intervals": {"ap": iv(0.404, 0.317), "fpr95": iv(0.09, 0.0905)}}}}
+    lines = [line for line in summary_table(metrics).splitlines() if line.startswith("WARNING")]
+    assert lines == ["WARNING: hybrid ap: the binned statistics give 31.70 against the exact 40.40; "
+                     "this interval is unreliable"]

@@ -37,6 +37,22 @@ def _edge(v) -> str:
     return "inf" if v is None else f"{v:g}"  # metrics.json writes inf as null
 
 
+BINNING_TOLERANCE = 0.01  # 1 point of AP/FPR95/AUROC: the score grid's binning error is normally far below
+
+
+def binning_warnings(metrics: dict) -> list[str]:
+    """A line per anomaly metric whose bootstrap replicates (binned) disagree with the exact point estimate by
+    more than `BINNING_TOLERANCE`: its interval is then not to be trusted."""
+    out = []
+    for name, entry in metrics["scores"].items():
+        for key, iv in (entry.get("intervals") or {}).items():
+            binned = iv.get("binned_point")
+            if binned is not None and abs(binned - iv["point"]) > BINNING_TOLERANCE:
+                out.append(f"WARNING: {name} {key}: the binned statistics give {_pct(binned)} against the exact "
+                           f"{_pct(iv['point'])}; this interval is unreliable")
+    return out
+
+
 def summary_table(metrics: dict) -> str:
     boot = metrics.get("bootstrap")
     rows = []
@@ -54,6 +70,7 @@ def summary_table(metrics: dict) -> str:
         rows.append(f"{name:<16}{_pct(a['ap']):>8}{_ci(iv, 'ap'):>17}{_pct(a['fpr95']):>8}{_ci(iv, 'fpr95'):>17}"
                     f"{_pct(a['auroc']):>8}{_pct(op_f.get('0.01', {}).get('tpr')):>11}"
                     f"{_pct(op_f.get('0.001', {}).get('tpr')):>13}{_pct(op_t.get('0.5', {}).get('fpr')):>12}")
+    rows += binning_warnings(metrics)
     if "closed_set" in metrics:
         c = metrics["closed_set"]
         rows.append(f"mIoU {_pct(c['miou'])} {_ci(c.get('intervals'), 'miou')}")
