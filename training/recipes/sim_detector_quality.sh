@@ -17,11 +17,11 @@ render data/sim_test_big test 1200 13 10
 render data/sim_test_big_b test 1200 14 10
 $PY -m densehybrid_training segmenter --config config/train/sim_segmenter_big.yaml
 $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_big.yaml
-$PY -m densehybrid_training export --checkpoint runs/sim_finetune_real_big/checkpoints/last.pt --out runs/sim_real_big.safetensors \
+$PY -m densehybrid_training export --checkpoint runs/sim_finetune_real_big_m8/checkpoints/last.pt --out runs/sim_real_big_m8.safetensors \
     --input-size 512x256
-$PY -m densehybrid_training calibrate --weights runs/sim_real_big.safetensors --dataset sim:data/sim_val_big \
-    --out runs/sim_real_big_calibrated.safetensors
+$PY -m densehybrid_training calibrate --weights runs/sim_real_big_m8.safetensors --dataset sim:data/sim_val_big \
+    --out runs/sim_real_big_m8_calibrated.safetensors
 for t in sim_test_big sim_test_big_b; do
-  $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_big_calibrated.safetensors --dataset sim:data/$t \
-      --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_real_big_$t --quiet
+  $PY -m densehybrid_ros.evaluation.cli --weights runs/sim_real_big_m8_calibrated.safetensors --dataset sim:data/$t \
+      --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_real_big_m8_$t --quiet
 done
