@@ -29,7 +29,17 @@ TWO_POINTS = Calibration(threshold=-1.5, method="tpr95", target_tpr=0.95, datase
                          default="fpr1")
 
 
-@pytest.mark.parametrize("name", ["densehybrid_sim", "densehybrid_sim_synthetic"])
+def test_bundled_default_carries_operating_points_and_defaults_to_the_low_false_alarm_point():
+    calibration = read_metadata(ROOT / "models" / "densehybrid_sim.safetensors").calibration
+    points = calibration.points()
+    assert {"tpr95", "fpr1"} <= set(points) and calibration.default == "fpr1"
+    assert points["tpr95"].threshold == calibration.threshold  # the legacy field stays the thesis's TPR-95% point
+    assert points["fpr1"].threshold > points["tpr95"].threshold  # fewer pixels flagged
+    assert resolve_threshold(calibration).value == points["fpr1"].threshold
+    assert resolve_threshold(calibration, operating_point="tpr95").value == points["tpr95"].threshold
+
+
+@pytest.mark.parametrize("name", ["densehybrid_sim_synthetic"])  # written before operating points existed
 def test_bundled_weights_without_operating_points_still_load_and_apply_their_threshold(name):
     metadata = read_metadata(ROOT / "models" / f"{name}.safetensors")
     calibration = metadata.calibration
