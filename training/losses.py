@@ -104,8 +104,9 @@ def bounded_outlier_likelihood_loss(logits: torch.Tensor, labels: torch.Tensor, 
     The thesis's E_out[LSE(s)] (4.14) has no lower bound: on the sim it drove pasted pixels to LSE -52 (inliers
     ~3) and the total loss below zero while rider and bicycle IoU fell to ~0. This form pushes a pasted pixel's
     likelihood down only until it lies `margin` nats under the batch's mean inlier likelihood, so the gradient
-    stays on the negatives that still look like inliers. The reference is detached: lowering every logit
-    (inliers included) earns nothing."""
+    stays on the negatives that still look like inliers. The reference is detached, so no gradient of this term
+    reaches the inlier pixels (it cannot be lowered by lowering the inliers' logits). A batch without inlier
+    pixels has reference 0."""
     reference = mean_inlier_likelihood(logits, labels, d_out)
     excess = F.relu(unnormalized_log_likelihood(logits) - (reference - margin))
     return _masked_mean(excess, d_out)
