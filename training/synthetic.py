@@ -214,6 +214,7 @@ class JointDiagnostics:
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
         self.csv = self.out / "joint_diagnostics.csv"
+        self._columns: list[str] | None = None
         self._writer = None
 
     def write(self, step: int, row: dict[str, float], samples: torch.Tensor | None) -> None:
@@ -221,19 +222,11 @@ class JointDiagnostics:
         from torch.utils.tensorboard import SummaryWriter
 
         self.out.mkdir(parents=True, exist_ok=True)
-        columns = ["step", *row]
-        if self.csv.is_file():
-            with self.csv.open(newline="") as f:
-                reader = csv.DictReader(f)
-                old = list(reader)
-                header = list(reader.fieldnames or columns)
-            if header != columns:  # a run resumed by a version that logs other columns: one header for all rows
-                columns = header + [c for c in columns if c not in header]
-                self._rewrite(old, columns)
-        else:
-            self._rewrite([], columns)
+        if self._columns is None or not set(row) <= set(self._columns):  # the file is read once, not per write
+            self._columns = self._reconcile(["step", *row])
         with self.csv.open("a", newline="") as f:
-            csv.DictWriter(f, columns, restval="").writerow({"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
+            csv.DictWriter(f, self._columns, restval="").writerow(
+                {"step": step, **{k: f"{v:.6g}" for k, v in row.items()}})
         if self._writer is None:
             self._writer = SummaryWriter(log_dir=str(self.out / "tensorboard"))
         for name, value in row.items():
@@ -245,6 +238,20 @@ class JointDiagnostics:
             cv2.imwrite(str(self.out / "pasted" / f"step_{step:07d}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         self._writer.flush()
 
+    def _reconcile(self, columns: list[str]) -> list[str]:
+        """The CSV's columns for rows with `columns`: the file's header, extended (and the file rewritten under
+        one header) when a run resumed by a version that logs other columns; a new file gets `columns`."""
+        if not self.csv.is_file():
+            self._rewrite([], columns)
+            return columns
+        with self.csv.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old = list(reader)
+            header = list(reader.fieldnames or columns)
+        if header != columns:
+            header += [c for c in columns if c not in header]
+            self._rewrite(old, header)
+        return header
 
     def _rewrite(self, rows: list[dict], columns: list[str]) -> None:
         tmp = self.csv.with_suffix(".csv.tmp")
