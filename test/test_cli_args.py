@@ -46,3 +46,21 @@ def test_overhead_sizes_must_fit_the_output_stride(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["overhead", "--sizes", "128x48"])
     assert exit_.value.code == 2 and "multiples of 32" in capsys.readouterr().err
+
+
+def test_eval_bag_takes_the_nodes_obstacle_parameters_with_their_types():
+    """densehybrid-eval-bag's node parameters parse as the node reads them: a boolean from true/false (not Python's
+    bool('false') == True), floats, lists; left out, the node's default applies (None here)."""
+    from densehybrid_ros.evaluation.bag_cli import build_parser, obstacle_options
+
+    parser = build_parser()
+    base = ["--bag", "b", "--out", "o", "--oracle"]
+    for text, value in (("true", True), ("False", False), ("1", True), ("off", False)):
+        assert parser.parse_args([*base, "--hold-missed-obstacles", text]).hold_missed_obstacles is value
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--hold-missed-obstacles", "maybe"])
+    args = parser.parse_args([*base, "--track-match-relative", "0.3", "--drivable-classes", "road, terrain"])
+    node = dict(obstacle_options(args).node)
+    assert node == {"track_match_relative": 0.3, "drivable_classes": ("road", "terrain")}
+    settings = obstacle_options(args).node_settings()
+    assert settings.confirmation().match_relative == 0.3 and not settings.confirmation().hold_missed

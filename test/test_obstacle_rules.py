@@ -128,7 +128,9 @@ def test_settings_map_class_names_to_drivable_ids_and_check_limits():
     assert settings.obstacle_rules(["class_0", "class_1"]).drivable_ids is None  # none known: no surface check
     assert settings.replace(ground_band=1.0).obstacle_rules(names).drivable_ids is None
     c = settings.confirmation()
-    assert (c.hits, c.window, c.miss_budget) == (2, 3, 2)
+    assert (c.hits, c.window, c.miss_budget, c.hold_missed) == (2, 3, 2, False)
+    assert (c.match_distance, c.match_relative) == (3.0, 0.2)
+    assert settings.replace(hold_missed_obstacles=True).confirmation().hold_missed
     with pytest.raises(SettingsError, match="obstacle_min_width .* must not exceed obstacle_max_width"):
         Settings.from_values({"obstacle_min_width": 4.0})
     with pytest.raises(SettingsError, match="confirm_hits .* must not exceed confirm_window"):
@@ -172,19 +174,26 @@ def test_two_of_three_confirms_across_a_gap_but_not_across_two():
     assert [len(s.published) for s in long_gap] == [0, 0, 0, 0, 1]
 
 
-def test_a_confirmed_obstacle_is_kept_through_the_miss_budget_then_dropped():
+def test_a_confirmed_obstacle_is_held_through_the_miss_budget_then_dropped():
+    holding = Confirmation(hits=2, window=3, miss_budget=2, match_distance=2.0, hold_missed=True)
     tracker = ObstacleTracker()
     seen = [candidate(0, 10), candidate(0, 9.5)]
-    steps = run(tracker, [[seen[0]], [seen[1]], [], [], []], TWO_OF_THREE)
+    steps = run(tracker, [[seen[0]], [seen[1]], [], [], []], holding)
     kept = [s.published for s in steps[2:4]]
     assert [[(ob.id, ob.missed) for ob in p] for p in kept] == [[(0, 1)], [(0, 2)]]
     for published in kept:
         np.testing.assert_array_equal(published[0].anchor, seen[1].anchor)  # its last view
     assert steps[4].published == [] and steps[4].removed_ids == {0}
     # seen again within the budget: the same id goes on
-    tracker = ObstacleTracker()
-    steps = run(tracker, [[candidate(0, 10)], [candidate(0, 10)], [], [], [candidate(0.5, 9)]], TWO_OF_THREE)
+    frames = [[candidate(0, 10)], [candidate(0, 10)], [], [], [candidate(0.5, 9)]]
+    steps = run(ObstacleTracker(), frames, holding)
     assert [(ob.id, ob.missed) for ob in steps[4].published] == [(0, 0)]
+    # without holding (the default): nothing is published while it is missed, but the track and its id survive
+    steps = run(ObstacleTracker(), frames, TWO_OF_THREE)
+    assert [[ob.id for ob in s.published] for s in steps] == [[], [0], [], [], [0]]
+    assert all(not s.removed_ids for s in steps)
+    steps = run(ObstacleTracker(), frames[:2] + [[], [], []], TWO_OF_THREE)
+    assert steps[4].published == [] and steps[4].removed_ids == {0}  # beyond the budget: dropped, as when held
 
 
 def test_ids_follow_the_nearest_anchor_and_are_never_reused():
@@ -203,3 +212,23 @@ def test_ids_follow_the_nearest_anchor_and_are_never_reused():
     assert fourth.removed_ids == {2}
     assert tracker.update([], every_frame).removed_ids == {0, 3}
     assert {ob.id for ob in tracker.update([candidate(0, 10)], every_frame).published} == {4}
+
+
+def test_the_track_gate_grows_with_the_range_of_the_track():
+    relative = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0, match_relative=0.2)
+    fixed = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0)
+    assert relative.match_gate(25.0) == pytest.approx(2.0 + 0.2 * 25.0) and fixed.match_gate(25.0) == 2.0
+    # far: a track at ~20 m; the next contact 4.5 m nearer is within 2 + 0.2 x 20.06 = 6.0 m, not within 2 m
+    far = [[candidate(0, 20)], [candidate(0, 15.5)]]
+    assert [ob.id for ob in run(ObstacleTracker(), far, relative)[1].published] == [0]
+    assert [ob.id for ob in run(ObstacleTracker(), far, fixed)[1].published] == [1]
+    # near: a track at ~5.2 m (gate 3.04 m); a contact 3.5 m away starts a new track
+    near = [[candidate(0, 5)], [candidate(0, 1.5)]]
+    assert [ob.id for ob in run(ObstacleTracker(), near, relative)[1].published] == [1]
+    # each track has its own gate: near (4.3 m, gate 2.85 m) and far (30 m, gate 8.0 m)
+    tracker = ObstacleTracker()
+    tracker.update([candidate(0, 4), candidate(0, 30)], relative)  # ids 0 (near), 1 (far)
+    assert [ob.id for ob in tracker.update([candidate(0, 7.5)], relative).published] == [2]  # 3.5 m: a new track
+    tracker = ObstacleTracker()
+    tracker.update([candidate(0, 4), candidate(0, 30)], relative)
+    assert [ob.id for ob in tracker.update([candidate(0, 25)], relative).published] == [1]  # 5 m from the far one

@@ -110,10 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "--threshold, else the weights' TPR-95%% point, and every operating point reported")
     for name in NODE_OBSTACLE_PARAMS:  # the node's parameters, same names, meanings and defaults
         spec = SPECS[name]
-        kind = (lambda text: tuple(n.strip() for n in text.split(",") if n.strip())) if spec.type is list else spec.type
+        kind = ((lambda text: tuple(n.strip() for n in text.split(",") if n.strip())) if spec.type is list
+                else _flag if spec.type is bool else spec.type)
         b.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help=f"{spec.description} (the node's {name}; default {spec.default!r})".replace("%", "%%"))
     return ap
+
+
+def _flag(text: str) -> bool:
+    """A boolean parameter given on the command line: true/false, yes/no, on/off or 1/0."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def ground_truth_topics(args: argparse.Namespace) -> dict:

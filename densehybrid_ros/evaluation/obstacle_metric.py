@@ -28,7 +28,8 @@ from densehybrid_ros.scores import is_anomalous
 # the node's obstacle filter and confirmation parameters, taken by densehybrid-eval-bag under the same names
 NODE_OBSTACLE_PARAMS = ("drivable_classes", "ground_band", "obstacle_min_width", "obstacle_max_width",
                         "obstacle_min_height", "obstacle_max_height", "confirm_hits", "confirm_window", "miss_budget",
-                        "track_match_distance")
+                        "hold_missed_obstacles",
+                        "track_match_distance", "track_match_relative")
 
 
 @dataclass(frozen=True)

@@ -174,12 +174,24 @@ class ObstacleRules:
 @dataclass(frozen=True)
 class Confirmation:
     """When a candidate is published (`ObstacleTracker`): after `hits` of the last `window` frames, kept through
-    `miss_budget` frames without it, matched between frames by anchor within `match_distance` [m]."""
+    `miss_budget` frames without it, matched between frames by anchor within `match_distance` [m] plus
+    `match_relative` times the track's range (see `match_gate`). `hold_missed`: a confirmed obstacle's last view is
+    published through its missed frames; otherwise only the track and its id survive them, and only obstacles seen
+    in the current frame are published (a last view lies where the obstacle was relative to the camera when it was
+    seen: without ego-motion, 2 m off per frame at 8 m/s and 4 Hz)."""
 
     hits: int
     window: int
     miss_budget: int
     match_distance: float
+    match_relative: float = 0.0
+    hold_missed: bool = False
+
+    def match_gate(self, track_range: float) -> float:
+        """The largest anchor distance [m] at which a candidate continues a track whose last anchor lies at
+        `track_range` [m]. It grows with range because a ground-plane anchor moves by about range^2 / (fy * h) per
+        image row of its contact (camera height h): at 25 m, 1.6 m per row of a 512x256, 35-degree camera."""
+        return self.match_distance + self.match_relative * track_range
 
 
 CONTACT_ROWS = 3  # rows just below a component's bottom edge that tell what it stands on
@@ -264,18 +276,19 @@ class ObstacleTracker:
     """Confirms obstacles across frames and gives them stable ids.
 
     Per frame, candidates are matched to the tracks by anchor (ground contact, or the depth point): all pairs within
-    `match_distance` taken in order of increasing distance, each at most once. A track is confirmed once it was seen
+    the track's gate (`Confirmation.match_gate`) taken in order of increasing distance, each at most once. A track is confirmed once it was seen
     in `hits` of the last `window` frames and then gets the next public id (never reused); a confirmed track missed
     for more than `miss_budget` frames in a row is dropped (its id reported removed), an unconfirmed one as soon as
     its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
-    `hits - 1` frames after it first appears."""
+    `hits - 1` frames after it first appears. A confirmed track missed in this frame is published (its last view,
+    `missed` > 0) only with `Confirmation.hold_missed`."""
 
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 0
 
     def update(self, candidates: list[Obstacle], rule: Confirmation) -> TrackerStep:
         """Advance one frame with its candidates; the published obstacles are copies with `id` and `missed` set."""
-        matched = self._match(candidates, rule.match_distance)
+        matched = self._match(candidates, rule)
         seen_now = set()
         for n, candidate in enumerate(candidates):
             track = matched.get(n)
@@ -298,7 +311,8 @@ class ObstacleTracker:
             elif track.id >= 0:
                 removed.add(track.id)
         self.tracks = kept
-        published = [replace(t.obstacle, id=t.id, missed=t.misses) for t in kept if t.id >= 0]
+        published = [replace(t.obstacle, id=t.id, missed=t.misses) for t in kept
+                     if t.id >= 0 and (t.misses == 0 or rule.hold_missed)]
         return TrackerStep(published, removed)
 
     @staticmethod
@@ -307,15 +321,17 @@ class ObstacleTracker:
         in a window holding its past sightings (more than window - hits misses in a row)."""
         return track.misses > (rule.miss_budget if track.id >= 0 else rule.window - rule.hits)
 
-    def _match(self, candidates: list[Obstacle], gate: float) -> dict[int, Track]:
-        """Candidate index -> the track it continues (nearest anchors within `gate` first, each at most once)."""
+    def _match(self, candidates: list[Obstacle], rule: Confirmation) -> dict[int, Track]:
+        """Candidate index -> the track it continues (nearest anchors within the track's gate first, each at most
+        once)."""
+        gates = [rule.match_gate(float(np.linalg.norm(track.obstacle.anchor))) for track in self.tracks]
         pairs = sorted((float(np.linalg.norm(ob.anchor - track.obstacle.anchor)), n, k)
                        for n, ob in enumerate(candidates) for k, track in enumerate(self.tracks))
         matched: dict[int, Track] = {}
         taken: set[int] = set()
         for dist, n, k in pairs:
-            if dist > gate:
-                break
+            if dist > gates[k]:
+                continue
             if n not in matched and k not in taken:
                 matched[n] = self.tracks[k]
                 taken.add(k)

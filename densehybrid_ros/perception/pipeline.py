@@ -144,7 +144,8 @@ class Perception:
         return (f"contact on {surface}; {settings.obstacle_min_width:g}-{settings.obstacle_max_width:g} m wide, "
                 f"{settings.obstacle_min_height:g}-{settings.obstacle_max_height:g} m tall; published after "
                 f"{settings.confirm_hits} of {settings.confirm_window} frames (+{settings.confirm_hits - 1} frames "
-                f"latency), kept through {settings.miss_budget} missed frames")
+                f"latency), tracked through {settings.miss_budget} missed frames"
+                + (" (their last view published)" if settings.hold_missed_obstacles else ""))
 
     def _tracker(self, camera: str) -> ObstacleTracker:
         try:

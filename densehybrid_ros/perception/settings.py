@@ -123,8 +123,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               "(added latency for a new obstacle: confirm_hits - 1 frames)", runtime=True, low=1, high=MAX_HISTORY),
     ParamSpec("confirm_window", 3, "frames over which confirm_hits are counted", runtime=True, low=1,
               high=MAX_HISTORY),
-    ParamSpec("miss_budget", 2, "a published obstacle missing from this many frames in a row is still published (its "
-              "last view); one frame more and it is dropped", runtime=True, low=0, high=1000),
+    ParamSpec("miss_budget", 2, "a confirmed obstacle missing from this many frames in a row keeps its track and id "
+              "(seen again, it is published at once under the same id); one frame more and it is dropped",
+              runtime=True, low=0, high=1000),
+    ParamSpec("hold_missed_obstacles", False, "publish a confirmed obstacle's last view (its box where it was last "
+              "seen) through its missed frames; off: only obstacles seen in the current frame are published. The node "
+              "has no ego-motion: a last view is off by the vehicle's motion since (8 m/s at 4 Hz: 2 m per frame)",
+              runtime=True),
     *(ParamSpec(f"publish_{name}", True, _TOGGLE.format(name), runtime=True) for name in OUTPUTS),
     ParamSpec("overlay_alpha", 0.5, "opacity of the class colours in ~/overlay", runtime=True, low=0.0, high=1.0),
     ParamSpec("camera_height", 1.5, "height of the camera's optical centre above the ground plane [m]",
@@ -148,6 +153,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("track_match_distance", 3.0, "an obstacle candidate continues the track whose last anchor (ground "
               "contact, or depth point) is nearest within this distance [m]; it must exceed the vehicle's motion "
               "between frames (8 m/s at 4 Hz: 2 m) plus the placement jitter", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("track_match_relative", 0.2, "the track matching gate grows by this share of the track's range: "
+              "track_match_distance + track_match_relative x range [m] (a ground-contact anchor's jitter grows with "
+              "range; 0 = a fixed gate)", runtime=True, low=0.0, high=10.0),
     ParamSpec("marker_lifetime", 0.5, "lifetime of obstacle markers [s] (0 = until deleted)", runtime=True,
               low=0.0, high=3600.0),
     ParamSpec("use_compressed", False, "subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
@@ -311,6 +319,7 @@ class Settings:
     confirm_hits: int
     confirm_window: int
     miss_budget: int
+    hold_missed_obstacles: bool
     publish_semantic: bool
     publish_semantic_color: bool
     publish_anomaly_score: bool
@@ -329,6 +338,7 @@ class Settings:
     grid_length: float
     grid_width: float
     track_match_distance: float
+    track_match_relative: float
     marker_lifetime: float
     use_compressed: bool
     qos_reliability: str
@@ -394,7 +404,8 @@ class Settings:
     def confirmation(self) -> Confirmation:
         """When a candidate is published, and for how long it is kept (ObstacleTracker)."""
         return Confirmation(hits=self.confirm_hits, window=self.confirm_window, miss_budget=self.miss_budget,
-                            match_distance=self.track_match_distance)
+                            match_distance=self.track_match_distance, match_relative=self.track_match_relative,
+                            hold_missed=self.hold_missed_obstacles)
 
     def grid_spec(self) -> GridSpec:
         """The cells of ~/obstacle_grid."""
