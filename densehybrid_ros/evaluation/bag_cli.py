@@ -38,7 +38,7 @@ obstacle code with the bag's CameraInfo, exactly as the node's perception pipeli
 (densehybrid_ros/perception/obstacles.py: `frame_obstacles`: connected components whose ground
 contact is on the drivable surface of the predicted classes, placed on the ground plane of the camera mount, or with
 the bag's depth with --locate depth, of a real object's size; then `ObstacleTracker`: published after N of the last M
-frames, kept through the miss budget). The node's parameters of the filter and confirmation are options of the same
+frames, tracked through the miss budget). The node's parameters of the filter and confirmation are options of the same
 names (--confirm-hits ...), with the node's defaults. In --outputs mode the recorded ~/obstacles markers are used
 when the recorded bag has them. Predicted boxes are matched to the true
 boxes of the anomalies topic (MarkerArray, ns "anomaly") greedily by increasing 3-D distance between box

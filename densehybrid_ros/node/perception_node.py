@@ -40,8 +40,9 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
                     and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per confirmed obstacle: an
                     anomaly component standing on the drivable surface, of a real object's size, seen in confirm_hits
                     of the last confirm_window frames (densehybrid_ros/perception/obstacles.py; a new obstacle appears
-                    confirm_hits - 1 frames after it is first seen), kept (its last box) through miss_budget missed
-                    frames; ids are stable across frames, dropped ids get DELETE markers (no DELETEALL)
+                    confirm_hits - 1 frames after it is first seen); its track and id survive miss_budget missed
+                    frames (its last box published meanwhile only with hold_missed_obstacles); ids are stable across
+                    frames, dropped ids get DELETE markers (no DELETEALL)
   ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every confirmed obstacle seen
                     in this frame, in
                     3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/perception/planner_outputs.py): on the
