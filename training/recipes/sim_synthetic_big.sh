@@ -3,7 +3,7 @@
 # model (runs/sim_segmenter_big): DenseFlow pretraining on the large train split, joint fine-tuning with synthetic
 # negatives (no real negatives), the Tab. 6.11 controls (uniform noise, inlier crops) and the Tab. 6.10 ablation
 # (L_mle + L_d + L_x) on the same budget; each exported, calibrated on val and evaluated on both test splits with the
-# same scores as the real-negative model. Every step resumes or is skipped when its output exists; run from the
+# same scores as the real-negative model, at its network grid. Every step resumes or is skipped when its output exists; run from the
 # repository root (make venv first).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -13,11 +13,21 @@ $PY -m densehybrid_training flow-pretrain --config config/train/sim_flow_pretrai
     --config config/train/sim_flow_pretrain_big.yaml \
     --checkpoint runs/sim_flow_big/checkpoints/last.pt --set data.root=data/sim_val_big --set data.split=val \
     --out runs/sim_flow_big_eval > runs/sim_flow_big_eval.json
+# Baselines at the bundled model's network grid (768x384, chosen on val: sim_detector_quality.sh): the closed-set
+# model's max-logit, energy and MSP, which SynDenseHybrid must beat.
+[ -f runs/sim_closed_big_g768.safetensors ] || $PY -m densehybrid_training export \
+    --checkpoint runs/sim_segmenter_big/checkpoints/step_0016000.pt --out runs/sim_closed_big_g768.safetensors \
+    --input-size 768x384
+for t in sim_test_big sim_test_big_b; do
+  [ -f runs/eval_closed_big_g768_$t/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
+      --weights runs/sim_closed_big_g768.safetensors --dataset sim:data/$t --scores max_logit,energy,msp \
+      --out runs/eval_closed_big_g768_$t --quiet
+done
 for variant in "" _uniform _inlier_crops _detector; do
   name=sim_synthetic_big$variant
   $PY -m densehybrid_training finetune --config config/train/$name.yaml
   [ -f runs/$name.safetensors ] || $PY -m densehybrid_training export --checkpoint runs/$name/checkpoints/last.pt \
-      --out runs/$name.safetensors --input-size 512x256
+      --out runs/$name.safetensors --input-size 768x384
   [ -f runs/${name}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights runs/$name.safetensors \
       --dataset sim:data/sim_val_big --out runs/${name}_calibrated.safetensors
   for t in sim_test_big sim_test_big_b; do
