@@ -286,7 +286,8 @@ def test_obstacle_max_distance_drops_the_farther_components(served, several):
 
 
 def test_track_match_distance_gates_the_id_of_a_moved_obstacle(served, several):
-    """The same components 1 m deeper: within the gate they keep their ids, beyond it they get new ones."""
+    """The same components 1 m deeper: within the gate they keep their ids, beyond it they get new ones; the gate
+    grows by track_match_relative x the track's range."""
     def ids_at(sec: int, z: float) -> dict[int, np.ndarray]:
         seen = len(served.markers.messages)
         array = publish_until(lambda: send(served, sec, np.full((H, W), z, np.float32)),
@@ -300,9 +301,13 @@ def test_track_match_distance_gates_the_id_of_a_moved_obstacle(served, several):
         assert set(far) == set(near)  # a generous gate: every obstacle keeps an id of the last frame
         gap = min(float(np.linalg.norm(a - b)) for a in near.values() for b in far.values())
         assert gap > 0  # every centre moved (the range grew by 1 m)
-        with served.harness.parameters(NODE, track_match_distance=gap / 2):
+        with served.harness.parameters(NODE, track_match_distance=gap / 2, track_match_relative=0.0):
             nearer = ids_at(4062, 7.0)
+        # the same fixed part, plus gap / 7 per metre of range: every anchor lies >= 7 m away, so the gate >= 1.5 gap
+        with served.harness.parameters(NODE, track_match_distance=gap / 2, track_match_relative=gap / 7.0):
+            farther = ids_at(4063, 8.0)
     assert not set(nearer) & set(far) and min(nearer) > max(far)  # nothing within the gate: fresh ids
+    assert set(farther) == set(nearer)  # within the range-grown gate: the ids go on
 
 
 def test_depth_sync_tolerance_decides_whether_a_depth_image_is_used(served, several):
