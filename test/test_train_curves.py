@@ -66,3 +66,40 @@ def test_cli_writes_a_png_and_reports_a_missing_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["curves", "--run", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "neither val.csv nor TensorBoard losses" in capsys.readouterr().err
+
+
+def _write_joint(root):
+    root.mkdir(parents=True)
+    (root / "joint_diagnostics.csv").write_text(
+        "step,jsd_weight,boundary_grad_share,mle_bpd,jsd_synthetic,max_softmax_synthetic,jsd_inlier,max_softmax_inlier\n"
+        "25,0.03,0.002,4.0,0.40,0.90,0.46,0.95\n"
+        "50,0.03,0.010,4.1,0.30,0.80,0.47,0.96\n"
+        "50,0.03,0.020,4.2,0.20,0.70,0.47,0.96\n"  # a resumed run logged step 50 again: the last row wins
+        "75,0.03,,4.3,0.10,0.60,0.48,0.97\n")  # an empty cell (a column an older version did not log) is NaN
+
+
+def test_joint_diagnostics_are_read_back_summarised_and_drawn(tmp_path, capsys):
+    from densehybrid_training.cli import main
+    from densehybrid_training.curves import joint_summary, read_joint_diagnostics
+
+    _write_joint(tmp_path / "joint")
+    steps, values = read_joint_diagnostics(tmp_path / "joint" / "joint_diagnostics.csv")
+    assert steps.tolist() == [25, 50, 75]
+    np.testing.assert_allclose(values["jsd_synthetic"], [0.40, 0.20, 0.10])
+    assert np.isnan(values["boundary_grad_share"][2])
+    summary = joint_summary(values, edge=2)
+    assert summary["jsd_synthetic"] == pytest.approx(((0.40 + 0.20) / 2, (0.20 + 0.10) / 2))
+    assert summary["boundary_grad_share"] == pytest.approx(((0.002 + 0.020) / 2, (0.002 + 0.020) / 2))  # finite only
+    assert summary["mle_bpd"] == pytest.approx((4.1, 4.25))
+    out = tmp_path / "diag.png"
+    assert main(["joint-curves", "--run", str(tmp_path / "joint"), "--out", str(out), "--edge", "2"]) == 0
+    assert Image.open(out).size[0] > 1000
+    assert "jsd_synthetic: 0.3 -> 0.15" in capsys.readouterr().out
+
+
+def test_joint_curves_names_a_run_without_diagnostics(tmp_path):
+    from densehybrid_training.curves import joint_main
+
+    (tmp_path / "closed").mkdir()
+    with pytest.raises(FileNotFoundError, match="joint_diagnostics.csv not found"):
+        joint_main(tmp_path / "closed", tmp_path / "x.png")

@@ -7,6 +7,7 @@
     densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
     densehybrid-train curves    --run OUT [--run OUT2 ...] --out curves.png     val mIoU and training loss
+    densehybrid-train joint-curves --run OUT --out diag.png                      SynDenseHybrid diagnostics
 
 Multi-process / multi-GPU: `torchrun --nproc_per_node N -m densehybrid_training segmenter --config C.yaml`.
 """
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", type=Path, required=True, help="PNG")
     k.add_argument("--classes", default="", help="comma-separated classes whose val IoU is drawn too")
     k.add_argument("--window", type=int, default=20, help="moving average over this many logged losses")
+    j = sub.add_parser("joint-curves", help="SynDenseHybrid diagnostics over joint training (OUT/joint_diagnostics."
+                       "csv): JSD-to-uniform on samples vs inliers, inlier bits/dim, the boundary gradient's share")
+    j.add_argument("--run", type=Path, required=True, help="a joint run's out directory")
+    j.add_argument("--out", type=Path, required=True, help="PNG")
+    j.add_argument("--edge", type=int, default=5, help="the printed first/last values average this many rows")
     return ap
 
 
@@ -173,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in m["operating_points"].items():
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
+        elif args.command == "joint-curves":
+            from densehybrid_training.curves import joint_main
+
+            return joint_main(args.run, args.out, args.edge)
         elif args.command == "curves":
             from densehybrid_training.curves import main as curves_main
 

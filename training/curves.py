@@ -109,3 +109,78 @@ def main(runs: list[Path], out: Path, classes: list[str], window: int) -> int:
             print(f"{run.name}: val mIoU at steps {last}")
     print(f"wrote {out}")
     return 0
+
+
+# Joint SynDenseHybrid diagnostics (training/synthetic.py: JointDiagnostics writes OUT/joint_diagnostics.csv)
+JOINT_COLUMNS = ("jsd_synthetic", "jsd_inlier", "max_softmax_synthetic", "max_softmax_inlier", "mle_bpd",
+                 "boundary_grad_share", "jsd_weight")
+
+
+def read_joint_diagnostics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Steps and float columns of a joint_diagnostics.csv, sorted by step (a step logged twice keeps its last row;
+    empty cells, as in rows of an older version, are NaN)."""
+    rows: dict[int, dict[str, str]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in (reader.fieldnames or []) if c != "step"]
+        for row in reader:
+            rows[int(row["step"])] = row
+    if not rows:
+        raise ValueError(f"{path}: no diagnostics rows")
+    steps = np.array(sorted(rows))
+    values = {c: np.array([float(rows[s][c]) if rows[s].get(c) not in (None, "") else np.nan for s in steps])
+              for c in columns}
+    return steps, values
+
+
+def joint_summary(values: dict[str, np.ndarray], edge: int = 5) -> dict[str, tuple[float, float]]:
+    """(first, last) per JOINT_COLUMNS column: the means of its first and last `edge` finite values (NaN if none)."""
+    out = {}
+    for name in JOINT_COLUMNS:
+        v = values.get(name, np.array([]))
+        v = v[np.isfinite(v)]
+        out[name] = (float(v[:edge].mean()), float(v[-edge:].mean())) if v.size else (float("nan"), float("nan"))
+    return out
+
+
+def plot_joint(steps: np.ndarray, values: dict[str, np.ndarray], out: Path, title: str = "") -> None:
+    """Three panels over the joint steps: the segmenter's JSD-to-uniform (4.19) on pasted synthetic vs inlier pixels
+    (samples at the boundary of the inlier distribution sit below the inliers), the flow's inlier bits/dim (L_mle of
+    the replaced patches), and the boundary term's share of the flow gradient with lambda."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nan = np.full(steps.shape, np.nan)
+    fig, (ax_jsd, ax_bpd, ax_share) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, style in (("synthetic", "o-"), ("inlier", "s-")):
+        ax_jsd.plot(steps, values.get(f"jsd_{name}", nan), style, ms=3, label=f"JSD to uniform, {name} pixels")
+    ax_jsd.set(xlabel="joint step", ylabel="JSD [nats] (ln 2 at most)", title="segmenter on pasted vs inlier pixels")
+    ax_bpd.plot(steps, values.get("mle_bpd", nan), ".-")
+    ax_bpd.set(xlabel="joint step", ylabel="bits/dim", title="flow: L_mle on the replaced inlier patches")
+    ax_share.plot(steps, values.get("boundary_grad_share", nan), ".-", label="|grad lambda L_jsd| / |grad L_mle|")
+    ax_share.plot(steps, values.get("jsd_weight", nan), "--", label="lambda")
+    ax_share.set(xlabel="joint step", title="boundary term's share of the flow gradient", yscale="log")
+    for ax in (ax_jsd, ax_bpd, ax_share):
+        ax.grid(alpha=0.3)
+    for ax in (ax_jsd, ax_share):
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def joint_main(run: Path, out: Path, edge: int = 5) -> int:
+    path = run / "joint_diagnostics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run} a joint (synthetic-negative) run's out directory?")
+    steps, values = read_joint_diagnostics(path)
+    plot_joint(steps, values, out, run.name)
+    for name, (first, last) in joint_summary(values, edge).items():
+        print(f"{name}: {first:.4g} -> {last:.4g} (mean of the first / last {edge} rows, steps {steps[0]}-{steps[-1]})")
+    print(f"wrote {out}")
+    return 0
