@@ -71,7 +71,8 @@ def test_cli_writes_a_png_and_reports_a_missing_run(tmp_path, capsys):
 def _write_joint(root):
     root.mkdir(parents=True)
     (root / "joint_diagnostics.csv").write_text(
-        "step,jsd_weight,boundary_grad_share,mle_bpd,jsd_synthetic,max_softmax_synthetic,jsd_inlier,max_softmax_inlier\n"
+        "step,jsd_weight,boundary_grad_share,mle_bpd,jsd_synthetic,max_softmax_synthetic,jsd_inlier,"
+        "max_softmax_inlier\n"
         "25,0.03,0.002,4.0,0.40,0.90,0.46,0.95\n"
         "50,0.03,0.010,4.1,0.30,0.80,0.47,0.96\n"
         "50,0.03,0.020,4.2,0.20,0.70,0.47,0.96\n"  # a resumed run logged step 50 again: the last row wins

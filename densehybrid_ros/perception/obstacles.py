@@ -173,7 +173,7 @@ class ObstacleRules:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """When a candidate is published (`ObstacleTracker`): after `hits` of the last `window` frames, kept through
+    """When a candidate is published (`ObstacleTracker`): after `hits` of the last `window` frames, tracked through
     `miss_budget` frames without it, matched between frames by anchor within `match_distance` [m] plus
     `match_relative` times the track's range (see `match_gate`). `hold_missed`: a confirmed obstacle's last view is
     published through its missed frames; otherwise only the track and its id survive them, and only obstacles seen
@@ -277,10 +277,10 @@ class ObstacleTracker:
     """Confirms obstacles across frames and gives them stable ids.
 
     Per frame, candidates are matched to the tracks by anchor (ground contact, or the depth point): all pairs within
-    the track's gate (`Confirmation.match_gate`) taken in order of increasing distance, each at most once. A track is confirmed once it was seen
-    in `hits` of the last `window` frames and then gets the next public id (never reused); a confirmed track missed
-    for more than `miss_budget` frames in a row is dropped (its id reported removed), an unconfirmed one as soon as
-    its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
+    the track's gate (`Confirmation.match_gate`) taken in order of increasing distance, each at most once. A track is
+    confirmed once it was seen in `hits` of the last `window` frames and then gets the next public id (never reused);
+    a confirmed track missed for more than `miss_budget` frames in a row is dropped (its id reported removed), an
+    unconfirmed one as soon as its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
     `hits - 1` frames after it first appears. A confirmed track missed in this frame is published (its last view,
     `missed` > 0) only with `Confirmation.hold_missed`."""
 
