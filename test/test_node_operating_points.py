@@ -1,7 +1,7 @@
 """The perception node as its own process over real DDS: the weights' low-false-alarm operating point by default, the
 `operating_point` parameter switching it, and obstacles confirmed across frames (a one-frame blip never published, a
-persistent obstacle published one frame after it appears, with one stable id, kept through the miss budget, then
-dropped).
+persistent obstacle published one frame after it appears, with one stable id, its last view held through the miss
+budget with hold_missed_obstacles, then dropped).
 
 The node runs the oracle model of test_node_planner_outputs (ONNX, backend onnxruntime): its hybrid score is the
 normalised red channel of the image, s = (r - 0.485 * 255) / (0.229 * 255), and every pixel's class is 0 ("road"),
@@ -169,11 +169,21 @@ def inside(u: np.ndarray, v: np.ndarray, rows: tuple[int, int], cols: tuple[int,
 def test_a_one_frame_blip_is_never_published_a_persistent_obstacle_is_with_a_stable_id(served):
     from visualization_msgs.msg import Marker
 
+    def cubes(sec: int) -> set[int]:
+        arrays = served.markers.matching(lambda a: True)
+        return {m.id for a in arrays for m in a.markers
+                if m.action == Marker.ADD and m.ns == "obstacles" and m.header.stamp.sec == sec}
+
+    def deleted() -> set[int]:
+        return {m.id for a in served.markers.matching(lambda a: True) for m in a.markers
+                if m.action == Marker.DELETE and m.ns == "obstacles"}
+
     for sec in (7, 8, 9):  # nothing flagged for three frames: no track of an earlier test survives (miss budget 2)
         served.frame(sec, black())
     scene = {10: with_boxes((P_ROWS, P_COLS), (B_ROWS, B_COLS)), 11: with_boxes((P_ROWS, P_COLS)),
              12: with_boxes((P_ROWS, P_COLS)), 13: with_boxes((P_ROWS, P_COLS)), 14: black(), 15: black(), 16: black()}
-    clouds = {sec: decode_cloud(served.frame(sec, image)) for sec, image in scene.items()}
+    with served.harness.parameters(NODE, hold_missed_obstacles=True):
+        clouds = {sec: decode_cloud(served.frame(sec, image)) for sec, image in scene.items()}
     # frame 10: P and B seen once: neither is published yet (added latency: confirm_hits - 1 = 1 frame)
     assert clouds[10]["x"].size == 0
     ids = set()
@@ -187,19 +197,22 @@ def test_a_one_frame_blip_is_never_published_a_persistent_obstacle_is_with_a_sta
     (p_id,) = ids
     for sec in (14, 15, 16):  # P gone: no points of it in this frame
         assert clouds[sec]["x"].size == 0
-
-    def cubes(sec: int) -> set[int]:
-        arrays = served.markers.matching(lambda a: True)
-        return {m.id for a in arrays for m in a.markers
-                if m.action == Marker.ADD and m.ns == "obstacles" and m.header.stamp.sec == sec}
-
-    def deleted() -> set[int]:
-        return {m.id for a in served.markers.matching(lambda a: True) for m in a.markers
-                if m.action == Marker.DELETE and m.ns == "obstacles"}
-    # markers: P from frame 11 on; missed from 14, its track and id kept through 2 missed frames (14, 15) but no
-    # box published for them (hold_missed_obstacles false), deleted at the third (16)
+    # markers: P from frame 11 on, its last box held through 2 missed frames (14, 15: hold_missed_obstacles),
+    # deleted at the third (16)
     wait_until(lambda: p_id in deleted(), 30, message=f"DELETE of obstacle {p_id}")
-    assert [cubes(sec) for sec in range(10, 17)] == [set(), {p_id}, {p_id}, {p_id}, set(), set(), set()]
+    assert [cubes(sec) for sec in range(10, 17)] == [set(), {p_id}, {p_id}, {p_id}, {p_id}, {p_id}, set()]
     # the blip: no point of any frame lies on B's pixels, and no marker but P's was ever added in this sequence
     for cloud in clouds.values():
         assert not inside(*pixels_of(cloud), B_ROWS, B_COLS).any()
+
+    # the default (hold_missed_obstacles false): a missed frame publishes no box of P, but its track and id go on
+    for sec in (17, 18, 19):
+        served.frame(sec, black())
+    again = {20: with_boxes((P_ROWS, P_COLS)), 21: with_boxes((P_ROWS, P_COLS)), 22: black(),
+             23: with_boxes((P_ROWS, P_COLS))}
+    for sec, image in again.items():
+        served.frame(sec, image)
+    wait_until(lambda: cubes(23), 30, message="the obstacle's marker at frame 23")
+    (q_id,) = cubes(21)
+    assert q_id != p_id  # dropped ids are never reused
+    assert [cubes(sec) for sec in range(20, 24)] == [set(), {q_id}, set(), {q_id}]  # back under the same id

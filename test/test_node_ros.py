@@ -220,7 +220,7 @@ def test_obstacle_ids_are_stable_and_vanished_ones_deleted(served):
         def deleted():
             arrays = served.markers.matching(lambda a: any(m.action == Marker.DELETE for m in a.markers))
             return {(m.ns, m.id) for a in arrays for m in a.markers if m.action == Marker.DELETE}
-        # nothing flagged any more: frames are sent until the obstacles are deleted (after the miss budget's frames)
+        # nothing flagged any more: frames are sent until the obstacles' markers are deleted
         publish_until(lambda: send(served, 1012),
                       lambda: deleted() >= {(ns, i) for i in ids(first) for ns in ("obstacles", "obstacle_labels")}, 30)
 

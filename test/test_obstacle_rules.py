@@ -214,21 +214,48 @@ def test_ids_follow_the_nearest_anchor_and_are_never_reused():
     assert {ob.id for ob in tracker.update([candidate(0, 10)], every_frame).published} == {4}
 
 
+def test_the_track_gate_is_an_ellipse_along_the_line_of_sight():
+    rule = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0, match_relative=0.2)
+    track = np.array([3.0, 0.0, 4.0])  # range 5: along-sight half-axis 2 + 0.2 x 5 = 3 m, across 2 m
+    sight, side = np.array([0.6, 0.0, 0.8]), np.array([0.8, 0.0, -0.6])
+    assert rule.match_cost(track, track + 2.0 * sight) == pytest.approx(2.0 / 3.0)
+    assert rule.match_cost(track, track + 1.0 * side) == pytest.approx(0.5)
+    assert rule.match_cost(track, track + 1.5 * sight + 1.0 * side) == pytest.approx(np.hypot(0.5, 0.5))
+    assert rule.match_cost(track, track + 2.0 * sight, misses=1) == pytest.approx(2.0 / 5.0)  # 2 x 2 + 1
+    assert rule.match_cost(np.zeros(3), np.array([0.0, 1.0, 0.0])) == pytest.approx(0.5)  # range 0: a 2 m circle
+
+
 def test_the_track_gate_grows_with_the_range_of_the_track():
     relative = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0, match_relative=0.2)
     fixed = Confirmation(hits=1, window=1, miss_budget=0, match_distance=2.0)
-    assert relative.match_gate(25.0) == pytest.approx(2.0 + 0.2 * 25.0) and fixed.match_gate(25.0) == 2.0
     # far: a track at ~20 m; the next contact 4.5 m nearer is within 2 + 0.2 x 20.06 = 6.0 m, not within 2 m
     far = [[candidate(0, 20)], [candidate(0, 15.5)]]
     assert [ob.id for ob in run(ObstacleTracker(), far, relative)[1].published] == [0]
     assert [ob.id for ob in run(ObstacleTracker(), far, fixed)[1].published] == [1]
-    # near: a track at ~5.2 m (gate 3.04 m); a contact 3.5 m away starts a new track
+    # near: a track at ~5.2 m (3.04 m along the line of sight); a contact 3.5 m nearer starts a new track
     near = [[candidate(0, 5)], [candidate(0, 1.5)]]
     assert [ob.id for ob in run(ObstacleTracker(), near, relative)[1].published] == [1]
-    # each track has its own gate: near (4.3 m, gate 2.85 m) and far (30 m, gate 8.0 m)
+    # each track has its own gate: near (4.3 m) and far (30 m, 8.0 m along the line of sight)
     tracker = ObstacleTracker()
     tracker.update([candidate(0, 4), candidate(0, 30)], relative)  # ids 0 (near), 1 (far)
     assert [ob.id for ob in tracker.update([candidate(0, 7.5)], relative).published] == [2]  # 3.5 m: a new track
     tracker = ObstacleTracker()
     tracker.update([candidate(0, 4), candidate(0, 30)], relative)
     assert [ob.id for ob in tracker.update([candidate(0, 25)], relative).published] == [1]  # 5 m from the far one
+
+
+def test_a_far_track_does_not_take_over_a_blip_across_the_road():
+    """The gate grows along the line of sight only: a one-frame blip 8 m to the side of a confirmed far obstacle that
+    was just missed starts its own track (not published), instead of continuing the far one's id at once."""
+    rule = Confirmation(hits=2, window=3, miss_budget=2, match_distance=3.0, match_relative=0.2)
+    steps = run(ObstacleTracker(), [[candidate(0, 40)], [candidate(0, 40)], [], [candidate(8, 38)]], rule)
+    assert [[ob.id for ob in s.published] for s in steps] == [[], [0], [], []]
+
+
+def test_the_gate_along_the_line_of_sight_grows_with_missed_frames():
+    """8 m/s at 4 Hz: a static obstacle comes 2 m nearer per frame; after two missed frames it is 6 m nearer, and
+    keeps its id (one fixed part of the gate per frame since it was last seen)."""
+    rule = Confirmation(hits=2, window=3, miss_budget=2, match_distance=3.0, match_relative=0.2)
+    steps = run(ObstacleTracker(), [[candidate(0, 16)], [candidate(0, 14)], [], [], [candidate(0, 8)]], rule)
+    assert [[ob.id for ob in s.published] for s in steps] == [[], [0], [], [], [0]]
+    assert all(not s.removed_ids for s in steps)

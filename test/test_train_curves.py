@@ -98,9 +98,16 @@ def test_joint_diagnostics_are_read_back_summarised_and_drawn(tmp_path, capsys):
     assert "jsd_synthetic: 0.3 -> 0.15" in capsys.readouterr().out
 
 
-def test_joint_curves_names_a_run_without_diagnostics(tmp_path):
+def test_joint_curves_names_a_run_without_diagnostics_or_a_bad_file(tmp_path, capsys):
+    from densehybrid_training.cli import main
     from densehybrid_training.curves import joint_main
 
     (tmp_path / "closed").mkdir()
     with pytest.raises(FileNotFoundError, match="joint_diagnostics.csv not found"):
         joint_main(tmp_path / "closed", tmp_path / "x.png")
+    (tmp_path / "closed" / "joint_diagnostics.csv").write_text("iteration,jsd_synthetic\n1,0.3\n")
+    assert main(["joint-curves", "--run", str(tmp_path / "closed"), "--out", str(tmp_path / "x.png")]) != 0
+    assert "no 'step' column" in capsys.readouterr().err
+    _write_joint(tmp_path / "joint")
+    assert main(["joint-curves", "--run", str(tmp_path / "joint"), "--out", str(tmp_path / "x.png"), "--edge", "0"]) != 0
+    assert "edge must be >= 1" in capsys.readouterr().err

@@ -26,7 +26,10 @@ def read_val_csv(path: Path) -> tuple[list[int], dict[str, list[float]]]:
     """Rows of a Validator CSV (step, miou, iou_<class>...), sorted by step; a repeated step keeps its last row."""
     rows: dict[int, dict[str, str]] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        if "step" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no 'step' column (not a Validator val.csv?)")
+        for row in reader:
             rows[int(row["step"])] = row
     steps = sorted(rows)
     columns = [c for c in (next(iter(rows.values())).keys() if rows else []) if c != "step"]
@@ -122,7 +125,9 @@ def read_joint_diagnostics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray
     rows: dict[int, dict[str, str]] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        columns = [c for c in (reader.fieldnames or []) if c != "step"]
+        if "step" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no 'step' column (not a joint_diagnostics.csv?)")
+        columns = [c for c in reader.fieldnames if c != "step"]
         for row in reader:
             rows[int(row["step"])] = row
     if not rows:
@@ -135,6 +140,8 @@ def read_joint_diagnostics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray
 
 def joint_summary(values: dict[str, np.ndarray], edge: int = 5) -> dict[str, tuple[float, float]]:
     """(first, last) per JOINT_COLUMNS column: the means of its first and last `edge` finite values (NaN if none)."""
+    if edge < 1:
+        raise ValueError(f"edge must be >= 1, got {edge}")
     out = {}
     for name in JOINT_COLUMNS:
         v = values.get(name, np.array([]))
@@ -181,6 +188,7 @@ def joint_main(run: Path, out: Path, edge: int = 5) -> int:
     steps, values = read_joint_diagnostics(path)
     plot_joint(steps, values, out, run.name)
     for name, (first, last) in joint_summary(values, edge).items():
-        print(f"{name}: {first:.4g} -> {last:.4g} (mean of the first / last {edge} rows, steps {steps[0]}-{steps[-1]})")
+        print(f"{name}: {first:.4g} -> {last:.4g} (mean of the first / last {edge} logged values, steps "
+              f"{steps[0]}-{steps[-1]})")
     print(f"wrote {out}")
     return 0

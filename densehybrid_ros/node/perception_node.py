@@ -42,7 +42,8 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
                     of the last confirm_window frames (densehybrid_ros/perception/obstacles.py; a new obstacle appears
                     confirm_hits - 1 frames after it is first seen); its track and id survive miss_budget missed
                     frames (its last box published meanwhile only with hold_missed_obstacles); ids are stable across
-                    frames, dropped ids get DELETE markers (no DELETEALL)
+                    frames; an id not published in a frame gets DELETE markers (no DELETEALL): dropped, or missed
+                    without hold_missed_obstacles, then ADDed again under the same id if seen within the budget
   ~/obstacle_points sensor_msgs/PointCloud2 in the image's frame: every anomalous pixel of every confirmed obstacle seen
                     in this frame, in
                     3D (fields x, y, z, score float32, obstacle_id uint32; densehybrid_ros/perception/planner_outputs.py): on the

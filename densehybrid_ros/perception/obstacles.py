@@ -174,11 +174,12 @@ class ObstacleRules:
 @dataclass(frozen=True)
 class Confirmation:
     """When a candidate is published (`ObstacleTracker`): after `hits` of the last `window` frames, tracked through
-    `miss_budget` frames without it, matched between frames by anchor within `match_distance` [m] plus
-    `match_relative` times the track's range (see `match_gate`). `hold_missed`: a confirmed obstacle's last view is
-    published through its missed frames; otherwise only the track and its id survive them, and only obstacles seen
-    in the current frame are published (a last view lies where the obstacle was relative to the camera when it was
-    seen: without ego-motion, 2 m off per frame at 8 m/s and 4 Hz)."""
+    `miss_budget` frames without it, matched between frames by anchor within the track's gate (`match_cost`: an
+    ellipse, `match_distance` [m] across the line of sight, plus `match_relative` times the track's range along
+    it). `hold_missed`: a confirmed obstacle's last view is published through its missed frames; otherwise only the
+    track and its id survive them, and only obstacles seen in the current frame are published (a last view lies
+    where the obstacle was relative to the camera when it was seen: without ego-motion, 2 m off per frame at 8 m/s
+    and 4 Hz)."""
 
     hits: int
     window: int
@@ -187,12 +188,33 @@ class Confirmation:
     match_relative: float = 0.0
     hold_missed: bool = False
 
-    def match_gate(self, track_range: float) -> float:
-        """The largest anchor distance [m] at which a candidate continues a track whose last anchor lies at
-        `track_range` [m]. It grows with range because a ground-plane anchor moves by about range^2 / (fy * h) per
-        image row of its contact (camera height h, focal length fy in pixels): at 25 m about 1 m per row of the sim's
-        512x256 camera (35-degree vertical field of view, fy = 406, h = 1.6 m), 0.1 m at 8 m."""
-        return self.match_distance + self.match_relative * track_range
+    def match_cost(self, track_anchor: np.ndarray, candidate_anchor: np.ndarray, misses: int = 0) -> float:
+        """How far a candidate's anchor lies from a track's last anchor, in units of the track's gate: <= 1 inside.
+
+        The gate is an ellipse around the track's anchor. Along the line of sight (the anchor's direction from the
+        camera) its half-axis is match_distance x (1 + misses) + match_relative x range: the vehicle's own motion,
+        mostly along the line of sight for obstacles ahead, adds up over the track's missed frames, and a
+        ground-plane anchor moves by about range^2 / (fy * h) per image row of its contact (camera height h, focal
+        length fy in pixels): at 25 m about 1 m per row of the sim's 512x256 camera (35-degree vertical field of
+        view, fy = 406, h = 1.6 m), 0.1 m at 8 m. Across it the half-axis stays match_distance: one pixel sideways is
+        only range / fx (6 cm at 25 m), so a far track does not take over a blip across the road. Depth anchors get
+        the same gate. A track at the camera's centre (range 0): a circle of match_distance x (1 + misses)."""
+        delta = np.asarray(candidate_anchor, np.float64) - np.asarray(track_anchor, np.float64)
+        track_range = float(np.linalg.norm(track_anchor))
+        if track_range <= 1e-9:
+            along, lateral, along_axis = float(np.linalg.norm(delta)), 0.0, self.match_distance * (1 + misses)
+        else:
+            along = float(delta @ np.asarray(track_anchor, np.float64)) / track_range
+            lateral = math.sqrt(max(float(delta @ delta) - along * along, 0.0))
+            along_axis = self.match_distance * (1 + misses) + self.match_relative * track_range
+        return math.hypot(_ratio(along, along_axis), _ratio(lateral, self.match_distance))
+
+
+def _ratio(offset: float, half_axis: float) -> float:
+    """|offset| / half_axis, for a half-axis that may be 0 (then any offset is outside)."""
+    if half_axis > 0:
+        return abs(offset) / half_axis
+    return 0.0 if offset == 0 else math.inf
 
 
 CONTACT_ROWS = 3  # rows just below a component's bottom edge that tell what it stands on
@@ -268,7 +290,8 @@ MAX_HISTORY = 64  # frames of `Track.seen` kept: the largest confirm_window (the
 
 @dataclass
 class TrackerStep:
-    published: list[Obstacle]  # confirmed obstacles: seen now (missed 0) or within the miss budget (the last view)
+    published: list[Obstacle]  # confirmed obstacles seen now (missed 0), and with hold_missed those within the
+    # miss budget (their last view, missed > 0)
     removed_ids: set[int]  # public ids of obstacles dropped in this frame
 
 
@@ -277,7 +300,7 @@ class ObstacleTracker:
     """Confirms obstacles across frames and gives them stable ids.
 
     Per frame, candidates are matched to the tracks by anchor (ground contact, or the depth point): all pairs within
-    the track's gate (`Confirmation.match_gate`) taken in order of increasing distance, each at most once. A track is
+    the track's gate (`Confirmation.match_cost` <= 1) taken in order of increasing cost, each at most once. A track is
     confirmed once it was seen in `hits` of the last `window` frames and then gets the next public id (never reused);
     a confirmed track missed for more than `miss_budget` frames in a row is dropped (its id reported removed), an
     unconfirmed one as soon as its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
@@ -323,16 +346,14 @@ class ObstacleTracker:
         return track.misses > (rule.miss_budget if track.id >= 0 else rule.window - rule.hits)
 
     def _match(self, candidates: list[Obstacle], rule: Confirmation) -> dict[int, Track]:
-        """Candidate index -> the track it continues (nearest anchors within the track's gate first, each at most
-        once)."""
-        gates = [rule.match_gate(float(np.linalg.norm(track.obstacle.anchor))) for track in self.tracks]
-        pairs = sorted((float(np.linalg.norm(ob.anchor - track.obstacle.anchor)), n, k)
+        """Candidate index -> the track it continues (lowest gate cost first, within the gate, each at most once)."""
+        pairs = sorted((rule.match_cost(track.obstacle.anchor, ob.anchor, track.misses), n, k)
                        for n, ob in enumerate(candidates) for k, track in enumerate(self.tracks))
         matched: dict[int, Track] = {}
         taken: set[int] = set()
-        for dist, n, k in pairs:
-            if dist > gates[k]:
-                continue
+        for cost, n, k in pairs:
+            if cost > 1.0:
+                break
             if n not in matched and k not in taken:
                 matched[n] = self.tracks[k]
                 taken.add(k)

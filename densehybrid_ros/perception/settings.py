@@ -151,11 +151,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("grid_width", 20.0, "extent of ~/obstacle_grid across, centred on the camera's heading [m]",
               runtime=True, low=0.1, high=10000.0),
     ParamSpec("track_match_distance", 3.0, "an obstacle candidate continues the track whose last anchor (ground "
-              "contact, or depth point) is nearest within this distance [m]; it must exceed the vehicle's motion "
-              "between frames (8 m/s at 4 Hz: 2 m) plus the placement jitter", runtime=True, low=0.0, high=1000.0),
-    ParamSpec("track_match_relative", 0.2, "the track matching gate grows by this share of the track's range: "
-              "track_match_distance + track_match_relative x range [m] (a ground-contact anchor's jitter grows with "
-              "range; 0 = a fixed gate)", runtime=True, low=0.0, high=10.0),
+              "contact, or depth point) it is nearest to within the track's gate, an ellipse: this distance [m] "
+              "across the line of sight; along it, this distance per frame since the track was last seen plus "
+              "track_match_relative x range. It must exceed the vehicle's motion between frames (8 m/s at 4 Hz: 2 m) "
+              "plus the placement jitter", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("track_match_relative", 0.2, "along the line of sight the track matching gate grows by this share of "
+              "the track's range (a ground-contact anchor moves by about range^2 / (fy * camera height) per image "
+              "row; 0 = no growth)", runtime=True, low=0.0, high=10.0),
     ParamSpec("marker_lifetime", 0.5, "lifetime of obstacle markers [s] (0 = until deleted)", runtime=True,
               low=0.0, high=3600.0),
     ParamSpec("use_compressed", False, "subscribe to <image>/compressed (sensor_msgs/CompressedImage, jpeg/png) "
