@@ -3,8 +3,8 @@
 # model (runs/sim_segmenter_big): DenseFlow pretraining on the large train split, joint fine-tuning with synthetic
 # negatives (no real negatives), the Tab. 6.11 controls (uniform noise, inlier crops) and the Tab. 6.10 ablation
 # (L_mle + L_d + L_x) on the same budget; each exported, calibrated on val and evaluated on both test splits with the
-# same scores as the real-negative model, at its network grid. Every step resumes or is skipped when its output exists; run from the
-# repository root (make venv first).
+# same scores as the real-negative model, at its network grid (768x384: files and evaluations named *_g768). Every
+# step resumes or is skipped when its output exists; run from the repository root (make venv first).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 [ -f runs/sim_segmenter_big/checkpoints/step_0016000.pt ] || { echo "closed-set run not finished" >&2; exit 1; }
@@ -26,13 +26,17 @@ done
 for variant in "" _uniform _inlier_crops _detector; do
   name=sim_synthetic_big$variant
   $PY -m densehybrid_training finetune --config config/train/$name.yaml
-  [ -f runs/$name.safetensors ] || $PY -m densehybrid_training export --checkpoint runs/$name/checkpoints/last.pt \
-      --out runs/$name.safetensors --input-size 768x384
-  [ -f runs/${name}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights runs/$name.safetensors \
-      --dataset sim:data/sim_val_big --out runs/${name}_calibrated.safetensors
+  if [ -f runs/$name/joint_diagnostics.csv ]; then  # the acceptance plot: JSD-to-uniform on samples vs inliers
+    $PY -m densehybrid_training joint-curves --run runs/$name --out runs/${name}_diagnostics.png
+  fi
+  w=runs/${name}_g768
+  [ -f $w.safetensors ] || $PY -m densehybrid_training export --checkpoint runs/$name/checkpoints/last.pt \
+      --out $w.safetensors --input-size 768x384
+  [ -f ${w}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $w.safetensors \
+      --dataset sim:data/sim_val_big --out ${w}_calibrated.safetensors
   for t in sim_test_big sim_test_big_b; do
-    [ -f runs/eval_${name}_$t/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
-        --weights runs/${name}_calibrated.safetensors --dataset sim:data/$t \
-        --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_${name}_$t --quiet
+    [ -f runs/eval_${name}_g768_$t/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
+        --weights ${w}_calibrated.safetensors --dataset sim:data/$t \
+        --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_${name}_g768_$t --quiet
   done
 done
