@@ -109,5 +109,6 @@ def test_joint_curves_names_a_run_without_diagnostics_or_a_bad_file(tmp_path, ca
     assert main(["joint-curves", "--run", str(tmp_path / "closed"), "--out", str(tmp_path / "x.png")]) != 0
     assert "no 'step' column" in capsys.readouterr().err
     _write_joint(tmp_path / "joint")
-    assert main(["joint-curves", "--run", str(tmp_path / "joint"), "--out", str(tmp_path / "x.png"), "--edge", "0"]) != 0
+    run = str(tmp_path / "joint")
+    assert main(["joint-curves", "--run", run, "--out", str(tmp_path / "x.png"), "--edge", "0"]) != 0
     assert "edge must be >= 1" in capsys.readouterr().err

@@ -22,17 +22,23 @@ class RunCurves:
     loss: list[float] = field(default_factory=list)  # loss/total at loss_steps
 
 
-def read_val_csv(path: Path) -> tuple[list[int], dict[str, list[float]]]:
-    """Rows of a Validator CSV (step, miou, iou_<class>...), sorted by step; a repeated step keeps its last row."""
+def rows_by_step(path: Path, what: str) -> tuple[list[int], list[str], dict[int, dict[str, str]]]:
+    """A CSV with a `step` column: its steps sorted, its other columns, and the rows by step (a repeated step, as
+    after a resume, keeps its last row). ValueError names `what` the file should have been when it has no step."""
     rows: dict[int, dict[str, str]] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if "step" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: no 'step' column (not a Validator val.csv?)")
+            raise ValueError(f"{path}: no 'step' column (not {what}?)")
+        columns = [c for c in reader.fieldnames if c != "step"]
         for row in reader:
             rows[int(row["step"])] = row
-    steps = sorted(rows)
-    columns = [c for c in (next(iter(rows.values())).keys() if rows else []) if c != "step"]
+    return sorted(rows), columns, rows
+
+
+def read_val_csv(path: Path) -> tuple[list[int], dict[str, list[float]]]:
+    """Rows of a Validator CSV (step, miou, iou_<class>...), sorted by step; a repeated step keeps its last row."""
+    steps, columns, rows = rows_by_step(path, "a Validator val.csv")
     return steps, {c: [float(rows[s][c]) for s in steps] for c in columns}
 
 
@@ -122,18 +128,11 @@ JOINT_COLUMNS = ("jsd_synthetic", "jsd_inlier", "max_softmax_synthetic", "max_so
 def read_joint_diagnostics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Steps and float columns of a joint_diagnostics.csv, sorted by step (a step logged twice keeps its last row;
     empty cells, as in rows of an older version, are NaN)."""
-    rows: dict[int, dict[str, str]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if "step" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: no 'step' column (not a joint_diagnostics.csv?)")
-        columns = [c for c in reader.fieldnames if c != "step"]
-        for row in reader:
-            rows[int(row["step"])] = row
+    ordered, columns, rows = rows_by_step(path, "a joint_diagnostics.csv")
     if not rows:
         raise ValueError(f"{path}: no diagnostics rows")
-    steps = np.array(sorted(rows))
-    values = {c: np.array([float(rows[s][c]) if rows[s].get(c) not in (None, "") else np.nan for s in steps])
+    steps = np.array(ordered)
+    values = {c: np.array([float(rows[s][c]) if rows[s].get(c) not in (None, "") else np.nan for s in ordered])
               for c in columns}
     return steps, values
 

@@ -303,8 +303,8 @@ class ObstacleTracker:
     the track's gate (`Confirmation.match_cost` <= 1) taken in order of increasing cost, each at most once. A track is
     confirmed once it was seen in `hits` of the last `window` frames and then gets the next public id (never reused);
     a confirmed track missed for more than `miss_budget` frames in a row is dropped (its id reported removed), an
-    unconfirmed one as soon as its misses leave too few frames in the window to confirm it. So a new obstacle is published at the earliest
-    `hits - 1` frames after it first appears. A confirmed track missed in this frame is published (its last view,
+    unconfirmed one as soon as its misses leave too few frames in the window to confirm it. So a new obstacle is
+    published at the earliest `hits - 1` frames after it first appears. A confirmed track missed in this frame is published (its last view,
     `missed` > 0) only with `Confirmation.hold_missed`."""
 
     tracks: list[Track] = field(default_factory=list)
