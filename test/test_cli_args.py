@@ -64,3 +64,6 @@ def test_eval_bag_takes_the_nodes_obstacle_parameters_with_their_types():
     assert node == {"track_match_relative": 0.3, "drivable_classes": ("road", "terrain")}
     settings = obstacle_options(args).node_settings()
     assert settings.confirmation().match_relative == 0.3 and not settings.confirmation().hold_missed
+    for text in ("", "tpr95"):  # a string parameter: "" (off) passes through as given
+        args = parser.parse_args([*base, "--instant-confirm-point", text])
+        assert obstacle_options(args).node_settings().instant_confirm_point == text

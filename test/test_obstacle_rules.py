@@ -1,13 +1,17 @@
 """Obstacle rules of the node, ROS-free, on hand-built masks and semantic maps: the drivable-surface contact, the size
-of a real object at its distance (geometry worked by hand), and the N-of-M confirmation with its miss budget and ids."""
+of a real object at its distance (geometry worked by hand), and the N-of-M confirmation (or at once at the instant
+score) with its miss budget and ids."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from densehybrid_ros.perception.obstacles import Confirmation, Obstacle, ObstacleRules, ObstacleTracker, extract_components, frame_obstacles, stands_on_drivable
+from densehybrid_ros.perception.obstacles import Component, Confirmation, Obstacle, ObstacleRules, ObstacleTracker, extract_components, frame_obstacles, stands_on_drivable
 from densehybrid_ros.perception.camera import CameraModel, Mount
 from densehybrid_ros.perception.settings import Settings, SettingsError
+from densehybrid_ros.weights import Calibration, OperatingPoint
 
 ROAD, SIDEWALK, BUILDING, CAR = 0, 1, 2, 12
 H, W = 100, 160
@@ -194,6 +198,43 @@ def test_a_confirmed_obstacle_is_held_through_the_miss_budget_then_dropped():
     assert all(not s.removed_ids for s in steps)
     steps = run(ObstacleTracker(), frames[:2] + [[], [], []], TWO_OF_THREE)
     assert steps[4].published == [] and steps[4].removed_ids == {0}  # beyond the budget: dropped, as when held
+
+
+def scored(x: float, z: float, max_score: float) -> Obstacle:
+    """A candidate whose component's highest hybrid score is `max_score`."""
+    component = Component(label=1, x0=0, y0=0, x1=1, y1=1, area=1, mean_score=max_score, max_score=max_score,
+                          bottom_u=0.0, bottom_v=0.5, centroid=(0.0, 0.0))
+    return replace(candidate(x, z), component=component)
+
+
+def test_a_candidate_reaching_the_instant_score_is_published_at_once_weaker_ones_wait():
+    instant = replace(TWO_OF_THREE, instant_score=4.5)
+    steps = run(ObstacleTracker(), [[scored(0, 10, 4.5), scored(6, 20, 4.49)], [scored(0, 10, 1.0)]], instant)
+    assert [[ob.anchor[0] for ob in s.published] for s in steps] == [[0], [0]]  # at once, then tracked; the weak: no
+    assert steps[0].published[0].id == 0
+    # a weak first sighting, then a strong one: confirmed at the strong one (3 of 3 would need a third frame)
+    three = replace(instant, hits=3)
+    steps = run(ObstacleTracker(), [[scored(0, 10, 2.0)], [scored(0, 10, 5.0)], [scored(0, 10, 2.0)]], three)
+    assert [len(s.published) for s in steps] == [0, 1, 1]
+    # off (None), or components without scores (NaN) or without a component: the N-of-M rule alone
+    for rule, ob in ((TWO_OF_THREE, scored(0, 10, 9.0)), (instant, scored(0, 10, float("nan"))),
+                     (instant, candidate(0, 10))):
+        assert [len(s.published) for s in run(ObstacleTracker(), [[ob], [ob]], rule)] == [0, 1]
+
+
+def test_the_instant_score_is_the_weights_named_operating_point():
+    calibration = Calibration(threshold=-1.7, method="tpr95", default="fpr1", operating_points={
+        "tpr95": OperatingPoint(-1.7, "t"), "fpr1": OperatingPoint(1.3, "f"), "f1": OperatingPoint(4.5, "b")})
+    settings = Settings.from_values({})
+    assert settings.instant_confirm_point == "f1"
+    assert settings.confirmation(calibration).instant_score == 4.5
+    assert settings.replace(instant_confirm_point="tpr95").confirmation(calibration).instant_score == -1.7
+    assert settings.replace(instant_confirm_point="").confirmation(calibration).instant_score is None
+    assert settings.confirmation().instant_score is None  # no calibration known
+    legacy = Calibration(threshold=-1.7, method="tpr95")  # one threshold, no f1 point: off
+    assert settings.confirmation(legacy).instant_score is None
+    with pytest.raises(SettingsError, match="instant_confirm_point must be empty or an operating point name"):
+        Settings.from_values({"instant_confirm_point": "f1 point"})
 
 
 def test_ids_follow_the_nearest_anchor_and_are_never_reused():

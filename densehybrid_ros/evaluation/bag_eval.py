@@ -19,7 +19,7 @@ from densehybrid_ros.evaluation.obstacle_metric import ObstacleMetric, ObstacleO
 from densehybrid_ros.evaluation.recorded import OUTPUT_TOPICS, RecordedOutputs
 from densehybrid_ros.evaluation.sources import GroundTruth, LivePredictions
 from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.weights import load_weights, resolve_threshold
+from densehybrid_ros.weights import Calibration, load_weights, resolve_threshold
 
 NO_CLASS_COLORS = [(128, 128, 128)]  # report colours of recorded outputs without weights
 
@@ -110,7 +110,8 @@ def evaluate_bag(config: BagEvalConfig) -> BagEvaluation:
             node_threshold = (resolve_threshold(metadata.calibration, config.threshold, config.operating_point).value
                               if metadata else config.threshold)
             result = evaluate_outputs(dataset, recorded, config.obstacles, eval_options, node_threshold,
-                                      config.recompute_obstacles, config.progress)
+                                      config.recompute_obstacles, config.progress,
+                                      metadata.calibration if metadata else None)
             metrics, colors = result.metrics, [c.color for c in metadata.classes] if metadata else NO_CLASS_COLORS
         else:
             extra = tuple(s for s in scores if s != "hybrid")
@@ -134,7 +135,8 @@ def evaluate_predictor(dataset: BagDataset, predictor: Predictor, threshold: flo
     `weights.resolve_threshold`); the pixel metrics at `eval_options.threshold`, else the thesis protocol's.
     metrics: evaluate's, then "mode" and "obstacles" (with the threshold)."""
     source = LivePredictions(predictor, threshold)
-    metrics = build_metrics(eval_options, source, dataset) + [ObstacleMetric(options, source.class_names, threshold)]
+    metrics = build_metrics(eval_options, source, dataset) + [ObstacleMetric(options, source.class_names, threshold,
+                                                                             calibration=predictor.metadata.calibration)]
     result = evaluate(source, dataset, metrics, progress, max_images=eval_options.max_images)
     obstacles = result.metrics.pop("obstacles")
     result.metrics.update(mode="predictor", obstacles={**obstacles, "threshold": threshold})
@@ -143,10 +145,12 @@ def evaluate_predictor(dataset: BagDataset, predictor: Predictor, threshold: flo
 
 def evaluate_outputs(dataset: BagDataset, recorded: RecordedOutputs, options: ObstacleOptions,
                      eval_options: EvalOptions, obstacle_threshold: float | None = None,
-                     recompute_obstacles: bool = False, progress: bool = False) -> EvalResult:
+                     recompute_obstacles: bool = False, progress: bool = False,
+                     calibration: Calibration | None = None) -> EvalResult:
     """`evaluate` of the recorded node outputs over the ground-truth frames that have them, the pixel metrics at the
     recording's threshold. Obstacles: the recorded markers, else (none recorded, or `recompute_obstacles`) placed from
-    the recorded scores at `obstacle_threshold` (the node's; default: the recording's threshold). metrics: evaluate's,
+    the recorded scores at `obstacle_threshold` (the node's; default: the recording's threshold), confirmed with the
+    weights' `calibration` (instant confirmation) as the node does. metrics: evaluate's,
     then "mode", "outputs" (frames scored, missing, skipped and why) and "obstacles"."""
     indices, skipped = [], {}
     for i, stamp in enumerate(dataset.stamps):
@@ -166,7 +170,8 @@ def evaluate_outputs(dataset: BagDataset, recorded: RecordedOutputs, options: Ob
     use_markers = recorded.has_obstacles and not recompute_obstacles
     threshold = obstacle_threshold if obstacle_threshold is not None else recorded.threshold
     metrics = (build_metrics(replace(eval_options, threshold=recorded.threshold), recorded, subset)
-               + [ObstacleMetric(options, recorded.class_names, threshold, recorded_markers=use_markers)])
+               + [ObstacleMetric(options, recorded.class_names, threshold, recorded_markers=use_markers,
+                                 calibration=calibration)])
     result = evaluate(recorded, subset, metrics, progress, max_images=eval_options.max_images)
     obstacles = result.metrics.pop("obstacles")
     result.metrics.update(mode="outputs", outputs={

@@ -24,11 +24,12 @@ from densehybrid_ros.perception.obstacles import ObstacleTracker, frame_obstacle
 from densehybrid_ros.perception.settings import DEFAULTS, Settings
 from densehybrid_ros.predictor import Prediction
 from densehybrid_ros.scores import is_anomalous
+from densehybrid_ros.weights import Calibration
 
 # the node's obstacle filter and confirmation parameters, taken by densehybrid-eval-bag under the same names
 NODE_OBSTACLE_PARAMS = ("drivable_classes", "ground_band", "obstacle_min_width", "obstacle_max_width",
                         "obstacle_min_height", "obstacle_max_height", "confirm_hits", "confirm_window", "miss_budget",
-                        "hold_missed_obstacles",
+                        "hold_missed_obstacles", "instant_confirm_point",
                         "track_match_distance", "track_match_relative")
 
 
@@ -117,14 +118,15 @@ class ObstacleMetric(Metric):
     """Obstacle localisation over a sequence (frames in order: the tracker confirms across them). `threshold`: the
     anomaly mask's (the node's, `weights.resolve_threshold`; None: no mask, frames skipped); `class_names`: of the
     predicted class ids (the drivable classes are looked up in them); `recorded_markers`: score the boxes the node
-    recorded (`recorded.RecordedPrediction.obstacles`) instead of placing them here."""
+    recorded (`recorded.RecordedPrediction.obstacles`) instead of placing them here; `calibration`: the weights'
+    operating points, for the node's instant confirmation (`instant_confirm_point`; None: none)."""
 
     def __init__(self, options: ObstacleOptions, class_names: Sequence[str], threshold: float | None,
-                 recorded_markers: bool = False) -> None:
+                 recorded_markers: bool = False, calibration: Calibration | None = None) -> None:
         self.options, self.threshold, self.recorded_markers = options, threshold, recorded_markers
         self.settings = options.node_settings()
         self.rules = self.settings.obstacle_rules(tuple(class_names))
-        self.confirmation = self.settings.confirmation()
+        self.confirmation = self.settings.confirmation(calibration)
         self.tracker = ObstacleTracker()
         self.candidates = 0  # obstacle candidates before confirmation, over all frames
         self.frames = 0
@@ -215,6 +217,7 @@ class ObstacleMetric(Metric):
         options = asdict(self.options)
         options["node"] = {name: getattr(self.settings, name) for name in NODE_OBSTACLE_PARAMS}  # in force, defaults
         options["distance_edges"] = [e if math.isfinite(e) else None for e in edges]
+        options["instant_score"] = self.confirmation.instant_score  # instant_confirm_point resolved (None: off)
         return {"obstacles": {
             "options": options, "frames": self.frames, "frames_skipped": dict(self.skipped),
             "mount_sources": dict(self.mount_sources), "candidates": self.candidates, "predicted": self.predicted,

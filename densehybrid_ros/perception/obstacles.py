@@ -179,7 +179,8 @@ class Confirmation:
     it). `hold_missed`: a confirmed obstacle's last view is published through its missed frames; otherwise only the
     track and its id survive them, and only obstacles seen in the current frame are published (a last view lies
     where the obstacle was relative to the camera when it was seen: without ego-motion, 2 m off per frame at 8 m/s
-    and 4 Hz)."""
+    and 4 Hz). `instant_score`: a track seen now whose component's highest score reaches it is confirmed at once,
+    without waiting for `hits` (clear evidence needs no second look; weak evidence still does); None = never."""
 
     hits: int
     window: int
@@ -187,6 +188,7 @@ class Confirmation:
     match_distance: float
     match_relative: float = 0.0
     hold_missed: bool = False
+    instant_score: float | None = None
 
     def match_cost(self, track_anchor: np.ndarray, candidate_anchor: np.ndarray, misses: int = 0) -> float:
         """How far a candidate's anchor lies from a track's last anchor, in units of the track's gate: <= 1 inside.
@@ -282,6 +284,11 @@ class Track:
     id: int = -1
 
     def confirmed_by(self, rule: Confirmation) -> bool:
+        """Seen in `rule.hits` of the last `rule.window` frames, or seen now with a component reaching
+        `rule.instant_score` (one without scores, max_score NaN, or without a component never does)."""
+        instant, component = rule.instant_score, self.obstacle.component
+        if self.misses == 0 and instant is not None and component is not None and component.max_score >= instant:
+            return True
         return sum(self.seen[-rule.window:]) >= rule.hits
 
 
@@ -304,7 +311,8 @@ class ObstacleTracker:
     confirmed once it was seen in `hits` of the last `window` frames and then gets the next public id (never reused);
     a confirmed track missed for more than `miss_budget` frames in a row is dropped (its id reported removed), an
     unconfirmed one as soon as its misses leave too few frames in the window to confirm it. So a new obstacle is
-    published at the earliest `hits - 1` frames after it first appears. A confirmed track missed in this frame is published (its last view,
+    published at the earliest `hits - 1` frames after it first appears, or at once when its component reaches
+    `Confirmation.instant_score`. A confirmed track missed in this frame is published (its last view,
     `missed` > 0) only with `Confirmation.hold_missed`."""
 
     tracks: list[Track] = field(default_factory=list)

@@ -144,8 +144,18 @@ class Perception:
         return (f"contact on {surface}; {settings.obstacle_min_width:g}-{settings.obstacle_max_width:g} m wide, "
                 f"{settings.obstacle_min_height:g}-{settings.obstacle_max_height:g} m tall; published after "
                 f"{settings.confirm_hits} of {settings.confirm_window} frames (+{settings.confirm_hits - 1} frames "
-                f"latency), tracked through {settings.miss_budget} missed frames"
+                f"latency{self._instant_words(settings)}), tracked through {settings.miss_budget} missed frames"
                 + (" (their last view published)" if settings.hold_missed_obstacles else ""))
+
+    def _instant_words(self, settings: Settings) -> str:
+        """When a new obstacle skips confirmation (instant_confirm_point), in words."""
+        if not settings.instant_confirm_point:
+            return ""
+        score = settings.instant_score(self.calibration)
+        if score is None:
+            return (f"; instant confirmation off: the weights hold no operating point "
+                    f"{settings.instant_confirm_point!r}")
+        return f"; at once when its score reaches {settings.instant_confirm_point} ({score:.3f})"
 
     def _tracker(self, camera: str) -> ObstacleTracker:
         try:
@@ -169,7 +179,7 @@ class Perception:
         if camera is None:
             result.obstacles = candidates
             return camera, depth
-        result.obstacles = tracker.update(candidates, settings.confirmation()).published
+        result.obstacles = tracker.update(candidates, settings.confirmation(self.calibration)).published
         result.located = True
         return camera, depth
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence, Union
 from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.perception.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
 from densehybrid_ros.perception.planner_outputs import MAX_GRID_CELLS, GridSpec
-from densehybrid_ros.weights import OPERATING_POINT_RE
+from densehybrid_ros.weights import OPERATING_POINT_RE, Calibration
 
 Value = Union[bool, int, float, str, list]
 
@@ -130,6 +130,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "seen) through its missed frames; off: only obstacles seen in the current frame are published. The node "
               "has no ego-motion: a last view is off by the vehicle's motion since (8 m/s at 4 Hz: 2 m per frame)",
               runtime=True),
+    ParamSpec("instant_confirm_point", "f1", "calibrated operating point of the weights (e.g. f1: the best-F1 pixel "
+              "threshold) that a new obstacle's component must reach (its highest hybrid score) to be published at "
+              "once, without waiting for confirm_hits; weaker ones wait. Empty = off; weights without that point: "
+              "off. With a threshold at or above it every obstacle is published at once", runtime=True),
     *(ParamSpec(f"publish_{name}", True, _TOGGLE.format(name), runtime=True) for name in OUTPUTS),
     ParamSpec("overlay_alpha", 0.5, "opacity of the class colours in ~/overlay", runtime=True, low=0.0, high=1.0),
     ParamSpec("camera_height", 1.5, "height of the camera's optical centre above the ground plane [m]",
@@ -205,8 +209,8 @@ def check_value(name: str, value: Any) -> str | None:
         return check_cameras(value)
     if name == "drivable_classes" and not all(isinstance(n, str) and n for n in value):
         return f"drivable_classes must be non-empty class names, got {value!r}"
-    if name == "operating_point" and value and not OPERATING_POINT_RE.match(value):
-        return f"operating_point must be empty or an operating point name (e.g. fpr1, tpr95), got {value!r}"
+    if name in ("operating_point", "instant_confirm_point") and value and not OPERATING_POINT_RE.match(value):
+        return f"{name} must be empty or an operating point name (e.g. fpr1, tpr95), got {value!r}"
     return None
 
 
@@ -322,6 +326,7 @@ class Settings:
     confirm_window: int
     miss_budget: int
     hold_missed_obstacles: bool
+    instant_confirm_point: str
     publish_semantic: bool
     publish_semantic_color: bool
     publish_anomaly_score: bool
@@ -403,11 +408,20 @@ class Settings:
             ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
             height=(self.obstacle_min_height, self.obstacle_max_height))
 
-    def confirmation(self) -> Confirmation:
-        """When a candidate is published, and for how long it is kept (ObstacleTracker)."""
+    def confirmation(self, calibration: Calibration | None = None) -> Confirmation:
+        """When a candidate is published, and for how long it is kept (ObstacleTracker); the instant-confirmation
+        score is `instant_confirm_point` of the weights' `calibration` (None without the calibration or the point)."""
         return Confirmation(hits=self.confirm_hits, window=self.confirm_window, miss_budget=self.miss_budget,
                             match_distance=self.track_match_distance, match_relative=self.track_match_relative,
-                            hold_missed=self.hold_missed_obstacles)
+                            hold_missed=self.hold_missed_obstacles, instant_score=self.instant_score(calibration))
+
+    def instant_score(self, calibration: Calibration | None) -> float | None:
+        """The score at which a new obstacle is published at once: the weights' `instant_confirm_point` (None: off,
+        or the weights lack that point)."""
+        if calibration is None or not self.instant_confirm_point:
+            return None
+        point = calibration.points().get(self.instant_confirm_point)
+        return None if point is None else point.threshold
 
     def grid_spec(self) -> GridSpec:
         """The cells of ~/obstacle_grid."""

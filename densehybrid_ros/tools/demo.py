@@ -413,6 +413,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _instant_words(options: dict) -> str:
+    """The instant confirmation in force (obstacle metric options), in words: '' when off."""
+    score = options.get("instant_score")
+    if score is None:
+        return ""
+    return f"; at once when its highest score reaches {options['node']['instant_confirm_point']}, {score:.3f}"
+
+
 def write_report(summary: dict, out: Path) -> Path:
     """OUT/report.md: the setup, both tables, the overlay animation and frames, links to eval-bag's reports."""
     bag, mount, live = summary["bag"], summary["mount"], summary["live"]
@@ -443,7 +451,7 @@ def write_report(summary: dict, out: Path) -> Path:
               "wide and "
               f"{n['obstacle_min_height']:g}-{n['obstacle_max_height']:g} m tall, published once seen in "
               f"{n['confirm_hits']} of the last {n['confirm_window']} frames (a new obstacle {n['confirm_hits'] - 1} "
-              f"frame(s) late) and tracked through {n['miss_budget']} missed frames (last views "
+              f"frame(s) late{_instant_words(o)}) and tracked through {n['miss_budget']} missed frames (last views "
               f"{'published' if n.get('hold_missed_obstacles') else 'not published'}), as the node does them; "
               f"matched to the sim's true boxes (3-D centre distance gate {o['gate_m']:g} m + "
               f"{100 * o['gate_rel']:g}% of the true range); distance error = |predicted - true| range of the box "
