@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from densehybrid_ros.models.resnet import ResNet
 from densehybrid_ros.onnx_backend import OnnxBackend
 from densehybrid_ros.scores import SCORES, open_set_fusion
 from densehybrid_ros.weights import WeightsMetadata, load_weights, resolve_threshold
+
+DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")  # the devices a Predictor runs on
 
 BACKENDS = ("torch", "onnxruntime")
 DEFAULT_WARMUP_SIZE = (256, 512)  # (h, w) of the warm-up forward when the weights fix no grid
@@ -88,8 +91,8 @@ class PredictorConfig:
             raise ValueError(f"unknown extra score(s) {unknown}; available: {sorted(SCORES)}")
         if self.fp16 and not self.device.startswith("cuda"):
             raise ValueError("fp16 needs a CUDA device")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not DEVICE_RE.match(self.device):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N >= 0), got {self.device!r}")
 
 
 @dataclass

@@ -219,8 +219,9 @@ def test_bad_predictor_config(tiny_model):
         Predictor(tiny_model, default_metadata(TINY), PredictorConfig(extra_scores=("odin",)))
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         Predictor(tiny_model, default_metadata(TINY), PredictorConfig(fp16=True))
-    with pytest.raises(ValueError, match="device"):
-        Predictor(tiny_model, default_metadata(TINY), PredictorConfig(device="tpu"))
+    for device in ("tpu", "cuda:x", "cuda:-1", "cuda:", "cudax", "cpu:0"):  # named in the error, before any use
+        with pytest.raises(ValueError, match=f"device must be .*got {device!r}"):
+            Predictor(tiny_model, default_metadata(TINY), PredictorConfig(device=device))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             Predictor(tiny_model, default_metadata(TINY), PredictorConfig(device="cuda"))

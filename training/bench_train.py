@@ -5,7 +5,9 @@ Each variant is a list of `--set` overrides of the same TrainConfig (same model,
 runs in its own process (thread settings, loader workers and torch.compile do not leak between variants),
 with the engine's own functions (`apply_speed_settings`, `make_loader`, `optimizer_step`). Variants are
 interleaved, in reversed order every other repeat, so that machine drift hits all of them alike. The first
-`warmup` steps (compilation, worker start-up) are timed apart from the steady-state steps.
+`warmup` steps (compilation, worker start-up) are timed apart from the steady-state steps. The steps run on the
+config's `device` as training picks it (`auto`: CUDA when there; `--set device=cpu` or `device=cuda:1` to choose),
+timed after the device's queued work has finished.
 
 Mode `joint` times SynDenseHybrid steps (`engine._joint_step`: flow sampling, paste, segmenter, L_mle, routed
 backward, both optimizers) with one variant per DenseFlow preset (`--flow-presets`, built fresh: the timing does
@@ -46,13 +48,15 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
     from densehybrid_training.config import load_train_config
     from densehybrid_training.engine import (ClosedSetNet, apply_speed_settings, compile_if_asked, make_loader,
                                              optimizer_step, param_groups, batch_to_device, _joint_step)
+    from densehybrid_training.distributed import pick_device
     from densehybrid_training.mixed import StepBatchSampler
 
     train_mode = "finetune" if mode == "joint" else mode
     cfg = load_train_config(config, [f"mode={train_mode}", "init=null"] + overrides)
     cfg.validate()
     model, dataset, _ = build_model_and_dataset(train_mode, cfg, require_init=False)
-    device = torch.device("cpu")
+    device = pick_device(cfg.device)  # the config's device, as training picks it (auto: CUDA when there)
+    model.to(device)
     apply_speed_settings(cfg, model)
     closed = mode == "segmenter"
     net = ClosedSetNet(model) if closed else model
@@ -72,20 +76,27 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
                                   norm.std, cfg.seed, device)
     model.train()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, 0, warmup + steps, cfg.seed)
-    start = time.perf_counter()
+
+    def now() -> float:  # after the device's queued work: CUDA runs asynchronously
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    start = now()
     t0 = start
     for i, batch in enumerate(make_loader(cfg, dataset, sampler, device)):
         if i == warmup:
-            t0 = time.perf_counter()
+            t0 = now()
         x, labels, d_out = batch_to_device(cfg, batch, device)
         if joint is not None:
             optimizer.zero_grad(set_to_none=True)
             _joint_step(cfg, model, joint, optimizer, x, labels, d_out, i)
         else:
             optimizer_step(cfg, train_net, optimizer, None, x, labels, d_out)
-    end = time.perf_counter()
+    end = now()
     result = {"warmup_s": round(t0 - start, 3), "steps": steps, "seconds": round(end - t0, 3),
               "steps_per_s": round(steps / (end - t0), 4), "threads": torch.get_num_threads(),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "batch_size": cfg.batch_size, "crop": list(cfg.data.crop)}
     if joint is not None and joint.flow is not None:
         result.update(flow=flow or "cpu", flow_name=joint.flow.config.name, flow_params=parameter_count(joint.flow),
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow-presets", nargs="+", default=["cpu"], help="mode joint: DenseFlow presets to compare")
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="applied to every variant (e.g. data.root=data/sim_train_big)")
+                    help="applied to every variant (e.g. data.root=data/sim_train_big, device=cuda)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence, Union
 from densehybrid_ros.perception.camera import Mount
 from densehybrid_ros.perception.obstacles import MAX_HISTORY, Confirmation, ObstacleRules
 from densehybrid_ros.perception.planner_outputs import MAX_GRID_CELLS, GridSpec
+from densehybrid_ros.predictor import DEVICE_RE
 from densehybrid_ros.weights import OPERATING_POINT_RE, Calibration
 
 Value = Union[bool, int, float, str, list]
@@ -33,7 +34,6 @@ Value = Union[bool, int, float, str, list]
 OUTPUTS = ("semantic", "semantic_color", "anomaly_score", "open_set", "overlay", "obstacles", "obstacle_points",
            "obstacle_grid")
 RELIABILITIES = ("best_effort", "reliable")
-DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 BACKENDS = ("torch", "onnxruntime")
 CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: used in topic and parameter names
 MAX_CAMERAS = 16
