@@ -1,7 +1,7 @@
 """The perception node as its own process over real DDS: the weights' low-false-alarm operating point by default, the
-`operating_point` parameter switching it, and obstacles confirmed across frames (a one-frame blip never published, a
-persistent obstacle published one frame after it appears, one reaching the instant confirmation point at once, with one stable id, its last view held through the miss
-budget with hold_missed_obstacles, then dropped).
+`operating_point` parameter switching it, and obstacles confirmed across frames (a one-frame blip never published,
+a persistent obstacle published one frame after it appears, one reaching the instant confirmation point at once,
+with one stable id, its last view held through the miss budget with hold_missed_obstacles, then dropped).
 
 The node runs the oracle model of test_node_planner_outputs (ONNX, backend onnxruntime): its hybrid score is the
 normalised red channel of the image, s = (r - 0.485 * 255) / (0.229 * 255), and every pixel's class is 0 ("road"),
@@ -149,8 +149,9 @@ def test_the_low_false_alarm_point_by_default_and_operating_point_switches_it(se
                    == "operating point tpr95 (parameter)", 10)
         with served.harness.parameters(NODE, threshold=2.0):  # an explicit threshold wins: r >= 0.485*255 + 2*0.229*255
             np.testing.assert_array_equal(open_set_of(served, 102, gradient()), flagged_where(241))
-    (result,) = served.harness.set_parameters(NODE, operating_point="fpr5")
-    assert not result.successful and "'fpr5' is not in the weights" in result.reason and "tpr95" in result.reason
+    for name in ("operating_point", "instant_confirm_point"):  # a point the weights lack: rejected, the held named
+        (result,) = served.harness.set_parameters(NODE, **{name: "fpr5"})
+        assert not result.successful and "'fpr5' is not in the weights" in result.reason and "tpr95" in result.reason
     np.testing.assert_array_equal(open_set_of(served, 103, gradient()), flagged_where(RED_FPR1))  # unchanged
 
 
@@ -187,7 +188,8 @@ def test_a_one_frame_blip_is_never_published_a_persistent_obstacle_is_with_a_sta
         for sec in (7, 8, 9):  # nothing flagged for three frames: no track of an earlier test survives (miss budget 2)
             served.frame(sec, black())
         scene = {10: with_boxes((P_ROWS, P_COLS), (B_ROWS, B_COLS)), 11: with_boxes((P_ROWS, P_COLS)),
-                 12: with_boxes((P_ROWS, P_COLS)), 13: with_boxes((P_ROWS, P_COLS)), 14: black(), 15: black(), 16: black()}
+                 12: with_boxes((P_ROWS, P_COLS)), 13: with_boxes((P_ROWS, P_COLS)),
+                 14: black(), 15: black(), 16: black()}
         with served.harness.parameters(NODE, hold_missed_obstacles=True):
             clouds = {sec: decode_cloud(served.frame(sec, image)) for sec, image in scene.items()}
         # frame 10: P and B seen once: neither is published yet (added latency: confirm_hits - 1 = 1 frame)

@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from densehybrid_ros.perception.obstacles import Component, Confirmation, Obstacle, ObstacleRules, ObstacleTracker, extract_components, frame_obstacles, stands_on_drivable
+from densehybrid_ros.perception.obstacles import (Component, Confirmation, Obstacle, ObstacleRules, ObstacleTracker,
+                                                  extract_components, frame_obstacles, stands_on_drivable)
 from densehybrid_ros.perception.camera import CameraModel, Mount
 from densehybrid_ros.perception.settings import Settings, SettingsError
 from densehybrid_ros.weights import Calibration, OperatingPoint
@@ -216,6 +217,10 @@ def test_a_candidate_reaching_the_instant_score_is_published_at_once_weaker_ones
     three = replace(instant, hits=3)
     steps = run(ObstacleTracker(), [[scored(0, 10, 2.0)], [scored(0, 10, 5.0)], [scored(0, 10, 2.0)]], three)
     assert [len(s.published) for s in steps] == [0, 1, 1]
+    # only a track seen now: one missed after the rule is switched on is not confirmed by its last (strong) view
+    tracker = ObstacleTracker()
+    tracker.update([scored(0, 10, 9.0)], TWO_OF_THREE)
+    assert tracker.update([], instant).published == [] and tracker.tracks[0].id == -1
     # off (None), or components without scores (NaN) or without a component: the N-of-M rule alone
     for rule, ob in ((TWO_OF_THREE, scored(0, 10, 9.0)), (instant, scored(0, 10, float("nan"))),
                      (instant, candidate(0, 10))):

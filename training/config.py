@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from densehybrid_ros.config import ConfigError, from_dict
+from densehybrid_ros.predictor import DEVICE_RE
 from densehybrid_training.losses import LossWeights
 from densehybrid_training.synthetic import SyntheticConfig
 from densehybrid_training.validation import ValidationConfig
@@ -109,7 +110,7 @@ class TrainConfig:
                              "their code's loss, unbounded)")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size, checkpoint_every and log_every must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if self.device != "auto" and not DEVICE_RE.match(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self.loss.validate()
         self.data.validate()

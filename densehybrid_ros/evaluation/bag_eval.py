@@ -122,6 +122,10 @@ def evaluate_bag(config: BagEvalConfig) -> BagEvaluation:
             result = evaluate_predictor(dataset, predictor, threshold, config.obstacles, eval_options, config.progress)
             metrics, colors = result.metrics, [c.color for c in predictor.metadata.classes]
         metrics["bag_reading"], reading_lines = bag_reading(dataset, recorded)
+        if (config.outputs and not config.weights
+                and metrics.get("outputs", {}).get("obstacles_from") == "recorded anomaly score"):
+            reading_lines.append("obstacles placed from the recorded scores without --weights: no instant "
+                                 "confirmation (the node confirms at once at the weights' instant_confirm_point)")
         return BagEvaluation(metrics, result, colors, reading_lines)
     finally:
         for closable in (dataset, recorded):
@@ -135,8 +139,8 @@ def evaluate_predictor(dataset: BagDataset, predictor: Predictor, threshold: flo
     `weights.resolve_threshold`); the pixel metrics at `eval_options.threshold`, else the thesis protocol's.
     metrics: evaluate's, then "mode" and "obstacles" (with the threshold)."""
     source = LivePredictions(predictor, threshold)
-    metrics = build_metrics(eval_options, source, dataset) + [ObstacleMetric(options, source.class_names, threshold,
-                                                                             calibration=predictor.metadata.calibration)]
+    obstacles = ObstacleMetric(options, source.class_names, threshold, calibration=predictor.metadata.calibration)
+    metrics = build_metrics(eval_options, source, dataset) + [obstacles]
     result = evaluate(source, dataset, metrics, progress, max_images=eval_options.max_images)
     obstacles = result.metrics.pop("obstacles")
     result.metrics.update(mode="predictor", obstacles={**obstacles, "threshold": threshold})

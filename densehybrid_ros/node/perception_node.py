@@ -40,7 +40,8 @@ publish_* toggle is on; a frame nobody listens to is not run through the model a
                     and a TEXT_VIEW_FACING (ns "obstacle_labels", "#id score distance") per confirmed obstacle: an
                     anomaly component standing on the drivable surface, of a real object's size, seen in confirm_hits
                     of the last confirm_window frames (densehybrid_ros/perception/obstacles.py; a new obstacle appears
-                    confirm_hits - 1 frames after it is first seen); its track and id survive miss_budget missed
+                    confirm_hits - 1 frames after it is first seen, or at once when its component reaches the
+                    weights' instant_confirm_point); its track and id survive miss_budget missed
                     frames (its last box published meanwhile only with hold_missed_obstacles); ids are stable across
                     frames; an id not published in a frame gets DELETE markers (no DELETEALL): dropped, or missed
                     without hold_missed_obstacles, then ADDed again under the same id if seen within the budget
@@ -141,6 +142,13 @@ class PerceptionNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(error))
         if update is None:
             return SetParametersResult(successful=True)
+        point = update.settings.instant_confirm_point
+        if (any(p.name == "instant_confirm_point" for p in update.changed) and point
+                and update.settings.instant_score(perception.calibration) is None):
+            reason = (f"operating point {point!r} is not in the weights; they hold "
+                      f"{sorted(perception.calibration.points()) or 'none (uncalibrated)'}")
+            self.get_logger().warning(f"rejected parameter instant_confirm_point={point!r}: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         self.settings = update.settings
         for name, ch in self.channels.items():
             ch.mount = update.mounts[name]

@@ -155,6 +155,10 @@ class Perception:
         if score is None:
             return (f"; instant confirmation off: the weights hold no operating point "
                     f"{settings.instant_confirm_point!r}")
+        threshold = self.threshold(settings)
+        if threshold is not None and threshold >= score:
+            return (f"; every obstacle at once: the threshold {threshold:.3f} is at or above "
+                    f"{settings.instant_confirm_point} ({score:.3f})")
         return f"; at once when its score reaches {settings.instant_confirm_point} ({score:.3f})"
 
     def _tracker(self, camera: str) -> ObstacleTracker:

@@ -120,7 +120,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               low=0.0, high=1000.0),
     ParamSpec("obstacle_max_height", 3.0, "tallest obstacle [m]", runtime=True, low=0.0, high=1000.0),
     ParamSpec("confirm_hits", 2, "an obstacle is published once seen in confirm_hits of the last confirm_window frames "
-              "(added latency for a new obstacle: confirm_hits - 1 frames)", runtime=True, low=1, high=MAX_HISTORY),
+              "(added latency for a new obstacle: confirm_hits - 1 frames; none for one reaching "
+              "instant_confirm_point)", runtime=True, low=1, high=MAX_HISTORY),
     ParamSpec("confirm_window", 3, "frames over which confirm_hits are counted", runtime=True, low=1,
               high=MAX_HISTORY),
     ParamSpec("miss_budget", 2, "a confirmed obstacle missing from this many frames in a row keeps its track and id "
