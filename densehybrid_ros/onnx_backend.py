@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from densehybrid_ros.models.densehybrid import DenseOutputs
+from densehybrid_ros.paths import written_whole
 from densehybrid_ros.weights import METADATA_KEY, WeightsMetadata, file_sha256
 
 GRAPH_SCORES = ("hybrid", "generative", "discriminative")
@@ -114,7 +115,6 @@ def cached_export(weights: str | Path, height: int, width: int, directory: str |
     if target.is_file():
         return target
     model, metadata = load_weights(weights)
-    partial = target.with_suffix(f".{os.getpid()}.partial")
-    export_onnx(model, metadata, partial, height=height, width=width)
-    os.replace(partial, target)  # atomic: a concurrent reader never sees a half-written file
+    with written_whole(target) as partial:  # a concurrent reader never sees a half-written file
+        export_onnx(model, metadata, partial, height=height, width=width)
     return target

@@ -1,10 +1,13 @@
 """Where the package's data files (config/, launch/) live: a source checkout, a pip/venv install
-(data_files under sys.prefix/share), or a colcon install (share/densehybrid_ros)."""
+(data_files under sys.prefix/share), or a colcon install (share/densehybrid_ros); and `written_whole`, how the
+package writes the files that others wait for or test for."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 PACKAGE = "densehybrid_ros"
 
@@ -29,3 +32,17 @@ def model_config_path(name: str) -> Path:
         available = sorted(p.stem for p in (share_dir() / "config" / "model").glob("*.yaml"))
         raise FileNotFoundError(f"no model preset {name!r}; available: {available}")
     return path
+
+
+@contextlib.contextmanager
+def written_whole(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to, renamed onto `path` (os.replace, atomic) when the block ends without
+    error, removed when it fails: a reader, or a resumed recipe that skips a step whose output exists, never sees half
+    a file (weights, ONNX exports, metrics.json)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

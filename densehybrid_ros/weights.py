@@ -22,6 +22,7 @@ from densehybrid_ros.classes import CITYSCAPES_CLASSES
 from densehybrid_ros.config import ConfigError, from_dict, to_dict
 from densehybrid_ros.models import DenseHybrid, ModelConfig, build_model
 from densehybrid_ros.models.resnet import ResNet
+from densehybrid_ros.paths import written_whole
 
 FORMAT_VERSION = 1
 METADATA_KEY = "densehybrid_ros"
@@ -281,7 +282,7 @@ def _check_tensors(path: Path, arch: ModelConfig, shapes: dict, dtypes: dict) ->
 
 
 def save_weights(path: str | Path, model: DenseHybrid, metadata: WeightsMetadata) -> Path:
-    """Write `model`'s state dict and `metadata` as a safetensors file (float32 tensors)."""
+    """Write `model`'s state dict and `metadata` as a safetensors file (float32 tensors), whole or not at all."""
     metadata.validate()
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -290,7 +291,8 @@ def save_weights(path: str | Path, model: DenseHybrid, metadata: WeightsMetadata
     if {k: tuple(v.shape) for k, v in state.items()} != expected:
         raise WeightsError(f"model does not match metadata.architecture {to_dict(metadata.architecture)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={METADATA_KEY: metadata.to_json()})
+    with written_whole(path) as partial:
+        save_file(state, str(partial), metadata={METADATA_KEY: metadata.to_json()})
     return path
 
 

@@ -148,3 +148,36 @@ def test_garbage_truncated_and_missing_files(tmp_path, tiny_weights):
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(WeightsError, match="not a densehybrid_ros weights file"):
         load_weights(foreign)
+
+
+def test_an_interrupted_save_leaves_no_file_and_a_finished_one_replaces_it_whole(tmp_path, tiny_model, monkeypatch):
+    """Recipes skip a step whose output exists: a save that fails midway must leave no file (nor a partial beside it),
+    and an earlier complete file stays as it was."""
+    import densehybrid_ros.weights as weights_module
+    from densehybrid_ros.paths import written_whole
+
+    path = tmp_path / "w.safetensors"
+    metadata = default_metadata(TINY)
+
+    def crash_midway(state, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)  # half a file, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights_module, "save_file", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(path, tiny_model, metadata)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    save_weights(path, tiny_model, metadata)
+    before = path.read_bytes()
+    monkeypatch.setattr(weights_module, "save_file", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(path, tiny_model, replace(metadata, provenance={"run": "second"}))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    # the context manager itself: the target appears only once the block has finished
+    target = tmp_path / "metrics.json"
+    with written_whole(target) as partial:
+        partial.write_text("{}")
+        assert not target.exists()
+    assert target.read_text() == "{}"

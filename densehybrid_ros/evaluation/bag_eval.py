@@ -18,6 +18,7 @@ from densehybrid_ros.evaluation.evaluate import EvalOptions, EvalResult, build_m
 from densehybrid_ros.evaluation.obstacle_metric import ObstacleMetric, ObstacleOptions, obstacle_summary
 from densehybrid_ros.evaluation.recorded import OUTPUT_TOPICS, RecordedOutputs
 from densehybrid_ros.evaluation.sources import GroundTruth, LivePredictions
+from densehybrid_ros.paths import written_whole
 from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.weights import Calibration, load_weights, resolve_threshold
 
@@ -57,7 +58,8 @@ class BagEvaluation:
 
         if self.result is None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(self.metrics, indent=1) + "\n")
+            with written_whole(out / "metrics.json") as partial:
+                partial.write_text(json.dumps(self.metrics, indent=1) + "\n")
             return None
         return write_report(self.result, out, self.class_colors, title="densehybrid_ros bag evaluation")
 

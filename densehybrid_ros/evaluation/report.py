@@ -9,6 +9,7 @@ import numpy as np
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY
 from densehybrid_ros.evaluation.evaluate import EvalResult
+from densehybrid_ros.paths import written_whole
 from densehybrid_ros.perception.presentation import heatmap, overlay, palette
 
 
@@ -180,7 +181,8 @@ def write_report(result: EvalResult, out: Path, classes_colors: list, title: str
     """Write metrics.json, curves.png, histograms.png, examples/*.png and report.md into `out`."""
     out = Path(out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1) + "\n")
+    with written_whole(out / "metrics.json") as partial:  # recipes skip evaluations whose metrics.json exists
+        partial.write_text(json.dumps(result.metrics, indent=1) + "\n")
     _plot_curves(result, out / "curves.png")
     _plot_histograms(result, out / "histograms.png")
     names = []
