@@ -141,8 +141,8 @@ def evaluate_predictor(dataset: BagDataset, predictor: Predictor, threshold: flo
     `weights.resolve_threshold`); the pixel metrics at `eval_options.threshold`, else the thesis protocol's.
     metrics: evaluate's, then "mode" and "obstacles" (with the threshold)."""
     source = LivePredictions(predictor, threshold)
-    obstacles = ObstacleMetric(options, source.class_names, threshold, calibration=predictor.metadata.calibration)
-    metrics = build_metrics(eval_options, source, dataset) + [obstacles]
+    obstacle_metric = ObstacleMetric(options, source.class_names, threshold, calibration=predictor.metadata.calibration)
+    metrics = build_metrics(eval_options, source, dataset) + [obstacle_metric]
     result = evaluate(source, dataset, metrics, progress, max_images=eval_options.max_images)
     obstacles = result.metrics.pop("obstacles")
     result.metrics.update(mode="predictor", obstacles={**obstacles, "threshold": threshold})
