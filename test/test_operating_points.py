@@ -39,14 +39,18 @@ def test_bundled_default_carries_operating_points_and_defaults_to_the_low_false_
     assert resolve_threshold(calibration, operating_point="tpr95").value == points["tpr95"].threshold
 
 
-@pytest.mark.parametrize("name", ["densehybrid_sim_synthetic"])  # written before operating points existed
-def test_bundled_weights_without_operating_points_still_load_and_apply_their_threshold(name):
-    metadata = read_metadata(ROOT / "models" / f"{name}.safetensors")
-    calibration = metadata.calibration
+def test_weights_written_before_operating_points_still_load_and_apply_their_threshold(tmp_path, tiny_model):
+    # the calibration block of a file written before operating points existed (the first synthetic bundle's, verbatim)
+    old_block = {"dataset": "sim:data/sim_val split=val images=240", "method": "tpr95", "target_tpr": 0.95,
+                 "threshold": -5.904778003692627}
+    path = save_weights(tmp_path / "w.safetensors", tiny_model, default_metadata(TINY))
+    legacy = rewrite(path, metadata_edit=lambda meta: meta.update(calibration=old_block))
+    calibration = read_metadata(legacy).calibration
     assert calibration.operating_points == {} and calibration.default is None
-    assert calibration.points() == {"tpr95": OperatingPoint(calibration.threshold, "tpr95")}
-    assert resolve_threshold(calibration) == (calibration.threshold, "weights calibration")
-    assert resolve_threshold(calibration, operating_point="tpr95").value == calibration.threshold
+    assert calibration.threshold == old_block["threshold"]
+    assert calibration.points() == {"tpr95": OperatingPoint(old_block["threshold"], "tpr95")}
+    assert resolve_threshold(calibration) == (old_block["threshold"], "weights calibration")
+    assert resolve_threshold(calibration, operating_point="tpr95").value == old_block["threshold"]
 
 
 def test_operating_points_round_trip(tmp_path, tiny_model):
