@@ -6,8 +6,9 @@ record (models/NAME.json) of what a later check must reproduce:
 - the metrics on a small "check" split that anyone can re-render in seconds from a fixed seed
   (test/test_bundled_models.py renders it afresh and recomputes them independently).
 
-    python -m densehybrid_training.bundle --weights runs/sim_synthetic_calibrated.safetensors --name densehybrid_sim \
-        --eval runs/eval_sim_synthetic_test/metrics.json --recipe training/recipes/sim_synthetic_negatives.sh
+    python -m densehybrid_training.bundle --weights runs/sim_synthetic_big_g768_calibrated.safetensors \
+        --name densehybrid_sim_synthetic --eval runs/eval_sim_synthetic_big_g768_sim_test_big/metrics.json \
+        --recipe training/recipes/sim_synthetic_big.sh
 """
 from __future__ import annotations
 
