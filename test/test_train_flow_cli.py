@@ -225,3 +225,60 @@ def test_sampling_temperature_scales_the_flow_samples(pretrained):
     assert torch.equal(pasted(0.0, 1), pasted(0.0, 2))
     assert not torch.equal(pasted(1.0, 1), pasted(1.0, 2))
     assert (pasted(0.5, 1) - pasted(0.0, 1)).abs().mean() < (pasted(1.0, 1) - pasted(0.0, 1)).abs().mean()
+
+
+def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretrained, closed_set, tmp_path,
+                                                                           capsys):
+    """`densehybrid-train flow-shift`: the jointly trained flow is read back from a real joint checkpoint; its JSD-to-
+    uniform rows equal an independent per-pixel JSD (scipy) on the segmenter's logits; a flow compared with an
+    identical copy gives identical rows (same latents, frames and places); a checkpoint without a flow is refused."""
+    import numpy as np
+    from scipy.spatial.distance import jensenshannon
+
+    from densehybrid_ros.datasets import open_dataset
+    from densehybrid_ros.weights import load_weights
+    from densehybrid_training.boundary_shift import (boundary_shift, decode_samples, load_joint_flow, paste_squares,
+                                                     segmenter_logits)
+    from densehybrid_training.cli import run_training
+    from densehybrid_training.flow_train import load_flow
+
+    common, init, root = closed_set
+    flow_ckpt = pretrained / "checkpoints" / "last.pt"
+    run_training("finetune", None, common + [f"out={tmp_path / 'joint'}", "steps=2", f"init={init}",
+                                             f"synthetic.flow_checkpoint={flow_ckpt}", "synthetic.side_range=[16,32]",
+                                             "synthetic.flow_lr=0.01"])
+    joint_ckpt = tmp_path / "joint" / "checkpoints" / "last.pt"
+    weights = tmp_path / "closed.safetensors"
+    assert train_main(["export", "--checkpoint", str(init), "--out", str(weights)]) == 0
+    out = tmp_path / "shift.json"
+    assert train_main(["flow-shift", "--flow", f"pretrained={flow_ckpt}", "--joint", str(joint_ckpt), "--weights",
+                       str(weights), "--dataset", f"sim:{root}", "--images", "3", "--size", "16", "--out",
+                       str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["source"]: r for r in result["rows"]}
+    assert set(rows) == {"pretrained", "joint", "uniform"} and result["parameter_change"]["pretrained->joint"] > 0
+
+    # the same numbers, independently: scipy's JSD (base e, squared distance) per pasted pixel, averaged per frame
+    data = open_dataset(f"sim:{root}")
+    frames = [data[int(i)].image for i in np.linspace(0, len(data) - 1, 3).astype(int)]
+    model, metadata = load_weights(weights)
+    model.eval()
+    joint_flow = load_joint_flow(joint_ckpt)
+    for source, samples in (("joint", decode_samples(joint_flow, 3, 16, 0)),
+                            ("uniform", torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)))):
+        x, mask = paste_squares(frames, samples, 0)
+        per_frame = []
+        for k in range(3):
+            p = segmenter_logits(model, metadata, x[k : k + 1]).softmax(1)[0].permute(1, 2, 0)[mask[k]].double().numpy()
+            u = np.full(p.shape[1], 1.0 / p.shape[1])
+            per_frame.append(np.mean([jensenshannon(q, u, base=np.e) ** 2 for q in p]))
+        assert rows[source]["jsd"] == pytest.approx(np.mean(per_frame), abs=1e-5), source
+        assert 0 <= rows[source]["jsd"] <= np.log(2)
+
+    twin = boundary_shift({"a": load_flow(flow_ckpt), "b": load_flow(flow_ckpt)}, {"closed": (model, metadata)},
+                          frames, size=16)
+    a, b = (r for r in twin if r.source in ("a", "b"))
+    assert (a.jsd, a.max_softmax) == (b.jsd, b.max_softmax)
+    assert train_main(["flow-shift", "--joint", str(flow_ckpt), "--weights", str(weights), "--dataset",
+                       f"sim:{root}", "--images", "3"]) == 2  # a flow-pretrain checkpoint holds no joint flow
+    assert "not a SynDenseHybrid fine-tuning checkpoint with a flow" in capsys.readouterr().err

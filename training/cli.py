@@ -8,6 +8,7 @@
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
     densehybrid-train curves    --run OUT [--run OUT2 ...] --out curves.png     val mIoU and training loss
     densehybrid-train joint-curves --run OUT --out diag.png                      SynDenseHybrid diagnostics
+    densehybrid-train flow-shift --flow NAME=C --joint CKPT --weights W --dataset KIND:PATH   the flow's own shift
 
 Multi-process / multi-GPU: `torchrun --nproc_per_node N -m densehybrid_training segmenter --config C.yaml`.
 """
@@ -73,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--run", type=Path, required=True, help="a joint run's out directory")
     j.add_argument("--out", type=Path, required=True, help="PNG")
     j.add_argument("--edge", type=int, default=5, help="the printed first/last values average this many rows")
+    s = sub.add_parser("flow-shift", help="the flow's own move towards the boundary, the segmenter held fixed: the "
+                       "same latents from each flow (and uniform noise) pasted into the same frames, JSD-to-uniform "
+                       "under each segmenter")
+    s.add_argument("--flow", action="append", default=[], metavar="NAME=CHECKPOINT", help="a flow-pretrain checkpoint")
+    s.add_argument("--joint", type=Path, default=None, help="a SynDenseHybrid fine-tuning checkpoint (its flow)")
+    s.add_argument("--weights", type=Path, action="append", default=[], help="a segmenter that scores the samples")
+    s.add_argument("--dataset", required=True, help="held-out frames, KIND:PATH (e.g. sim:data/sim_val_big)")
+    s.add_argument("--split", default=None)
+    s.add_argument("--images", type=int, default=48)
+    s.add_argument("--size", type=int, default=64, help="side of the pasted square samples")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=None, help="JSON")
     return ap
 
 
@@ -179,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in m["operating_points"].items():
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
+        elif args.command == "flow-shift":
+            from densehybrid_training.boundary_shift import main as shift_main
+
+            return shift_main(args.flow, args.joint, args.weights, args.dataset, args.split, args.images, args.size,
+                              args.seed, args.out)
         elif args.command == "joint-curves":
             from densehybrid_training.curves import joint_main
 
