@@ -14,7 +14,7 @@ JSD-to-uniform under the same segmenter means the flow's samples moved towards i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +110,11 @@ def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, tuple[torc
     n = len(images)
     sources = {name: decode_samples(flow, n, size, seed) for name, flow in flows.items()}
     sources[UNIFORM] = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    pasted = {source: paste_squares(images, samples, seed) for source, samples in sources.items()}
     rows = []
     for seg_name, (model, metadata) in segmenters.items():
         model.eval()
-        for source, samples in sources.items():
-            x, mask = paste_squares(images, samples, seed)
+        for source, (x, mask) in pasted.items():
             jsd, top = [], []
             for k in range(n):
                 logits = segmenter_logits(model, metadata, x[k : k + 1])
@@ -154,7 +154,7 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
     picked = [data[int(i)].image for i in np.linspace(0, len(data) - 1, images).astype(int)]
     segmenters = {Path(w).stem: load_weights(w) for w in weights}
     rows = boundary_shift(flows, segmenters, picked, size, seed)
-    result = {"images": images, "size": size, "seed": seed, "dataset": dataset, "rows": [r.__dict__ for r in rows]}
+    result = {"images": images, "size": size, "seed": seed, "dataset": dataset, "rows": [asdict(r) for r in rows]}
     if "joint" in flows and len(flows) > 1:
         base = next(name for name in flows if name != "joint")
         result["parameter_change"] = {f"{base}->joint": relative_change(flows[base], flows["joint"])}
