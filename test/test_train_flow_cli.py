@@ -236,7 +236,7 @@ def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretra
     from scipy.spatial.distance import jensenshannon
 
     from densehybrid_ros.datasets import open_dataset
-    from densehybrid_ros.weights import load_weights
+    from densehybrid_ros.predictor import Predictor
     from densehybrid_training.boundary_shift import (boundary_shift, decode_samples, load_joint_flow, paste_squares,
                                                      segmenter_logits)
     from densehybrid_training.cli import run_training
@@ -261,21 +261,20 @@ def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretra
     # the same numbers, independently: scipy's JSD (base e, squared distance) per pasted pixel, averaged per frame
     data = open_dataset(f"sim:{root}")
     frames = [data[int(i)].image for i in np.linspace(0, len(data) - 1, 3).astype(int)]
-    model, metadata = load_weights(weights)
-    model.eval()
+    predictor = Predictor.from_weights(weights)
     joint_flow = load_joint_flow(joint_ckpt)
     for source, samples in (("joint", decode_samples(joint_flow, 3, 16, 0)),
                             ("uniform", torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)))):
-        x, mask = paste_squares(frames, samples, 0)
+        pasted, masks = paste_squares(frames, samples, 0)
         per_frame = []
-        for k in range(3):
-            p = segmenter_logits(model, metadata, x[k : k + 1]).softmax(1)[0].permute(1, 2, 0)[mask[k]].double().numpy()
+        for frame, mask in zip(pasted, masks):
+            p = segmenter_logits(predictor, frame).softmax(1)[0].permute(1, 2, 0).numpy()[mask].astype(np.float64)
             u = np.full(p.shape[1], 1.0 / p.shape[1])
             per_frame.append(np.mean([jensenshannon(q, u, base=np.e) ** 2 for q in p]))
         assert rows[source]["jsd"] == pytest.approx(np.mean(per_frame), abs=1e-5), source
         assert 0 <= rows[source]["jsd"] <= np.log(2)
 
-    twin = boundary_shift({"a": load_flow(flow_ckpt), "b": load_flow(flow_ckpt)}, {"closed": (model, metadata)},
+    twin = boundary_shift({"a": load_flow(flow_ckpt), "b": load_flow(flow_ckpt)}, {"closed": predictor},
                           frames, size=16)
     a, b = (r for r in twin if r.source in ("a", "b"))
     assert (a.jsd, a.max_softmax) == (b.jsd, b.max_softmax)

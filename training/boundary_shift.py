@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from densehybrid_ros.predictor import Predictor
 from densehybrid_training.checkpoint import load_checkpoint
 from densehybrid_training.flow.model import DenseFlow
 from densehybrid_training.flow_train import load_flow
@@ -72,39 +73,40 @@ def decode_samples(flow: DenseFlow, num: int, size: int, seed: int, temperature:
         return flow.sample(num, size, size, temperature, generator=generator).clamp(0, 1)
 
 
-def paste_squares(images: list[np.ndarray], samples: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames (H, W, 3 uint8) with sample k pasted into frame k at a seeded place in the lower half (where road
-    anomalies are): ((N, 3, H, W) in [0, 1], (N, H, W) bool mask of the pasted pixels)."""
+def paste_squares(images: list[np.ndarray], samples: torch.Tensor, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames (H, W, 3 uint8) with sample k (in [0, 1], quantised to 8 bits like any camera frame) pasted into frame
+    k at a seeded place in the lower half (where road anomalies are): (the pasted frames, (N, H, W) bool mask of the
+    pasted pixels)."""
     size = samples.shape[-1]
-    rng = np.random.default_rng(seed)
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images])
-    n, _, height, width = x.shape
+    height, width = images[0].shape[:2]
     if height // 2 + size > height or size > width:
         raise ValueError(f"a {size}x{size} sample does not fit the lower half of a {width}x{height} frame")
-    mask = torch.zeros(n, height, width, dtype=torch.bool)
-    for k in range(n):
+    tiles = (samples * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rng = np.random.default_rng(seed)
+    out, mask = [], np.zeros((len(images), height, width), dtype=bool)
+    for k, image in enumerate(images):
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"frames of one size are needed, got {image.shape[:2]} and {(height, width)}")
         top = int(rng.integers(height // 2, height - size + 1))
         left = int(rng.integers(0, width - size + 1))
-        x[k, :, top : top + size, left : left + size] = samples[k]
+        pasted = image.copy()
+        pasted[top : top + size, left : left + size] = tiles[k]
         mask[k, top : top + size, left : left + size] = True
-    return x, mask
+        out.append(pasted)
+    return out, mask
 
 
-def segmenter_logits(model: torch.nn.Module, metadata, x01: torch.Tensor) -> torch.Tensor:
-    """Class logits at the frames' size, with the weights' normalisation and network grid (`input_size`, as the
-    Predictor runs them)."""
-    mean = torch.tensor(metadata.normalization.mean).view(1, 3, 1, 1)
-    std = torch.tensor(metadata.normalization.std).view(1, 3, 1, 1)
-    x = (x01 - mean) / std
-    if metadata.input_size is not None:
-        w, h = metadata.input_size
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        return model(x, output_size=x01.shape[-2:]).logits.float()
+def segmenter_logits(predictor: Predictor, image: np.ndarray) -> torch.Tensor:
+    """(1, K, H, W) class logits at the frame's size, through the Predictor's own preprocessing (resize to the
+    weights' network grid, normalisation) and forward pass."""
+    batch = predictor.preprocess([image])
+    h, w = batch.network_sizes[0]
+    logits = predictor.forward(batch).logits[:, :, :h, :w].float()
+    return F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
 
 
-def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, tuple[torch.nn.Module, object]],
-                   images: list[np.ndarray], size: int = 64, seed: int = 0) -> list[ShiftRow]:
+def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, Predictor], images: list[np.ndarray],
+                   size: int = 64, seed: int = 0) -> list[ShiftRow]:
     """JSD-to-uniform (4.19) and max softmax on pasted pixels, for every segmenter x (every flow, uniform noise):
     the same latents, frames and places for every source."""
     n = len(images)
@@ -112,14 +114,14 @@ def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, tuple[torc
     sources[UNIFORM] = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     pasted = {source: paste_squares(images, samples, seed) for source, samples in sources.items()}
     rows = []
-    for seg_name, (model, metadata) in segmenters.items():
-        model.eval()
-        for source, (x, mask) in pasted.items():
+    for seg_name, predictor in segmenters.items():
+        for source, (frames, masks) in pasted.items():
             jsd, top = [], []
-            for k in range(n):
-                logits = segmenter_logits(model, metadata, x[k : k + 1])
-                jsd.append(float(jsd_to_uniform(logits, mask[k : k + 1])))
-                top.append(float(logits.softmax(1).max(1).values[mask[k : k + 1]].mean()))
+            for frame, mask in zip(frames, masks):
+                logits = segmenter_logits(predictor, frame)
+                region = torch.from_numpy(mask)[None]
+                jsd.append(float(jsd_to_uniform(logits, region)))
+                top.append(float(logits.softmax(1).max(1).values[region].mean()))
             ci = 1.96 * float(np.std(jsd, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
             rows.append(ShiftRow(seg_name, source, float(np.mean(jsd)), ci, float(np.mean(top))))
     return rows
@@ -137,7 +139,6 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
 
     from densehybrid_ros.datasets import open_dataset
     from densehybrid_ros.paths import written_whole
-    from densehybrid_ros.weights import load_weights
 
     if images < 2:
         raise ValueError(f"--images must be >= 2 (an interval needs two frames), got {images}")
@@ -152,7 +153,7 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
     if len(data) < images:
         raise ValueError(f"{dataset}: {len(data)} frames, fewer than --images {images}")
     picked = [data[int(i)].image for i in np.linspace(0, len(data) - 1, images).astype(int)]
-    segmenters = {Path(w).stem: load_weights(w) for w in weights}
+    segmenters = {Path(w).stem: Predictor.from_weights(w) for w in weights}
     rows = boundary_shift(flows, segmenters, picked, size, seed)
     result = {"images": images, "size": size, "seed": seed, "dataset": dataset, "rows": [asdict(r) for r in rows]}
     if "joint" in flows and len(flows) > 1:
