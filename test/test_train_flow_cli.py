@@ -241,6 +241,7 @@ def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretra
                                                      segmenter_logits)
     from densehybrid_training.cli import run_training
     from densehybrid_training.flow_train import load_flow
+    from densehybrid_training.synthetic import eval_mode
 
     common, init, root = closed_set
     flow_ckpt = pretrained / "checkpoints" / "last.pt"
@@ -258,21 +259,35 @@ def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretra
     rows = {r["source"]: r for r in result["rows"]}
     assert set(rows) == {"pretrained", "joint", "uniform"} and result["parameter_change"]["pretrained->joint"] > 0
 
+    cold = tmp_path / "cold.json"  # temperature 0: every flow decodes its prior's mean
+    assert train_main(["flow-shift", "--flow", f"pretrained={flow_ckpt}", "--joint", str(joint_ckpt), "--weights",
+                       str(weights), "--dataset", f"sim:{root}", "--images", "3", "--size", "16", "--temperature",
+                       "0", "--out", str(cold)]) == 0
+    cold_result = json.loads(cold.read_text())
+    cold_rows = {r["source"]: r for r in cold_result["rows"]}
+    assert cold_result["temperature"] == 0.0 and result["temperature"] == 1.0
+    assert cold_rows["uniform"] == rows["uniform"]  # noise does not depend on the flows' temperature
+
     # the same numbers, independently: scipy's JSD (base e, squared distance) per pasted pixel, averaged per frame
     data = open_dataset(f"sim:{root}")
     frames = [data[int(i)].image for i in np.linspace(0, len(data) - 1, 3).astype(int)]
     predictor = Predictor.from_weights(weights)
     joint_flow = load_joint_flow(joint_ckpt)
-    for source, samples in (("joint", decode_samples(joint_flow, 3, 16, 0)),
-                            ("uniform", torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)))):
+    with torch.no_grad(), eval_mode(joint_flow):
+        mean_samples = joint_flow.sample(3, 16, 16, 0.0).clamp(0, 1)
+    assert torch.equal(mean_samples[0], mean_samples[2])  # no randomness left at temperature 0
+    for source, samples, table in (
+            ("joint", decode_samples(joint_flow, 3, 16, 0), rows),
+            ("uniform", torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)), rows),
+            ("joint", mean_samples, cold_rows)):
         pasted, masks = paste_squares(frames, samples, 0)
         per_frame = []
         for frame, mask in zip(pasted, masks):
             p = segmenter_logits(predictor, frame).softmax(1)[0].permute(1, 2, 0).numpy()[mask].astype(np.float64)
             u = np.full(p.shape[1], 1.0 / p.shape[1])
             per_frame.append(np.mean([jensenshannon(q, u, base=np.e) ** 2 for q in p]))
-        assert rows[source]["jsd"] == pytest.approx(np.mean(per_frame), abs=1e-5), source
-        assert 0 <= rows[source]["jsd"] <= np.log(2)
+        assert table[source]["jsd"] == pytest.approx(np.mean(per_frame), abs=1e-5), source
+        assert 0 <= table[source]["jsd"] <= np.log(2)
 
     twin = boundary_shift({"a": load_flow(flow_ckpt), "b": load_flow(flow_ckpt)}, {"closed": predictor},
                           frames, size=16)

@@ -106,11 +106,12 @@ def segmenter_logits(predictor: Predictor, image: np.ndarray) -> torch.Tensor:
 
 
 def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, Predictor], images: list[np.ndarray],
-                   size: int = 64, seed: int = 0) -> list[ShiftRow]:
+                   size: int = 64, seed: int = 0, temperature: float = 1.0) -> list[ShiftRow]:
     """JSD-to-uniform (4.19) and max softmax on pasted pixels, for every segmenter x (every flow, uniform noise):
-    the same latents, frames and places for every source."""
+    the same latents, frames and places for every source; every flow samples at `temperature`
+    (`synthetic.temperature` of joint training)."""
     n = len(images)
-    sources = {name: decode_samples(flow, n, size, seed) for name, flow in flows.items()}
+    sources = {name: decode_samples(flow, n, size, seed, temperature) for name, flow in flows.items()}
     sources[UNIFORM] = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     pasted = {source: paste_squares(images, samples, seed) for source, samples in sources.items()}
     rows = []
@@ -133,7 +134,7 @@ def _named(text: str) -> tuple[str, str]:
 
 
 def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset: str, split: str | None,
-         images: int, size: int, seed: int, out: Path | None) -> int:
+         images: int, size: int, seed: int, out: Path | None, temperature: float = 1.0) -> int:
     """`densehybrid-train flow-shift`: prints one line per segmenter x source and writes them to `out` (JSON)."""
     import json
 
@@ -154,8 +155,9 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
         raise ValueError(f"{dataset}: {len(data)} frames, fewer than --images {images}")
     picked = [data[int(i)].image for i in np.linspace(0, len(data) - 1, images).astype(int)]
     segmenters = {Path(w).stem: Predictor.from_weights(w) for w in weights}
-    rows = boundary_shift(flows, segmenters, picked, size, seed)
-    result = {"images": images, "size": size, "seed": seed, "dataset": dataset, "rows": [asdict(r) for r in rows]}
+    rows = boundary_shift(flows, segmenters, picked, size, seed, temperature)
+    result = {"images": images, "size": size, "seed": seed, "temperature": temperature, "dataset": dataset,
+              "rows": [asdict(r) for r in rows]}
     if "joint" in flows and len(flows) > 1:
         base = next(name for name in flows if name != "joint")
         result["parameter_change"] = {f"{base}->joint": relative_change(flows[base], flows["joint"])}

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=48)
     s.add_argument("--size", type=int, default=64, help="side of the pasted square samples")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of every flow (synthetic.temperature of joint training)")
     s.add_argument("--out", type=Path, default=None, help="JSON")
     return ap
 
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             from densehybrid_training.boundary_shift import main as shift_main
 
             return shift_main(args.flow, args.joint, args.weights, args.dataset, args.split, args.images, args.size,
-                              args.seed, args.out)
+                              args.seed, args.out, args.temperature)
         elif args.command == "joint-curves":
             from densehybrid_training.curves import joint_main
 
