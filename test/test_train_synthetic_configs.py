@@ -41,7 +41,7 @@ def test_synthetic_big_follows_the_real_negative_fine_tuning():
 @pytest.mark.parametrize("name", sorted(CONTROLS))
 def test_controls_differ_only_where_they_say(name):
     main, ctl = _load("sim_synthetic_big"), _load(f"sim_synthetic_big_{name}")
-    assert ctl.out == f"runs/sim_synthetic_big_{name}" and ctl.out != main.out
+    assert ctl.out == f"{main.out}_{name}" and ctl.out != main.out
     a, b = asdict(main), asdict(ctl)
     a.pop("out"), b.pop("out")
     sa, sb = a.pop("synthetic"), b.pop("synthetic")
