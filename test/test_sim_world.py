@@ -260,3 +260,43 @@ def test_mount_sign_conventions():
     right_point = np.array([[10.0, -3.0, 1.5]])  # to the right, at camera height
     u, v = cam.project(rolled.world_to_optical(right_point))[0]
     assert u > cam.intrinsics.cx and v < cam.intrinsics.cy  # the camera's right side dips: right-hand points move up in the image
+
+
+def _vehicle_boxes(world: SimWorld) -> list[tuple[float, float, float, float]]:
+    """Ground boxes of every car, truck and bicycle body, straight from pybullet."""
+    kinds = {class_id("car"), class_id("truck"), class_id("bicycle")}
+    boxes = []
+    for body, cls in world.body_class.items():
+        if cls in kinds:
+            lo, hi = pb.getAABB(body, physicsClientId=world.client)
+            boxes.append((lo[0], hi[0], lo[1], hi[1]))
+    return boxes
+
+
+def test_camera_clearance_path_shows_kerb_parked_vehicles_ahead_without_touching_them():
+    """'lane' (the default) keeps vehicles parked at the camera's kerb out of the 25 m ahead; 'path' lets them in,
+    as driving does, but never puts a vehicle's side within 0.3 m of the camera's path."""
+    ahead = {"lane": 0, "path": 0}
+    draws = 0
+    for clearance in ("lane", "path"):
+        with SimWorld(dataclasses.replace(SMALL, camera_clearance=clearance)) as world:
+            for scene in range(4):
+                rng = np.random.default_rng([5, scene])
+                world.build_scene(rng)
+                boxes = _vehicle_boxes(world)
+                for _ in range(40):
+                    y = world.ego_lateral(rng)
+                    x = world.free_camera_x(rng, y, 5.0, world.config.street_length - 60.0)
+                    near = [b for b in boxes if b[0] < x + 25.0 and b[1] > x]
+                    # a vehicle on the camera's right (kerb side), its near side less than 1.5 m from the path
+                    ahead[clearance] += any(b[3] < y and y - b[3] < 1.5 for b in near)
+                    if clearance == "path":
+                        assert all(b[3] + 0.3 <= y or b[2] - 0.3 >= y for b in near if b[1] > x - 1.0)
+                    draws += clearance == "path"
+    assert ahead["lane"] <= 0.05 * draws  # only where 50 draws found no clear spot
+    assert ahead["path"] >= 0.2 * draws, ahead
+
+
+def test_camera_clearance_is_validated():
+    with pytest.raises(ValueError, match="camera_clearance"):
+        dataclasses.replace(SimConfig(), camera_clearance="kerb").validate()

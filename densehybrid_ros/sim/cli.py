@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 from densehybrid_ros.cli_args import parse_size
-from densehybrid_ros.sim.world import SimConfig
+from densehybrid_ros.sim.world import CAMERA_CLEARANCES, SimConfig
 
 
 def _config(args) -> SimConfig:
     w, h = args.size
     per = getattr(args, "frames_per_scene", None)
     extra = {} if per is None else {"frames_per_scene": per}
+    clearance = getattr(args, "camera_clearance", None)
+    if clearance is not None:
+        extra["camera_clearance"] = clearance
     return dataclasses.replace(SimConfig(), width=w, height=h, **extra)
 
 
@@ -39,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames-per-scene", type=int, default=None,
                    help=f"frames per street (default {SimConfig.frames_per_scene}); evaluation splits use fewer "
                         "so that they cover many streets")
+    r.add_argument("--camera-clearance", choices=CAMERA_CLEARANCES, default=SimConfig.camera_clearance,
+                   help="vehicles each frame's camera keeps clear of for 25 m ahead: 'lane' (default) every one in "
+                        "the ego lane, kerb-parked ones included; 'path' only those its path would touch, so that "
+                        "frames show vehicles parked just ahead, as driving sequences do")
     b = sub.add_parser("bag", parents=[common], help="a driving sequence as a ROS 2 bag")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--split", choices=("train", "val", "test"), default="test")

@@ -27,6 +27,11 @@ THING_CLASSES = {class_id(n) for n in ("person", "rider", "car", "truck", "bicyc
 SKY = class_id("sky")
 
 
+CAMERA_CLEARANCES = ("lane", "path")
+PATH_CLEARANCE_M = 0.3  # "path": the least lateral gap between the camera's path and a vehicle's side
+CLEAR_AHEAD_M = 25.0  # both: how far ahead of the camera the clearance holds
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Ranges every scene/frame samples from (uniform unless said otherwise)."""
@@ -44,6 +49,11 @@ class SimConfig:
     max_anomalies: int = 3
     anomaly_distance: tuple[float, float] = (5.0, 50.0)  # metres ahead of the camera
     on_road_prob: float = 0.85  # otherwise on the sidewalk / verge
+    # Which vehicles a dataset frame's camera keeps clear of for 25 m ahead. "lane": every vehicle within the ego
+    # lane's corridor, those parked at the ego-side kerb included (the splits rendered so far). "path": only those
+    # the camera's straight path would pass within 0.3 m of, as a driving car (and `driving_sequence`) does, so
+    # frames show vehicles parked just ahead on the camera's side as driving does.
+    camera_clearance: str = "lane"
     near: float = 0.1
     far: float = 200.0
 
@@ -58,6 +68,8 @@ class SimConfig:
             raise ValueError("probabilities must be in [0, 1]")
         if self.frames_per_scene < 1:
             raise ValueError(f"frames_per_scene must be >= 1, got {self.frames_per_scene}")
+        if self.camera_clearance not in CAMERA_CLEARANCES:
+            raise ValueError(f"camera_clearance must be one of {CAMERA_CLEARANCES}, got {self.camera_clearance!r}")
         if self.anomaly_distance[0] < 2.0 or self.anomaly_distance[1] > 120.0:
             raise ValueError(f"anomaly_distance must lie within [2, 120] m, got {self.anomaly_distance}")
 
@@ -148,6 +160,7 @@ class _Street:
     road_width: float
     sidewalk_width: float
     occupied: list[tuple[float, float, float]]  # (x, y, radius) footprints on the road / sidewalks
+    vehicles: list[tuple[float, float, float, float]] = field(default_factory=list)  # (x_lo, x_hi, y_lo, y_hi) boxes
 
 
 class SimWorld:
@@ -301,6 +314,12 @@ class SimWorld:
             self._add(objects.person(rng), (x, y, 0.15), rng.uniform(0, 2 * math.pi), "person")
             st.occupied.append((x, y, 0.6))
 
+    def _vehicle(self, parts: list[Part], position, yaw: float, kind: str) -> None:
+        """Add a car, truck or bicycle and record its ground box (for `free_camera_x`)."""
+        body = self._add(parts, position, yaw, kind)
+        lo, hi = pb.getAABB(body, physicsClientId=self.client)
+        self.street.vehicles.append((lo[0], hi[0], lo[1], hi[1]))
+
     def _traffic(self, rng, road_w: float, x_end: float, ego_lane: bool) -> None:
         st = self.street
         for side in (-1, 1):  # parked cars along both kerbs
@@ -310,7 +329,7 @@ class SimWorld:
                     kind = "truck" if rng.random() < 0.1 else "car"
                     y = side * (road_w / 2 - (1.0 if kind == "car" else 1.3))
                     parts = objects.car(rng) if kind == "car" else objects.truck(rng)
-                    self._add(parts, (x, y, 0.0), (0.0 if side < 0 else math.pi) + rng.normal(0, 0.03), kind)
+                    self._vehicle(parts, (x, y, 0.0), (0.0 if side < 0 else math.pi) + rng.normal(0, 0.03), kind)
                     st.occupied.append((x, y, 3.0 if kind == "car" else 5.0))
                 x += rng.uniform(5.5, 12)
         for x in rng.uniform(30, x_end, rng.integers(2, 8)):  # moving traffic in either lane
@@ -320,12 +339,12 @@ class SimWorld:
             kind = "truck" if rng.random() < 0.15 else "car"
             y = lane * road_w / 4 + rng.normal(0, 0.2)
             parts = objects.car(rng) if kind == "car" else objects.truck(rng)
-            self._add(parts, (x, y, 0.0), 0.0 if lane < 0 else math.pi, kind)
+            self._vehicle(parts, (x, y, 0.0), 0.0 if lane < 0 else math.pi, kind)
             st.occupied.append((x, y, 3.0 if kind == "car" else 5.0))
         for x in rng.uniform(20, x_end, rng.integers(0, 4) if ego_lane else 0):  # cyclists near the right kerb
             y = -(road_w / 2 - 0.7)
             yaw = rng.normal(0, 0.05)
-            self._add(objects.bicycle(rng), (x, y, 0.0), yaw, "bicycle")
+            self._vehicle(objects.bicycle(rng), (x, y, 0.0), yaw, "bicycle")
             self._add(objects.person(rng, seated=True), (x - 0.15, y, 0.0), yaw, "rider")
             st.occupied.append((x, y, 1.2))
 
@@ -381,11 +400,20 @@ class SimWorld:
         return -self.street.road_width / 4 + rng.uniform(-0.4, 0.4)
 
     def free_camera_x(self, rng: np.random.Generator, y: float, lo: float, hi: float) -> float:
-        """A camera x in [lo, hi] with no vehicle in the ego lane within 25 m ahead (or on top of it)."""
+        """A camera x in [lo, hi] kept clear, for `CLEAR_AHEAD_M` ahead (and where it stands), of the vehicles
+        `config.camera_clearance` names: "lane" every footprint in the ego lane's corridor, "path" the vehicles
+        whose side comes within `PATH_CLEARANCE_M` of the camera's path. After 50 draws the last one is kept."""
+        st = self.street
+
+        def blocked(x: float) -> bool:
+            if self.config.camera_clearance == "path":
+                return any(x0 < x + CLEAR_AHEAD_M and x1 > x - 1.0 and y0 - PATH_CLEARANCE_M < y < y1 + PATH_CLEARANCE_M
+                           for x0, x1, y0, y1 in st.vehicles)
+            return any(abs(oy - y) < 1.5 + r / 3 and -r < ox - x < CLEAR_AHEAD_M + r for ox, oy, r in st.occupied)
+
         x = rng.uniform(lo, hi)
         for _ in range(50):
-            blocked = any(abs(oy - y) < 1.5 + r / 3 and -r < ox - x < 25.0 + r for ox, oy, r in self.street.occupied)
-            if not blocked:
+            if not blocked(x):
                 break
             x = rng.uniform(lo, hi)
         return x
