@@ -200,3 +200,13 @@ def test_augmented_dataset_is_a_function_of_seed_epoch_index():
     ds.set_epoch(0)
     np.testing.assert_array_equal(ds[2][1], first[2][1])
     assert ds.classes == ("a", "b") and len(ds) == 3
+
+
+def test_flipped_one_pixel_wide_negative_becomes_a_tensor():
+    """A thin negative resized to 1 px width and flipped: numpy calls the reversed view contiguous but keeps its
+    negative stride, which torch.from_numpy rejects (it stopped a training run at step 3,698)."""
+    image = np.arange(40 * 2 * 3, dtype=np.uint8).reshape(40, 2, 3)
+    mask = np.ones((40, 2), bool)
+    out_img, out_mask = NegativeResize(side_range=(20, 20), flip_prob=1.0)(image, mask, np.random.default_rng(0))
+    assert out_img.shape == (20, 1, 3) and out_mask.shape == (20, 1)
+    assert torch.from_numpy(out_img).shape == (20, 1, 3) and torch.from_numpy(out_mask).all()

@@ -55,7 +55,7 @@ class MixedContentDataset(Dataset):
             side = int(rng.integers(self.negative_side[0], min(self.negative_side[1], H, W) + 1))
             neg_img, neg_mask = self.resize_negative(neg_img, neg_mask, side)
             if rng.random() < 0.5:
-                neg_img, neg_mask = neg_img[:, ::-1], neg_mask[:, ::-1]
+                neg_img, neg_mask = neg_img[:, ::-1].copy(), neg_mask[:, ::-1].copy()  # 1-px-wide: see augment.py
             top, left = random_position(rng, H, W, *neg_mask.shape)
             patch = torch.from_numpy(np.ascontiguousarray(neg_img)).permute(2, 0, 1).float() / 255.0
             x, y, d_out = paste_negative(x, y, d_out, patch, torch.from_numpy(np.ascontiguousarray(neg_mask)), top, left)

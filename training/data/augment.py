@@ -162,7 +162,7 @@ class InlierAugment:
             image[r0:r1, c0:c1] = self.jitter.apply(np.ascontiguousarray(image[r0:r1, c0:c1]), *factors)
         if p["flip"]:
             image, labels = image[:, ::-1], labels[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+        return image.copy(), labels.copy()  # not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
 
 
 class NegativeResize:
@@ -200,7 +200,7 @@ class NegativeResize:
         image, mask = self.resize(image, mask, side)
         if rng.random() < self.flip_prob:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+        return image.copy(), mask.copy()  # not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
 
 
 class AugmentedDataset(Dataset):
