@@ -161,8 +161,9 @@ class InlierAugment:
         if factors is not None and r1 > r0 and c1 > c0:  # jitter the image pixels only, not the padding
             image[r0:r1, c0:c1] = self.jitter.apply(np.ascontiguousarray(image[r0:r1, c0:c1]), *factors)
         if p["flip"]:
-            image, labels = image[:, ::-1], labels[:, ::-1]
-        return image.copy(), labels.copy()  # not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
+            # copy(), not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
+            image, labels = image[:, ::-1].copy(), labels[:, ::-1].copy()
+        return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
 class NegativeResize:
@@ -199,8 +200,9 @@ class NegativeResize:
         side = int(rng.integers(self.side_range[0], self.side_range[1] + 1))
         image, mask = self.resize(image, mask, side)
         if rng.random() < self.flip_prob:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        return image.copy(), mask.copy()  # not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
+            # copy(), not ascontiguousarray: a flipped 1-px-wide array keeps its negative stride
+            image, mask = image[:, ::-1].copy(), mask[:, ::-1].copy()
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
 class AugmentedDataset(Dataset):
