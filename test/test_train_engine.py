@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import render_small_sim
 from densehybrid_training.checkpoint import load_checkpoint
@@ -138,3 +139,42 @@ def test_cli_errors_are_clear(sim_train, tiny_model_yaml, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert train_main(["finetune", "--set", "loss_variant=authors", "--set", "loss.x_out_margin=8"]) == 2
     assert "x_out_margin applies to loss_variant 'thesis' only" in capsys.readouterr().err
+
+
+def test_init_head_continues_a_finetuning_and_refuses_a_closed_set_init(sim_train, tiny_model_yaml, tmp_path, capsys):
+    """`init_head`: a fine-tuning started from another fine-tuning (checkpoint or exported weights) takes its trained
+    inlier head too; by default, and from a closed-set run, the head starts fresh."""
+    from densehybrid_training.config import ConfigError
+    from densehybrid_training.export import export
+
+    seg, ft = tmp_path / "seg", tmp_path / "ft"
+    assert train_main(["segmenter", *[a for o in _overrides(sim_train, tiny_model_yaml, seg, steps=1) for a in ("--set", o)]]) == 0
+    ft_set = _overrides(sim_train, tiny_model_yaml, ft, steps=1, **{"data.negatives": "sim",
+                                                                    "init": str(seg / "checkpoints" / "last.pt")})
+    assert train_main(["finetune", *[a for o in ft_set for a in ("--set", o)]]) == 0
+    trained = load_checkpoint(ft / "checkpoints" / "last.pt")["model"]
+    weights = export(ft / "checkpoints" / "last.pt", tmp_path / "ft.safetensors")
+
+    def head(init: str, init_head: bool) -> dict:
+        cfg = load_train_config(None, ["mode=finetune", *_overrides(sim_train, tiny_model_yaml, tmp_path / "x"),
+                                       "data.negatives=sim", f"init={init}", f"init_head={str(init_head).lower()}"])
+        model, _, _ = build_model_and_dataset("finetune", cfg)
+        return {f"inlier_head.{k}": v for k, v in model.inlier_head.state_dict().items()}
+
+    for init in (ft / "checkpoints" / "last.pt", weights):
+        kept = head(str(init), True)
+        assert all(torch.equal(v, trained[k]) for k, v in kept.items() if v.is_floating_point())
+        fresh = head(str(init), False)
+        assert any(not torch.equal(v, trained[k]) for k, v in fresh.items() if v.is_floating_point())
+    with pytest.raises(ConfigError, match="not a DenseHybrid fine-tuning"):
+        head(str(seg / "checkpoints" / "last.pt"), True)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_train_config_loads(path):
+    """Each config under config/train loads and validates as the CLI reads it (a flow config: `flow:` at the top)."""
+    from densehybrid_training.flow_train import FlowTrainConfig
+
+    flow = "flow" in yaml.safe_load(path.read_text())
+    cfg = load_train_config(path, [], cls=FlowTrainConfig if flow else None)
+    assert isinstance(cfg, FlowTrainConfig) or cfg.mode in ("segmenter", "finetune")

@@ -120,14 +120,18 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
         if not cfg.init:
             raise ConfigError("finetune needs `init`: a closed-set checkpoint (.pt) or node weights (.safetensors)")
         if str(cfg.init).endswith(".safetensors"):
-            loaded, _ = load_weights(cfg.init)
-            state = loaded.state_dict()
+            loaded, init_meta = load_weights(cfg.init)
+            state, init_mode = loaded.state_dict(), init_meta.provenance.get("mode")
         else:
-            state = load_checkpoint(Path(cfg.init))["model"]
-        # the closed-set run's inlier head was never trained: keep this model's fresh head
-        seg = {k: v for k, v in state.items() if k.startswith("segmenter.")}
-        missing = model.load_state_dict(seg, strict=False)
-        if missing.unexpected_keys or any(k.startswith("segmenter.") for k in missing.missing_keys):
+            checkpoint = load_checkpoint(Path(cfg.init))
+            state, init_mode = checkpoint["model"], checkpoint.get("config", {}).get("mode")
+        # a closed-set run's inlier head was never trained: unless init_head, keep this model's fresh head
+        parts = ("segmenter.", "inlier_head.") if cfg.init_head else ("segmenter.",)
+        if cfg.init_head and init_mode != "finetune":
+            raise ConfigError(f"init_head: init {cfg.init} is not a DenseHybrid fine-tuning (its mode is "
+                              f"{init_mode!r}): its inlier head was never trained")
+        missing = model.load_state_dict({k: v for k, v in state.items() if k.startswith(parts)}, strict=False)
+        if missing.unexpected_keys or any(k.startswith(parts) for k in missing.missing_keys):
             raise ConfigError(f"init {cfg.init} does not match model {cfg.model} with {len(classes)} classes")
     norm = Normalization()
     # with a flow, an image gets a real negative with probability b = synthetic.real_prob (4.21)

@@ -77,6 +77,9 @@ class TrainConfig:
     mode: str = "segmenter"  # "segmenter" (closed-set CE) or "finetune" (DenseHybrid, 4.16)
     model: str = "swiftnet_r18_cpu"  # preset name (config/model/) or YAML path
     init: str | None = None  # segmenter: ImageNet checkpoint; finetune: closed-set checkpoint or weights
+    # finetune: also take the inlier-posterior head from `init`, which must then be a DenseHybrid fine-tuning
+    # (continuing one on new data); off, the head starts fresh (a closed-set init has none trained)
+    init_head: bool = False
     out: str = "runs/train"
     steps: int = 1000
     batch_size: int = 8
