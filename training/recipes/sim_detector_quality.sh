@@ -7,9 +7,9 @@
 #   test A 1,200 x 10 = 120 streets (seed 13); test B the same with seed 14. Anomaly pools are disjoint by split.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-render() {  # out split frames seed per-street
+render() {  # out split frames seed per-street [extra render options]
   [ -f "$1/manifest.json" ] || $PY -m densehybrid_ros.sim render --out "$1" --split "$2" --frames "$3" --seed "$4" \
-      --size 512x256 --frames-per-scene "$5"
+      --size 512x256 --frames-per-scene "$5" "${@:6}"
 }
 render data/sim_train_big train 12000 11 24
 render data/sim_val_big val 1200 12 10
@@ -52,4 +52,28 @@ for w in sim_real_big_m8 sim_real_big_m8_g768 sim_real_big_m8_long_g768; do
     [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights runs/${w}_calibrated.safetensors \
         --dataset sim:data/$t --scores hybrid,generative,discriminative,max_logit,energy,msp --out $out --quiet
   done
+done
+# The bundled model: the 4,800-step fine-tuning continued for 1,600 steps on renders whose camera passes vehicles
+# parked at its own kerb as a driving camera does (`--camera-clearance path`; the same seeds and streets). The `lane`
+# renders above keep such vehicles out of the 25 m ahead, and the false obstacles on the val bags sat on them.
+# Chosen on the 13 val bags (seeds 21-33; detection within 30 m 0.649 vs 0.631 at 0.39 vs 0.45 false obstacles per
+# frame) and val pixels (see the README). Calibrated on the same `lane` val split as before; the `path` val split
+# feeds the run's validation curve and a second val measurement.
+render data/sim_train_big_path train 12000 11 24 --camera-clearance path
+render data/sim_val_big_path val 1200 12 10 --camera-clearance path
+$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path.yaml
+w=runs/sim_real_path_g768
+[ -f $w.safetensors ] || $PY -m densehybrid_training export \
+    --checkpoint runs/sim_finetune_real_path/checkpoints/last.pt --out $w.safetensors --input-size 768x384
+[ -f ${w}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $w.safetensors \
+    --dataset sim:data/sim_val_big --out ${w}_calibrated.safetensors
+for d in sim_val_big sim_val_big_path; do
+  out=runs/eval_$(basename $w)_$d
+  [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights ${w}_calibrated.safetensors \
+      --dataset sim:data/$d --scores hybrid,max_logit,energy --out $out --quiet
+done
+for t in sim_test_big sim_test_big_b; do
+  out=runs/eval_real_path_g768_$t
+  [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights ${w}_calibrated.safetensors \
+      --dataset sim:data/$t --scores hybrid,generative,discriminative,max_logit,energy,msp --out $out --quiet
 done
