@@ -141,14 +141,15 @@ def test_cli_errors_are_clear(sim_train, tiny_model_yaml, tmp_path, capsys):
     assert "x_out_margin applies to loss_variant 'thesis' only" in capsys.readouterr().err
 
 
-def test_init_head_continues_a_finetuning_and_refuses_a_closed_set_init(sim_train, tiny_model_yaml, tmp_path, capsys):
+def test_init_head_continues_a_finetuning_and_refuses_a_closed_set_init(sim_train, tiny_model_yaml, tmp_path):
     """`init_head`: a fine-tuning started from another fine-tuning (checkpoint or exported weights) takes its trained
     inlier head too; by default, and from a closed-set run, the head starts fresh."""
     from densehybrid_training.config import ConfigError
     from densehybrid_training.export import export
 
     seg, ft = tmp_path / "seg", tmp_path / "ft"
-    assert train_main(["segmenter", *[a for o in _overrides(sim_train, tiny_model_yaml, seg, steps=1) for a in ("--set", o)]]) == 0
+    seg_set = _overrides(sim_train, tiny_model_yaml, seg, steps=1)
+    assert train_main(["segmenter", *[a for o in seg_set for a in ("--set", o)]]) == 0
     ft_set = _overrides(sim_train, tiny_model_yaml, ft, steps=1, **{"data.negatives": "sim",
                                                                     "init": str(seg / "checkpoints" / "last.pt")})
     assert train_main(["finetune", *[a for o in ft_set for a in ("--set", o)]]) == 0
