@@ -11,12 +11,24 @@ render() {  # out split frames seed per-street [extra render options]
   [ -f "$1/manifest.json" ] || $PY -m densehybrid_ros.sim render --out "$1" --split "$2" --frames "$3" --seed "$4" \
       --size 512x256 --frames-per-scene "$5" "${@:6}"
 }
+VAL_SCORES=hybrid,max_logit,energy
+TEST_SCORES=hybrid,generative,discriminative,max_logit,energy,msp
+export_calibrated() {  # run-dir weights-stem grid: node weights at the grid, then calibrated on val
+  [ -f $2.safetensors ] || $PY -m densehybrid_training export --checkpoint $1/checkpoints/last.pt \
+      --out $2.safetensors --input-size $3
+  [ -f ${2}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $2.safetensors \
+      --dataset sim:data/sim_val_big --out ${2}_calibrated.safetensors
+}
+evaluate() {  # weights-stem dataset out scores
+  [ -f $3/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights $1.safetensors --dataset sim:data/$2 \
+      --scores $4 --out $3 --quiet
+}
 render data/sim_train_big train 12000 11 24
 render data/sim_val_big val 1200 12 10
 render data/sim_test_big test 1200 13 10
 render data/sim_test_big_b test 1200 14 10
 $PY -m densehybrid_training segmenter --config config/train/sim_segmenter_big.yaml
-# Fine-tuning with real negatives, 2,400 steps: the previous bundle; the grid and the fine-tuning length were
+# Fine-tuning with real negatives, 2,400 steps: an earlier bundle; the grid and the fine-tuning length were
 # chosen on val from it.
 $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_big.yaml --set steps=2400 \
     --set out=runs/sim_finetune_real_big_m8
@@ -27,30 +39,18 @@ $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_big
 for grid in 512x256 768x384 1024x512; do
   tag=$([ $grid = 512x256 ] && echo "" || echo _g${grid%x*})
   w=runs/sim_real_big_m8$tag
-  [ -f $w.safetensors ] || $PY -m densehybrid_training export \
-      --checkpoint runs/sim_finetune_real_big_m8/checkpoints/last.pt --out $w.safetensors --input-size $grid
-  [ -f ${w}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $w.safetensors \
-      --dataset sim:data/sim_val_big --out ${w}_calibrated.safetensors
-  [ -f runs/eval_val_$(basename $w)_calibrated/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
-      --weights ${w}_calibrated.safetensors --dataset sim:data/sim_val_big --scores hybrid,max_logit,energy \
-      --out runs/eval_val_$(basename $w)_calibrated --quiet
+  export_calibrated runs/sim_finetune_real_big_m8 $w $grid
+  evaluate ${w}_calibrated sim_val_big runs/eval_val_$(basename $w)_calibrated $VAL_SCORES
 done
-# The bundled model: the same fine-tuning for 4,800 steps (the config's default; val hybrid AP / FPR95 / mIoU
+# The previous bundle: the same fine-tuning for 4,800 steps (the config's default; val hybrid AP / FPR95 / mIoU
 # 61.9 / 2.7 / 79.3 against 2,400 steps' 55.3 / 3.1 / 77.8), exported at the 768x384 grid chosen above.
 $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_big.yaml
 w=runs/sim_real_big_m8_long_g768
-[ -f $w.safetensors ] || $PY -m densehybrid_training export \
-    --checkpoint runs/sim_finetune_real_big_m8_long/checkpoints/last.pt --out $w.safetensors --input-size 768x384
-[ -f ${w}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $w.safetensors \
-    --dataset sim:data/sim_val_big --out ${w}_calibrated.safetensors
-[ -f runs/eval_val_$(basename $w)_calibrated/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
-    --weights ${w}_calibrated.safetensors --dataset sim:data/sim_val_big --scores hybrid,max_logit,energy \
-    --out runs/eval_val_$(basename $w)_calibrated --quiet
+export_calibrated runs/sim_finetune_real_big_m8_long $w 768x384
+evaluate ${w}_calibrated sim_val_big runs/eval_val_$(basename $w)_calibrated $VAL_SCORES
 for w in sim_real_big_m8 sim_real_big_m8_g768 sim_real_big_m8_long_g768; do
   for t in sim_test_big sim_test_big_b; do
-    out=runs/eval_${w#sim_}_$t
-    [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights runs/${w}_calibrated.safetensors \
-        --dataset sim:data/$t --scores hybrid,generative,discriminative,max_logit,energy,msp --out $out --quiet
+    evaluate runs/${w}_calibrated $t runs/eval_${w#sim_}_$t $TEST_SCORES
   done
 done
 # The bundled model: the 4,800-step fine-tuning continued for 1,600 steps on renders whose camera passes vehicles
@@ -63,17 +63,10 @@ render data/sim_train_big_path train 12000 11 24 --camera-clearance path
 render data/sim_val_big_path val 1200 12 10 --camera-clearance path
 $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path.yaml
 w=runs/sim_real_path_g768
-[ -f $w.safetensors ] || $PY -m densehybrid_training export \
-    --checkpoint runs/sim_finetune_real_path/checkpoints/last.pt --out $w.safetensors --input-size 768x384
-[ -f ${w}_calibrated.safetensors ] || $PY -m densehybrid_training calibrate --weights $w.safetensors \
-    --dataset sim:data/sim_val_big --out ${w}_calibrated.safetensors
+export_calibrated runs/sim_finetune_real_path $w 768x384
 for d in sim_val_big sim_val_big_path; do
-  out=runs/eval_$(basename $w)_$d
-  [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights ${w}_calibrated.safetensors \
-      --dataset sim:data/$d --scores hybrid,max_logit,energy --out $out --quiet
+  evaluate ${w}_calibrated $d runs/eval_$(basename $w)_$d $VAL_SCORES
 done
 for t in sim_test_big sim_test_big_b; do
-  out=runs/eval_real_path_g768_$t
-  [ -f $out/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights ${w}_calibrated.safetensors \
-      --dataset sim:data/$t --scores hybrid,generative,discriminative,max_logit,energy,msp --out $out --quiet
+  evaluate ${w}_calibrated $t runs/eval_real_path_g768_$t $TEST_SCORES
 done
