@@ -60,9 +60,10 @@ class Process(Child):
 
 
 # node parameters that publish every frame's obstacles as they come, at any size (confirmation over 1 of 1 frames, no
-# miss budget, no size limits): for tests of one frame's components and geometry, not of the obstacle rules
+# miss budget, no size, visible-area or enclosure limits): for tests of one frame's components and geometry, not of the obstacle rules
 PER_FRAME_OBSTACLES = ("confirm_hits:=1", "confirm_window:=1", "miss_budget:=0", "obstacle_min_width:=0.0",
-                       "obstacle_max_width:=1000.0", "obstacle_min_height:=0.0", "obstacle_max_height:=1000.0")
+                       "obstacle_max_width:=1000.0", "obstacle_min_height:=0.0", "obstacle_max_height:=1000.0",
+                       "obstacle_min_visible_area:=0.0", "max_enclosed_share:=1.0")
 
 
 def eval_bag_options(*params: str) -> list[str]:

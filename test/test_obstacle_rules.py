@@ -1,5 +1,5 @@
-"""Obstacle rules of the node, ROS-free, on hand-built masks and semantic maps: the drivable-surface contact, the size
-of a real object at its distance (geometry worked by hand), and the N-of-M confirmation (or at once at the instant
+"""Obstacle rules of the node, ROS-free, on hand-built masks and semantic maps: the drivable-surface contact, the
+enclosure by a known object, the size and visible area of a real object at its distance (geometry worked by hand), and the N-of-M confirmation (or at once at the instant
 score) with its miss budget and ids."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from densehybrid_ros.perception.obstacles import (Component, Confirmation, Obstacle, ObstacleRules, ObstacleTracker,
-                                                  extract_components, frame_obstacles, stands_on_drivable)
+                                                  enclosed_share, extract_components, frame_obstacles,
+                                                  stands_on_drivable, visible_area)
 from densehybrid_ros.perception.camera import CameraModel, Mount
 from densehybrid_ros.perception.settings import Settings, SettingsError
 from densehybrid_ros.weights import Calibration, OperatingPoint
@@ -22,9 +23,11 @@ CAMERA = CameraModel(fx=100.0, fy=100.0, cx=79.5, cy=49.5)
 MOUNT = Mount(height=1.5, pitch=0.0, roll=0.0)
 
 
-def rules(drivable=(ROAD, SIDEWALK), band=0.05, width=(0.1, 3.0), height=(0.1, 3.0), min_area=10) -> ObstacleRules:
+def rules(drivable=(ROAD, SIDEWALK), band=0.05, width=(0.1, 3.0), height=(0.1, 3.0), min_area=10,
+          min_visible_area=0.0, objects=None, enclosed=1.0) -> ObstacleRules:
     return ObstacleRules(min_area=min_area, max_obstacles=32, max_distance=60.0, drivable_ids=drivable,
-                         ground_band=band, width=width, height=height)
+                         ground_band=band, width=width, height=height, min_visible_area=min_visible_area,
+                         object_ids=objects, max_enclosed_share=enclosed)
 
 
 def one_component(mask: np.ndarray):
@@ -125,6 +128,64 @@ def test_frame_obstacles_keeps_what_stands_on_the_road_and_fits():
     assert flat.source == "image" and flat.component.x0 == 20
 
 
+def test_visible_area_by_hand_geometry():
+    classes = np.full((H, W), ROAD, np.uint8)
+    # 20 x 20 px box with bottom row 79: z = 5 m, 1.0 m x 1.0 m, filled: 1.0 m^2
+    (full,) = frame_obstacles(box_mask((60, 80), (60, 80)), None, classes, CAMERA, MOUNT, rules())
+    assert visible_area(full) == pytest.approx(1.0)
+    # an L: the bottom 10 rows full, the top 10 rows only the left 10 columns: 300 of the box's 400 px -> 0.75 m^2
+    mask = box_mask((70, 80), (60, 80)) | box_mask((60, 70), (60, 70))
+    (ell,) = frame_obstacles(mask, None, classes, CAMERA, MOUNT, rules())
+    assert ell.size[:2] == pytest.approx((1.0, 1.0)) and visible_area(ell) == pytest.approx(0.75)
+    assert frame_obstacles(mask, None, classes, CAMERA, MOUNT, rules(min_visible_area=0.8)) == []
+    assert len(frame_obstacles(mask, None, classes, CAMERA, MOUNT, rules(min_visible_area=0.75))) == 1
+    # the same 4 x 4 px patch: 0.2 m x 0.2 m = 0.04 m^2 at 5 m, 0.4 m x 0.4 m = 0.16 m^2 at 10 m (bottom row 64)
+    near = frame_obstacles(box_mask((76, 80), (60, 64)), None, classes, CAMERA, MOUNT, rules(min_area=1))
+    far = frame_obstacles(box_mask((61, 65), (60, 64)), None, classes, CAMERA, MOUNT, rules(min_area=1))
+    assert visible_area(near[0]) == pytest.approx(0.04) and visible_area(far[0]) == pytest.approx(0.16)
+    assert frame_obstacles(box_mask((76, 80), (60, 64)), None, classes, CAMERA, MOUNT,
+                           rules(min_area=1, min_visible_area=0.05)) == []
+
+
+def enclosed_scene():
+    """A 10 x 10 px component (rows 60..69, columns 40..49) in a car whose lower edge is row 69, road below; a second
+    anomaly component on row 58 (one free row above the first, so not connected to it)."""
+    classes = np.full((H, W), CAR, np.uint8)
+    classes[70:, :] = ROAD
+    mask = box_mask((60, 70), (40, 50)) | box_mask((58, 59), (38, 52))
+    return mask, classes
+
+
+def test_enclosed_share_counts_the_ring_around_the_component_outside_other_anomalies():
+    mask, classes = enclosed_scene()
+    components, labels = extract_components(mask, None)
+    first = next(c for c in components if c.y0 == 60)
+    # ring: radius max(1, round(100 / 64)) = 2 px -> rows 58..71, columns 38..51 (196 px) minus the component (100):
+    # 96 px, 14 of them (row 58) the other anomaly -> 82; road: rows 70..71 x 14 columns = 28; car: 54
+    assert enclosed_share(first, labels, classes, (CAR,)) == pytest.approx(54 / 82)
+    assert enclosed_share(first, labels, classes, (CAR, ROAD)) == pytest.approx(1.0)
+    assert enclosed_share(first, labels, classes, (BUILDING,)) == 0.0
+    # on open road nothing encloses it
+    assert enclosed_share(first, labels, np.full((H, W), ROAD, np.uint8), (CAR,)) == 0.0
+
+
+def test_a_component_mostly_surrounded_by_a_car_is_part_of_it():
+    mask, classes = enclosed_scene()
+    mask[58] = False  # the component alone: ring 96 px, 68 car (0.708), contact on road
+    kept = lambda r: [(ob.component.x0, ob.component.y0) for ob in frame_obstacles(mask, None, classes, CAMERA,
+                                                                                     MOUNT, r)]
+    assert kept(rules(objects=(CAR,), enclosed=0.6)) == []
+    assert kept(rules(objects=(CAR,), enclosed=0.75)) == [(40, 60)]
+    assert kept(rules(objects=(CAR,), enclosed=1.0)) == [(40, 60)]  # 1.0: not checked
+    assert kept(rules(objects=None, enclosed=0.6)) == [(40, 60)]  # no object class known: not checked
+    # the same component in front of the car (road around it) stays
+    classes[50:, 30:60] = ROAD
+    assert kept(rules(objects=(CAR,), enclosed=0.6)) == [(40, 60)]
+    # without intrinsics (2-D boxes for the overlay) the enclosure check applies too
+    classes[50:70, 30:60] = CAR
+    assert frame_obstacles(mask, None, classes, None, MOUNT, rules(objects=(CAR,), enclosed=0.6)) == []
+
+
 def test_settings_map_class_names_to_drivable_ids_and_check_limits():
     names = ["road", "sidewalk", "building", "car"]
     settings = Settings.from_values({})
@@ -132,6 +193,13 @@ def test_settings_map_class_names_to_drivable_ids_and_check_limits():
     assert settings.replace(drivable_classes=["sidewalk", "kerb"]).obstacle_rules(names).drivable_ids == (1,)
     assert settings.obstacle_rules(["class_0", "class_1"]).drivable_ids is None  # none known: no surface check
     assert settings.replace(ground_band=1.0).obstacle_rules(names).drivable_ids is None
+    r = settings.obstacle_rules(names)
+    assert (r.object_ids, r.max_enclosed_share, r.min_visible_area) == ((3,), 0.6, 0.05)
+    assert settings.replace(object_classes=["truck"]).obstacle_rules(names).object_ids is None  # none known
+    with pytest.raises(SettingsError, match="object_classes must be non-empty class names"):
+        Settings.from_values({"object_classes": ["car", ""]})
+    with pytest.raises(SettingsError, match="max_enclosed_share"):
+        Settings.from_values({"max_enclosed_share": 1.5})
     c = settings.confirmation()
     assert (c.hits, c.window, c.miss_budget, c.hold_missed) == (2, 3, 2, False)
     assert (c.match_distance, c.match_relative) == (3.0, 0.2)

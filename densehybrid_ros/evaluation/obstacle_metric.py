@@ -28,7 +28,8 @@ from densehybrid_ros.weights import Calibration
 
 # the node's obstacle filter and confirmation parameters, taken by densehybrid-eval-bag under the same names
 NODE_OBSTACLE_PARAMS = ("drivable_classes", "ground_band", "obstacle_min_width", "obstacle_max_width",
-                        "obstacle_min_height", "obstacle_max_height", "confirm_hits", "confirm_window", "miss_budget",
+                        "obstacle_min_height", "obstacle_max_height", "obstacle_min_visible_area", "object_classes",
+                        "max_enclosed_share", "confirm_hits", "confirm_window", "miss_budget",
                         "hold_missed_obstacles", "instant_confirm_point",
                         "track_match_distance", "track_match_relative")
 

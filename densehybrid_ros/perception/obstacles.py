@@ -1,7 +1,8 @@
 """Anomaly components -> 3D obstacles in the camera optical frame, confirmed across frames with stable ids. ROS-free.
 
-Per frame (`frame_obstacles`): components of the anomaly mask that stand on the drivable surface, placed on the
-ground plane (or with depth) and of a real object's size, are the candidates; `ObstacleTracker` publishes a
+Per frame (`frame_obstacles`): components of the anomaly mask that stand on the drivable surface, are not mostly
+surrounded by a known object (a car's wheel is part of the car), placed on the ground plane (or with depth) and of a
+real object's size, are the candidates; `ObstacleTracker` publishes a
 candidate once it was seen in N of the last M frames and keeps it through a miss budget. The node, densehybrid-eval-bag
 and the demo all run these two.
 
@@ -169,6 +170,9 @@ class ObstacleRules:
     ground_band: float  # share of the image height at its bottom where any contact counts as ground
     width: tuple[float, float]  # [m] inclusive limits of the box width
     height: tuple[float, float]  # [m] inclusive limits of the box height
+    min_visible_area: float = 0.0  # [m^2] smallest `visible_area` (0 = any)
+    object_ids: tuple[int, ...] | None = None  # class ids of known objects; None = the enclosure is not checked
+    max_enclosed_share: float = 1.0  # largest `enclosed_share` of a candidate (1.0 = any)
 
 
 @dataclass(frozen=True)
@@ -248,10 +252,40 @@ def stands_on_drivable(component: Component, labels: np.ndarray, class_ids: np.n
     return rows.size > 0 and float(np.isin(class_ids[rows, cols], drivable_ids).mean()) >= DRIVABLE_SHARE
 
 
+RING_SHARE = 1 / 64  # width of the ring around a component that `enclosed_share` reads, as a share of the image height
+
+
+def enclosed_share(component: Component, labels: np.ndarray, class_ids: np.ndarray, object_ids: tuple[int, ...]) -> float:
+    """Share of the pixels around a component that the semantic map `class_ids` gives to known objects (`object_ids`):
+    the ring of width `RING_SHARE` x image height (at least 1 pixel) around it, outside every anomaly component
+    (labels 0). A component mostly surrounded by one car (a wheel, the dark lower edge of a near car) is read as a
+    part of it rather than a separate object in front of it; 0.0 when the ring is empty."""
+    radius = max(1, round(labels.shape[0] * RING_SHARE))
+    y0, y1 = max(component.y0 - radius, 0), min(component.y1 + radius, labels.shape[0])
+    x0, x1 = max(component.x0 - radius, 0), min(component.x1 + radius, labels.shape[1])
+    window = labels[y0:y1, x0:x1]
+    inside = (window == component.label).astype(np.uint8)
+    grown = cv2.dilate(inside, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)).astype(bool)
+    ring = grown & (window == 0)
+    if not ring.any():
+        return 0.0
+    return float(np.isin(class_ids[y0:y1, x0:x1][ring], object_ids).mean())
+
+
+def visible_area(obstacle: Obstacle) -> float:
+    """The component's area at the obstacle's distance [m^2]: box width x height times the share of its pixel bounding
+    box that the component fills."""
+    c = obstacle.component
+    fill = c.area / ((c.x1 - c.x0) * (c.y1 - c.y0))
+    return obstacle.size[0] * obstacle.size[1] * fill
+
+
 def fits_object_size(obstacle: Obstacle, rules: ObstacleRules) -> bool:
-    """Whether the placed box's width and height [m] lie within the rules' limits (inclusive)."""
+    """Whether the placed box's width and height [m] lie within the rules' limits (inclusive) and the component's
+    `visible_area` reaches `rules.min_visible_area`."""
     width, height = obstacle.size[0], obstacle.size[1]
-    return rules.width[0] <= width <= rules.width[1] and rules.height[0] <= height <= rules.height[1]
+    return (rules.width[0] <= width <= rules.width[1] and rules.height[0] <= height <= rules.height[1]
+            and visible_area(obstacle) >= rules.min_visible_area)
 
 
 def frame_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.ndarray, camera: CameraModel | None,
@@ -259,13 +293,18 @@ def frame_obstacles(mask: np.ndarray, score: np.ndarray | None, class_ids: np.nd
     """One frame's obstacle candidates, the one implementation for the node, densehybrid-eval-bag and the demo
     (through `perception.pipeline.Perception` and `evaluation.obstacle_metric.ObstacleMetric`): 8-connected components
     of `mask` with >= min_area pixels whose contact is on the drivable surface (`stands_on_drivable`, when
-    `rules.drivable_ids` is set), placed with `depth` when given, else on the ground plane of `mount`, within
-    max_distance and of a real object's size (`fits_object_size`); the largest max_obstacles of them. Without a camera
-    model: the components passing the surface check as 2-D boxes (source "image", for the overlay only)."""
+    `rules.drivable_ids` is set) and which are not mostly surrounded by known objects (`enclosed_share` at most
+    `rules.max_enclosed_share`, when `rules.object_ids` is set and that share is below 1), placed with `depth` when
+    given, else on the ground plane of `mount`, within max_distance and of a real object's size and visible area
+    (`fits_object_size`); the largest max_obstacles of them. Without a camera model: the components passing the
+    surface and enclosure checks as 2-D boxes (source "image", for the overlay only)."""
     components, labels = extract_components(mask, score, rules.min_area)
     if rules.drivable_ids is not None:
         components = [c for c in components if stands_on_drivable(c, labels, class_ids, rules.drivable_ids,
                                                                     rules.ground_band)]
+    if rules.object_ids is not None and rules.max_enclosed_share < 1.0:
+        components = [c for c in components
+                      if enclosed_share(c, labels, class_ids, rules.object_ids) <= rules.max_enclosed_share]
     if camera is None:
         return [Obstacle(c, np.zeros(3), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), np.zeros(3), math.nan, "image")
                 for c in components[:rules.max_obstacles]]

@@ -141,8 +141,12 @@ class Perception:
         surface = ("not checked" if rules.drivable_ids is None else
                    ", ".join(self.class_names[i] for i in rules.drivable_ids)
                    + f" or the bottom {settings.ground_band:g} of the image")
-        return (f"contact on {surface}; {settings.obstacle_min_width:g}-{settings.obstacle_max_width:g} m wide, "
-                f"{settings.obstacle_min_height:g}-{settings.obstacle_max_height:g} m tall; published after "
+        enclosure = ("" if rules.object_ids is None or rules.max_enclosed_share >= 1.0 else
+                     f"at most {rules.max_enclosed_share:g} of its surroundings on "
+                     + ", ".join(self.class_names[i] for i in rules.object_ids) + "; ")
+        return (f"contact on {surface}; {enclosure}{settings.obstacle_min_width:g}-{settings.obstacle_max_width:g} m "
+                f"wide, {settings.obstacle_min_height:g}-{settings.obstacle_max_height:g} m tall, at least "
+                f"{settings.obstacle_min_visible_area:g} m^2 visible; published after "
                 f"{settings.confirm_hits} of {settings.confirm_window} frames (+{settings.confirm_hits - 1} frames "
                 f"latency{self._instant_words(settings)}), tracked through {settings.miss_budget} missed frames"
                 + (" (their last view published)" if settings.hold_missed_obstacles else ""))

@@ -39,6 +39,8 @@ CAMERA_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one ROS name token: used i
 MAX_CAMERAS = 16
 MOUNT_FIELDS = {"camera_height": "height", "camera_pitch": "pitch", "camera_roll": "roll"}  # parameter -> Mount field
 MOUNT_PARAMS = tuple(MOUNT_FIELDS)  # per camera: <camera>.<name>
+# Cityscapes' object classes (those with instances); the sim's weights name five of them
+OBJECT_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 GROUND_FRAME_SUFFIX = "_ground"  # grid_frame "" = <image frame_id>_ground
 
 
@@ -119,6 +121,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("obstacle_min_height", 0.1, "lowest obstacle [m] (box height at its ground contact)", runtime=True,
               low=0.0, high=1000.0),
     ParamSpec("obstacle_max_height", 3.0, "tallest obstacle [m]", runtime=True, low=0.0, high=1000.0),
+    ParamSpec("obstacle_min_visible_area", 0.05, "smallest visible area of an obstacle [m^2]: its component's pixels "
+              "at its distance (box width x height x the share of the box the component fills); 0 = any",
+              runtime=True, low=0.0, high=1000.0),
+    ParamSpec("object_classes", list(OBJECT_CLASSES), "class names (of the weights) of known objects: a component "
+              "mostly surrounded by them (max_enclosed_share) is taken as a part of such an object, e.g. a near car's "
+              "wheel; names the weights lack are ignored, none known = no enclosure check", runtime=True),
+    ParamSpec("max_enclosed_share", 0.6, "a component becomes an obstacle only if at most this share of the pixels "
+              "around it (a ring 1/64 of the image height wide, outside every anomaly component) are of "
+              "object_classes in the predicted semantic map (1.0 = no enclosure check)", runtime=True,
+              low=0.0, high=1.0),
     ParamSpec("confirm_hits", 2, "an obstacle is published once seen in confirm_hits of the last confirm_window frames "
               "(added latency for a new obstacle: confirm_hits - 1 frames; none for one reaching "
               "instant_confirm_point)", runtime=True, low=1, high=MAX_HISTORY),
@@ -208,8 +220,8 @@ def check_value(name: str, value: Any) -> str | None:
         return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
     if name == "cameras":
         return check_cameras(value)
-    if name == "drivable_classes" and not all(isinstance(n, str) and n for n in value):
-        return f"drivable_classes must be non-empty class names, got {value!r}"
+    if name in ("drivable_classes", "object_classes") and not all(isinstance(n, str) and n for n in value):
+        return f"{name} must be non-empty class names, got {value!r}"
     if name in ("operating_point", "instant_confirm_point") and value and not OPERATING_POINT_RE.match(value):
         return f"{name} must be empty or an operating point name (e.g. fpr1, tpr95), got {value!r}"
     return None
@@ -323,6 +335,9 @@ class Settings:
     obstacle_max_width: float
     obstacle_min_height: float
     obstacle_max_height: float
+    obstacle_min_visible_area: float
+    object_classes: tuple[str, ...]
+    max_enclosed_share: float
     confirm_hits: int
     confirm_window: int
     miss_budget: int
@@ -401,13 +416,19 @@ class Settings:
         ids = tuple(i for i, name in enumerate(class_names) if name in self.drivable_classes)
         return ids or None
 
+    def object_ids(self, class_names: Sequence[str]) -> tuple[int, ...] | None:
+        """Ids of the `object_classes` among the weights' `class_names`; None (no enclosure check) if there are none."""
+        ids = tuple(i for i, name in enumerate(class_names) if name in self.object_classes)
+        return ids or None
+
     def obstacle_rules(self, class_names: Sequence[str]) -> ObstacleRules:
         """What makes a component an obstacle candidate, for weights with these class names."""
         return ObstacleRules(
             min_area=self.min_obstacle_area, max_obstacles=self.max_obstacles, max_distance=self.obstacle_max_distance,
             drivable_ids=self.drivable_ids(class_names) if self.ground_band < 1.0 else None,
             ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
-            height=(self.obstacle_min_height, self.obstacle_max_height))
+            height=(self.obstacle_min_height, self.obstacle_max_height), min_visible_area=self.obstacle_min_visible_area,
+            object_ids=self.object_ids(class_names), max_enclosed_share=self.max_enclosed_share)
 
     def confirmation(self, calibration: Calibration | None = None) -> Confirmation:
         """When a candidate is published, and for how long it is kept (ObstacleTracker); the instant-confirmation
