@@ -1,6 +1,6 @@
 """Obstacle rules of the node, ROS-free, on hand-built masks and semantic maps: the drivable-surface contact, the
-enclosure by a known object, the size and visible area of a real object at its distance (geometry worked by hand), and the N-of-M confirmation (or at once at the instant
-score) with its miss budget and ids."""
+enclosure by a known object, the size and visible area of a real object at its distance (geometry worked by hand),
+and the N-of-M confirmation (or at once at the instant score) with its miss budget and ids."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -194,7 +194,7 @@ def test_settings_map_class_names_to_drivable_ids_and_check_limits():
     assert settings.obstacle_rules(["class_0", "class_1"]).drivable_ids is None  # none known: no surface check
     assert settings.replace(ground_band=1.0).obstacle_rules(names).drivable_ids is None
     r = settings.obstacle_rules(names)
-    assert (r.object_ids, r.max_enclosed_share, r.min_visible_area) == ((3,), 0.6, 0.05)
+    assert (r.object_ids, r.max_enclosed_share, r.min_visible_area) == ((3,), 0.6, 0.02)
     assert settings.replace(object_classes=["truck"]).obstacle_rules(names).object_ids is None  # none known
     with pytest.raises(SettingsError, match="object_classes must be non-empty class names"):
         Settings.from_values({"object_classes": ["car", ""]})

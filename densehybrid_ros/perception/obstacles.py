@@ -255,7 +255,8 @@ def stands_on_drivable(component: Component, labels: np.ndarray, class_ids: np.n
 RING_SHARE = 1 / 64  # width of the ring around a component that `enclosed_share` reads, as a share of the image height
 
 
-def enclosed_share(component: Component, labels: np.ndarray, class_ids: np.ndarray, object_ids: tuple[int, ...]) -> float:
+def enclosed_share(component: Component, labels: np.ndarray, class_ids: np.ndarray,
+                   object_ids: tuple[int, ...]) -> float:
     """Share of the pixels around a component that the semantic map `class_ids` gives to known objects (`object_ids`):
     the ring of width `RING_SHARE` x image height (at least 1 pixel) around it, outside every anomaly component
     (labels 0). A component mostly surrounded by one car (a wheel, the dark lower edge of a near car) is read as a

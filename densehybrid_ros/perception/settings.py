@@ -121,7 +121,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("obstacle_min_height", 0.1, "lowest obstacle [m] (box height at its ground contact)", runtime=True,
               low=0.0, high=1000.0),
     ParamSpec("obstacle_max_height", 3.0, "tallest obstacle [m]", runtime=True, low=0.0, high=1000.0),
-    ParamSpec("obstacle_min_visible_area", 0.05, "smallest visible area of an obstacle [m^2]: its component's pixels "
+    ParamSpec("obstacle_min_visible_area", 0.02, "smallest visible area of an obstacle [m^2]: its component's pixels "
               "at its distance (box width x height x the share of the box the component fills); 0 = any",
               runtime=True, low=0.0, high=1000.0),
     ParamSpec("object_classes", list(OBJECT_CLASSES), "class names (of the weights) of known objects: a component "
@@ -427,8 +427,8 @@ class Settings:
             min_area=self.min_obstacle_area, max_obstacles=self.max_obstacles, max_distance=self.obstacle_max_distance,
             drivable_ids=self.drivable_ids(class_names) if self.ground_band < 1.0 else None,
             ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
-            height=(self.obstacle_min_height, self.obstacle_max_height), min_visible_area=self.obstacle_min_visible_area,
-            object_ids=self.object_ids(class_names), max_enclosed_share=self.max_enclosed_share)
+            height=(self.obstacle_min_height, self.obstacle_max_height),
+            min_visible_area=self.obstacle_min_visible_area, object_ids=self.object_ids(class_names), max_enclosed_share=self.max_enclosed_share)
 
     def confirmation(self, calibration: Calibration | None = None) -> Confirmation:
         """When a candidate is published, and for how long it is kept (ObstacleTracker); the instant-confirmation
