@@ -428,7 +428,8 @@ class Settings:
             drivable_ids=self.drivable_ids(class_names) if self.ground_band < 1.0 else None,
             ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
             height=(self.obstacle_min_height, self.obstacle_max_height),
-            min_visible_area=self.obstacle_min_visible_area, object_ids=self.object_ids(class_names), max_enclosed_share=self.max_enclosed_share)
+            min_visible_area=self.obstacle_min_visible_area, object_ids=self.object_ids(class_names),
+            max_enclosed_share=self.max_enclosed_share)
 
     def confirmation(self, calibration: Calibration | None = None) -> Confirmation:
         """When a candidate is published, and for how long it is kept (ObstacleTracker); the instant-confirmation
