@@ -227,6 +227,12 @@ def check_value(name: str, value: Any) -> str | None:
     return None
 
 
+def class_ids(class_names: Sequence[str], wanted: Sequence[str]) -> tuple[int, ...] | None:
+    """Ids of the `wanted` names among the weights' `class_names`; None if there are none (names the weights lack are
+    ignored; the rule that reads them is then off)."""
+    return tuple(i for i, name in enumerate(class_names) if name in wanted) or None
+
+
 def obstacle_errors(values: Mapping[str, Any]) -> list[str]:
     """Why the obstacle filter and confirmation parameters do not go together, if they don't."""
     errors = []
@@ -413,13 +419,7 @@ class Settings:
 
     def drivable_ids(self, class_names: Sequence[str]) -> tuple[int, ...] | None:
         """Ids of the `drivable_classes` among the weights' `class_names`; None (no surface check) if there are none."""
-        ids = tuple(i for i, name in enumerate(class_names) if name in self.drivable_classes)
-        return ids or None
-
-    def object_ids(self, class_names: Sequence[str]) -> tuple[int, ...] | None:
-        """Ids of the `object_classes` among the weights' `class_names`; None (no enclosure check) if there are none."""
-        ids = tuple(i for i, name in enumerate(class_names) if name in self.object_classes)
-        return ids or None
+        return class_ids(class_names, self.drivable_classes)
 
     def obstacle_rules(self, class_names: Sequence[str]) -> ObstacleRules:
         """What makes a component an obstacle candidate, for weights with these class names."""
@@ -428,7 +428,7 @@ class Settings:
             drivable_ids=self.drivable_ids(class_names) if self.ground_band < 1.0 else None,
             ground_band=self.ground_band, width=(self.obstacle_min_width, self.obstacle_max_width),
             height=(self.obstacle_min_height, self.obstacle_max_height),
-            min_visible_area=self.obstacle_min_visible_area, object_ids=self.object_ids(class_names),
+            min_visible_area=self.obstacle_min_visible_area, object_ids=class_ids(class_names, self.object_classes),
             max_enclosed_share=self.max_enclosed_share)
 
     def confirmation(self, calibration: Calibration | None = None) -> Confirmation:
