@@ -18,8 +18,13 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from densehybrid_ros.config import ConfigError, load_yaml
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without torch
+    from densehybrid_training.config import DataConfig
+    from densehybrid_training.mixed import PasteOptions
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -137,9 +142,25 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
     # with a flow, an image gets a real negative with probability b = synthetic.real_prob (4.21)
     paste_prob = cfg.data.paste_prob if cfg.synthetic is None else cfg.synthetic.real_prob
     dataset = MixedContentDataset(inliers, augment, norm.mean, norm.std, cfg.seed, negatives, paste_prob,
-                                  cfg.data.negative_side)
+                                  paste_options(cfg.data, [c["name"] for c in classes]))
     meta = {"architecture": dataclasses.asdict(arch), "classes": classes}
     return model, dataset, meta
+
+
+def paste_options(data: DataConfig, class_names: list[str]) -> PasteOptions:
+    """The data config's pasting of real negatives, its ground classes looked up in the dataset's classes (a name
+    the dataset lacks is a ConfigError when negatives may stand on the ground)."""
+    from densehybrid_training.mixed import PasteOptions
+
+    ground_ids: tuple[int, ...] = ()
+    if data.negative_ground_prob > 0:
+        unknown = [n for n in data.negative_ground_classes if n not in class_names]
+        if unknown:
+            raise ConfigError(f"data.negative_ground_classes: {unknown} not among the dataset's classes {class_names}")
+        ground_ids = tuple(class_names.index(n) for n in data.negative_ground_classes)
+    return PasteOptions(side=tuple(data.negative_side), side_scale=data.negative_side_scale,
+                        per_image=data.negatives_per_image, ground_prob=data.negative_ground_prob,
+                        ground_ids=ground_ids)
 
 
 def run_training(command: str, config_path: Path | None, overrides: list[str], stop_after: int | None = None) -> Path:

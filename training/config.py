@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from densehybrid_ros.config import ConfigError, from_dict
+from densehybrid_ros.perception.settings import DRIVABLE_CLASSES
 from densehybrid_ros.predictor import DEVICE_RE
 from densehybrid_training.losses import LossWeights
 from densehybrid_training.synthetic import SyntheticConfig
@@ -29,6 +30,10 @@ class DataConfig:
     jitter: bool = True
     paste_prob: float = 1.0  # fraction of fine-tuning images that get a negative
     negative_side: tuple[int, int] = (16, 128)  # pasted patch sides (px), public recipe: 16..min(H, W) step 8
+    negative_side_scale: str = "uniform"  # "uniform" (public recipe) or "log" (as many far-sized as near-sized)
+    negatives_per_image: int = 1  # negatives pasted into each image that gets any (public recipe: 1)
+    negative_ground_prob: float = 0.0  # chance that a negative stands on a ground pixel (public recipe: 0)
+    negative_ground_classes: tuple[str, ...] = DRIVABLE_CLASSES  # class names of that ground
     workers: int = 0  # loader worker processes (0 = load in the training process)
     prefetch: int = 2  # batches each worker loads ahead (with workers > 0)
 
@@ -45,6 +50,14 @@ class DataConfig:
             raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
         if not 8 <= self.negative_side[0] <= self.negative_side[1]:
             raise ValueError(f"negative_side must satisfy 8 <= lo <= hi, got {self.negative_side}")
+        if self.negative_side_scale not in ("uniform", "log"):
+            raise ValueError(f"negative_side_scale must be 'uniform' or 'log', got {self.negative_side_scale!r}")
+        if self.negatives_per_image < 1:
+            raise ValueError(f"negatives_per_image must be >= 1, got {self.negatives_per_image}")
+        if not 0.0 <= self.negative_ground_prob <= 1.0:
+            raise ValueError(f"negative_ground_prob must be in [0, 1], got {self.negative_ground_prob}")
+        if self.negative_ground_prob > 0 and not self.negative_ground_classes:
+            raise ValueError("negative_ground_prob > 0 needs negative_ground_classes")
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,40 @@ so a batch depends only on the step that draws it: runs resume exactly, with any
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from densehybrid_training.paste import paste_negative, random_position
+from densehybrid_training.paste import ground_position, paste_negative, random_position, random_side
 
 AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class PasteOptions:
+    """How real negatives are pasted (eq. 4.17). The defaults are the public recipe: one negative per image, longer
+    side uniform in `side` (px), at a uniform position."""
+
+    side: tuple[int, int] = (16, 128)  # longer side of a pasted negative (px), at most the crop's shorter side
+    side_scale: str = "uniform"  # "uniform" or "log" (paste.random_side)
+    per_image: int = 1  # negatives pasted into each image that gets any
+    ground_prob: float = 0.0  # chance that a negative stands on a `ground_ids` pixel (paste.ground_position)
+    ground_ids: tuple[int, ...] = ()  # class ids of the ground (e.g. road, sidewalk)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.side[0] <= self.side[1]:
+            raise ValueError(f"negative side must satisfy 8 <= lo <= hi, got {self.side}")
+        if self.side_scale not in ("uniform", "log"):
+            raise ValueError(f"negative side scale must be 'uniform' or 'log', got {self.side_scale!r}")
+        if self.per_image < 1:
+            raise ValueError(f"negatives per image must be >= 1, got {self.per_image}")
+        if not 0.0 <= self.ground_prob <= 1.0:
+            raise ValueError(f"negative ground probability must be in [0, 1], got {self.ground_prob}")
+        if self.ground_prob > 0 and not self.ground_ids:
+            raise ValueError("negatives can stand on the ground only with ground class ids")
 
 
 class MixedContentDataset(Dataset):
@@ -24,7 +49,7 @@ class MixedContentDataset(Dataset):
     """
 
     def __init__(self, inliers, augment: AugmentFn, mean: Sequence[float], std: Sequence[float], seed: int = 0,
-                 negatives=None, paste_prob: float = 1.0, negative_side: tuple[int, int] = (16, 128)) -> None:
+                 negatives=None, paste_prob: float = 1.0, paste: PasteOptions = PasteOptions()) -> None:
         from densehybrid_training.data.augment import NegativeResize
 
         if len(inliers) == 0:
@@ -35,11 +60,27 @@ class MixedContentDataset(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.seed, self.paste_prob = seed, paste_prob
-        self.negative_side = negative_side
+        self.paste = paste
         self.resize_negative = NegativeResize.resize
 
     def __len__(self) -> int:
         return len(self.inliers)
+
+    def _paste_one(self, x: torch.Tensor, y: torch.Tensor, d_out: torch.Tensor, ground: np.ndarray | None,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One negative pasted into (x, y, d_out); `ground`: where it may stand (with paste.ground_prob)."""
+        neg_img, neg_mask = self.negatives.sample(int(rng.integers(len(self.negatives))), rng)
+        H, W = y.shape
+        side = random_side(rng, self.paste.side[0], min(self.paste.side[1], H, W), self.paste.side_scale)
+        neg_img, neg_mask = self.resize_negative(neg_img, neg_mask, side)
+        if rng.random() < 0.5:
+            neg_img, neg_mask = neg_img[:, ::-1].copy(), neg_mask[:, ::-1].copy()  # 1-px-wide: see augment.py
+        position = None
+        if ground is not None and rng.random() < self.paste.ground_prob:
+            position = ground_position(rng, ground & ~d_out.numpy(), neg_mask)  # not on an earlier negative
+        top, left = position if position is not None else random_position(rng, H, W, *neg_mask.shape)
+        patch = torch.from_numpy(np.ascontiguousarray(neg_img)).permute(2, 0, 1).float() / 255.0
+        return paste_negative(x, y, d_out, patch, torch.from_numpy(np.ascontiguousarray(neg_mask)), top, left)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, epoch = key
@@ -50,15 +91,11 @@ class MixedContentDataset(Dataset):
         y = torch.from_numpy(np.ascontiguousarray(labels)).long()
         d_out = torch.zeros(y.shape, dtype=torch.bool)
         if self.negatives is not None and rng.random() < self.paste_prob:
-            neg_img, neg_mask = self.negatives.sample(int(rng.integers(len(self.negatives))), rng)
-            H, W = y.shape
-            side = int(rng.integers(self.negative_side[0], min(self.negative_side[1], H, W) + 1))
-            neg_img, neg_mask = self.resize_negative(neg_img, neg_mask, side)
-            if rng.random() < 0.5:
-                neg_img, neg_mask = neg_img[:, ::-1].copy(), neg_mask[:, ::-1].copy()  # 1-px-wide: see augment.py
-            top, left = random_position(rng, H, W, *neg_mask.shape)
-            patch = torch.from_numpy(np.ascontiguousarray(neg_img)).permute(2, 0, 1).float() / 255.0
-            x, y, d_out = paste_negative(x, y, d_out, patch, torch.from_numpy(np.ascontiguousarray(neg_mask)), top, left)
+            ground = None
+            if self.paste.ground_prob > 0:
+                ground = np.isin(np.asarray(labels), self.paste.ground_ids)
+            for _ in range(self.paste.per_image):
+                x, y, d_out = self._paste_one(x, y, d_out, ground, rng)
         return (x - self.mean) / self.std, y, d_out
 
 

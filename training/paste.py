@@ -47,6 +47,38 @@ def random_rectangle(rng: np.random.Generator, height: int, width: int, min_side
     return int(rng.choice(sides)), int(rng.choice(sides))
 
 
+def random_side(rng: np.random.Generator, low: int, high: int, scale: str = "uniform") -> int:
+    """A pasted negative's longer side in [low, high] px: uniform (public recipe) or log-uniform ("log": as many
+    negatives of 16-32 px as of 64-128 px, the sizes of far objects being as common as those of near ones)."""
+    if not 1 <= low <= high:
+        raise ValueError(f"side range must satisfy 1 <= low <= high, got [{low}, {high}]")
+    if scale == "uniform":
+        return int(rng.integers(low, high + 1))
+    if scale == "log":
+        # floor of a continuous log-uniform on [low, high + 1): P(side = s) = ln((s + 1) / s) / ln((high + 1) / low)
+        return min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+    raise ValueError(f"side scale must be 'uniform' or 'log', got {scale!r}")
+
+
+def ground_position(rng: np.random.Generator, ground: np.ndarray, mask: np.ndarray) -> tuple[int, int] | None:
+    """Top-left corner that stands a negative on the ground: the middle of its mask's lowest row on a random pixel of
+    `ground` (H, W bool, e.g. road and sidewalk labels), moved inside the image where it would stick out; None when
+    `ground` has no pixel or the mask is empty."""
+    rows, cols = np.nonzero(ground)
+    if rows.size == 0 or not mask.any():
+        return None
+    h, w = mask.shape
+    H, W = ground.shape
+    if h > H or w > W:
+        raise ValueError(f"patch {h}x{w} does not fit in a {H}x{W} image")
+    lowest = int(np.flatnonzero(mask.any(axis=1))[-1])
+    middle = int(round(float(np.flatnonzero(mask[lowest]).mean())))
+    k = int(rng.integers(rows.size))
+    top = min(max(int(rows[k]) - lowest, 0), H - h)
+    left = min(max(int(cols[k]) - middle, 0), W - w)
+    return top, left
+
+
 def random_position(rng: np.random.Generator, height: int, width: int, h: int, w: int) -> tuple[int, int]:
     """Uniform top-left corner for an h x w patch inside a height x width image."""
     return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))

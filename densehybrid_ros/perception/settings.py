@@ -41,6 +41,7 @@ MOUNT_FIELDS = {"camera_height": "height", "camera_pitch": "pitch", "camera_roll
 MOUNT_PARAMS = tuple(MOUNT_FIELDS)  # per camera: <camera>.<name>
 # Cityscapes' object classes (those with instances); the sim's weights name five of them
 OBJECT_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+DRIVABLE_CLASSES = ("road", "sidewalk")  # the surface an obstacle stands on (also where training pastes may stand)
 GROUND_FRAME_SUFFIX = "_ground"  # grid_frame "" = <image frame_id>_ground
 
 
@@ -109,7 +110,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "obstacle", runtime=True, low=1, high=100_000_000),
     ParamSpec("max_obstacles", 32, "at most this many obstacle candidates (largest first) per frame", runtime=True,
               low=1, high=1000),
-    ParamSpec("drivable_classes", ["road", "sidewalk"], "class names (of the weights) of the drivable surface: a "
+    ParamSpec("drivable_classes", list(DRIVABLE_CLASSES), "class names (of the weights) of the drivable surface: a "
               "component becomes an obstacle only where the predicted classes just below its bottom edge are mostly "
               "these (or its bottom edge is in the ground_band); names the weights lack are ignored (with a "
               "warning), none known = no surface check", runtime=True),
