@@ -73,6 +73,10 @@ def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path
     assert points["fpr1"].tpr == pytest.approx((s[y] >= low).mean(), abs=1e-12)
     assert points["tpr95"].tpr == pytest.approx(tpr[first], abs=1e-12)
     assert metrics["operating_points"]["fpr1"]["threshold"] == low
+    # fpr05: the same count at 0.5% of the inlier pixels
+    last05 = int(np.flatnonzero(fpr_at <= 0.005)[-1])
+    assert points["fpr05"].threshold == candidates[last05] == sk_thr[np.flatnonzero(fpr <= 0.005)[-1]]
+    assert points["fpr05"].threshold >= low and points["fpr05"].fpr == pytest.approx(fpr_at[last05], abs=1e-12)
     before, after = load_file(str(weights)), load_file(str(out))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     # the Predictor of the calibrated weights flags exactly the pixels scoring >= the default point's threshold, or
@@ -84,6 +88,21 @@ def test_calibrate_writes_the_tpr95_threshold_counted_by_hand(held_out, tmp_path
     protocol = Predictor.from_weights(out, PredictorConfig(operating_point="tpr95"))
     prediction = protocol.predict(sample.image)
     np.testing.assert_array_equal(prediction.open_set == protocol.num_classes, prediction.hybrid >= threshold)
+
+
+def test_calibrate_writes_the_chosen_default_point(held_out, tmp_path, one_torch_thread):
+    from densehybrid_ros.predictor import Predictor
+    from densehybrid_ros.weights import read_metadata
+    from densehybrid_training.calibrate import calibrate
+
+    weights = make_sim_weights(tmp_path / "sim.safetensors", threshold=123.0)
+    out = tmp_path / "calibrated.safetensors"
+    calibrate(weights, f"sim:{held_out}", "val", out, progress=False, default_point="fpr05")
+    calibration = read_metadata(out).calibration
+    assert calibration.default == "fpr05"
+    assert Predictor.from_weights(out).threshold == calibration.operating_points["fpr05"].threshold
+    with pytest.raises(ValueError, match="default point 'fpr2'"):
+        calibrate(weights, f"sim:{held_out}", "val", tmp_path / "x.safetensors", progress=False, default_point="fpr2")
 
 
 def test_export_copies_the_checkpoint_tensor_by_tensor(tmp_path):

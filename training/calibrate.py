@@ -3,6 +3,8 @@
 - ``tpr95``: the highest threshold flagging at least 95% of the anomaly pixels (the thesis protocol; evaluation's
   open-mIoU uses it; also the metadata's legacy ``threshold``);
 - ``fpr1``: the lowest threshold flagging at most 1% of the inlier pixels (few false alarms: the node's default);
+- ``fpr05``: the same at 0.5% (fewer false alarms; a model whose anomalies stand out more can afford it: the
+  recipe chooses the default point on the val bags);
 - ``f1``: the threshold of the best pixel F1.
 
 Every threshold is an attained score applied with the project's rule ``score >= threshold``
@@ -24,29 +26,35 @@ from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.weights import Calibration, OperatingPoint, load_weights, save_weights
 
 TARGET_TPR = 0.95
-LOW_FALSE_ALARM_FPR = "0.01"  # AnomalyMetrics.tpr_at_fpr level of the node's default point
+LOW_FALSE_ALARM_POINTS = {"fpr1": "0.01", "fpr05": "0.005"}  # point name -> AnomalyMetrics.tpr_at_fpr level
 DEFAULT_POINT = "fpr1"
 
 
 def operating_points(metrics: AnomalyMetrics) -> dict[str, OperatingPoint]:
-    """The calibrated points of one exact pooled curve: tpr95, fpr1 and f1 (see the module docstring)."""
-    low = metrics.tpr_at_fpr[LOW_FALSE_ALARM_FPR]
-    if not math.isfinite(low["threshold"]):
-        raise ValueError("the highest score already flags more than 1% of the inlier pixels: no fpr1 point")
-    return {
-        "tpr95": OperatingPoint(metrics.threshold95, "highest threshold flagging at least 95% of the held-out anomaly "
-                                "pixels (thesis protocol, used for open-mIoU)", metrics.tpr95, metrics.fpr95),
-        DEFAULT_POINT: OperatingPoint(low["threshold"], "lowest threshold flagging at most 1% of the held-out inlier "
-                                      "pixels", low["tpr"], low["fpr"]),
-        "f1": OperatingPoint(metrics.best_f1_threshold, f"best pixel F1 ({metrics.best_f1:.4f}) on the held-out data"),
-    }
+    """The calibrated points of one exact pooled curve: tpr95, fpr1, fpr05 and f1 (see the module docstring)."""
+    points = {"tpr95": OperatingPoint(metrics.threshold95, "highest threshold flagging at least 95% of the held-out "
+                                      "anomaly pixels (thesis protocol, used for open-mIoU)", metrics.tpr95,
+                                      metrics.fpr95)}
+    for name, level in LOW_FALSE_ALARM_POINTS.items():
+        low, share = metrics.tpr_at_fpr[level], f"{float(level) * 100:g}%"
+        if not math.isfinite(low["threshold"]):
+            raise ValueError(f"the highest score already flags more than {share} of the inlier pixels: no {name} point")
+        points[name] = OperatingPoint(low["threshold"], f"lowest threshold flagging at most {share} of the held-out "
+                                      "inlier pixels", low["tpr"], low["fpr"])
+    points["f1"] = OperatingPoint(metrics.best_f1_threshold, f"best pixel F1 ({metrics.best_f1:.4f}) on the held-out "
+                                  "data")
+    return points
 
 
 def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, device: str = "cpu",
-              max_images: int | None = None, progress: bool = True) -> tuple[float, dict]:
+              max_images: int | None = None, progress: bool = True,
+              default_point: str = DEFAULT_POINT) -> tuple[float, dict]:
     """Compute the operating points of `dataset_spec` (exact, pooled) and save `out` = the same weights with them
-    (default: fpr1; legacy threshold: tpr95). Returns (the tpr95 threshold, anomaly metrics on that data with
-    "operating_points": name -> {threshold, method, tpr, fpr})."""
+    (the node applies `default_point`; legacy threshold: tpr95). Returns (the tpr95 threshold, anomaly metrics on
+    that data with "operating_points": name -> {threshold, method, tpr, fpr})."""
+    names = ("tpr95", *LOW_FALSE_ALARM_POINTS, "f1")
+    if default_point not in names:
+        raise ValueError(f"default point {default_point!r} is not one of {', '.join(names)}")
     model, meta = load_weights(weights)
     predictor = Predictor(model, meta, PredictorConfig(device=device))
     dataset = open_dataset(dataset_spec, split)
@@ -62,7 +70,7 @@ def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, de
     calibrated = replace(meta, calibration=Calibration(
         threshold=points["tpr95"].threshold, method="tpr95", target_tpr=TARGET_TPR,
         dataset=f"{dataset_spec} split={split or dataset.split} images={n}", operating_points=points,
-        default=DEFAULT_POINT))
+        default=default_point))
     save_weights(out, model, calibrated)
     return points["tpr95"].threshold, {
         "ap": metrics.ap, "fpr95": metrics.fpr95, "auroc": metrics.auroc, "tpr": metrics.tpr95,

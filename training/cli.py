@@ -2,7 +2,7 @@
 
     densehybrid-train segmenter --config C.yaml [--set key=value ...]      closed-set cross-entropy
     densehybrid-train finetune  --config C.yaml [--set key=value ...]      DenseHybrid with pasted negatives (4.16)
-    densehybrid-train calibrate --weights W --dataset KIND:PATH [--split S] --out W2   operating points tpr95, fpr1, f1
+    densehybrid-train calibrate --weights W --dataset KIND:PATH --out W2 [--default-point P]   operating points
     densehybrid-train flow-pretrain --config F.yaml [--set key=value ...]  DenseFlow MLE on inlier crops
     densehybrid-train flow-eval --checkpoint C --out DIR [--config F.yaml]   bits/dim + sample grid
     densehybrid-train export    --checkpoint CKPT --out W.safetensors [--input-size 512x256] [--onnx W.onnx]
@@ -55,14 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--images", type=int, default=64)
     f.add_argument("--k", type=int, default=16, help="importance samples of the IWBO")
     f.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("calibrate", help="operating points (TPR 95%%, FPR 1%% = the node's default, best F1) written "
-                                         "into the weights")
+    c = sub.add_parser("calibrate", help="operating points (TPR 95%%, FPR 1%%, FPR 0.5%%, best F1) written into the "
+                                         "weights, one of them the node's default")
     c.add_argument("--weights", type=Path, required=True)
     c.add_argument("--dataset", required=True, help="held-out data with anomalies, KIND:PATH (e.g. sim:data/val)")
     c.add_argument("--split", default=None)
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--max-images", type=int, default=None)
     c.add_argument("--device", default="cpu")
+    c.add_argument("--default-point", default="fpr1", choices=("tpr95", "fpr1", "fpr05", "f1"),
+                   help="the point the node applies unless told otherwise (default fpr1)")
     e = sub.add_parser("export", help="node weights from a training checkpoint")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -213,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calibrate":
             from densehybrid_training.calibrate import calibrate
 
-            _, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images)
+            _, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images,
+                             default_point=args.default_point)
             print(f"AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, AUROC {100 * m['auroc']:.2f} on the "
-                  f"calibration data; operating points (default fpr1) -> {args.out}")
+                  f"calibration data; operating points (default {args.default_point}) -> {args.out}")
             for name, p in m["operating_points"].items():
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")

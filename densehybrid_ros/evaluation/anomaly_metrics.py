@@ -33,7 +33,7 @@ import numpy as np
 from densehybrid_ros.evaluation._checks import valid_pixels
 
 TPR_LEVEL = 0.95
-OPERATING_FPR_LEVELS = (0.01, 0.001)  # recall at 1% and 0.1% of inlier pixels flagged
+OPERATING_FPR_LEVELS = (0.01, 0.005, 0.001)  # recall at 1%, 0.5% and 0.1% of inlier pixels flagged
 OPERATING_TPR_LEVELS = (0.5, 0.95)  # false alarms at 50% and 95% recall
 INTEGRATION_BLOCK = 1 << 16  # distinct scores per summation block (fixed: results do not depend on chunking)
 

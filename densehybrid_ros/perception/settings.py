@@ -103,9 +103,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "where s_H >= threshold); NaN = an operating point stored in the weights (operating_point). Without "
               "either, ~/open_set and ~/obstacles are off", runtime=True, allow_nan=True),
     ParamSpec("operating_point", "", "calibrated operating point of the weights to use when threshold is NaN, e.g. "
-              "fpr1 (at most 1% of held-out inlier pixels flagged: few false alarms) or tpr95 (95% of held-out "
-              "anomaly pixels flagged: the thesis protocol); empty = the weights' default point (fpr1 when "
-              "calibrated by densehybrid-train calibrate), else their one calibrated threshold", runtime=True),
+              "fpr1 / fpr05 (at most 1% / 0.5% of held-out inlier pixels flagged: few false alarms) or tpr95 (95% of "
+              "held-out anomaly pixels flagged: the thesis protocol); empty = the weights' default point (the one "
+              "densehybrid-train calibrate was given, fpr1 unless --default-point), else their one calibrated "
+              "threshold", runtime=True),
     ParamSpec("min_obstacle_area", 50, "smallest anomaly component (pixels at camera resolution) that may become an "
               "obstacle", runtime=True, low=1, high=100_000_000),
     ParamSpec("max_obstacles", 32, "at most this many obstacle candidates (largest first) per frame", runtime=True,
