@@ -94,6 +94,20 @@ def test_kill_and_resume_gives_the_same_weights(sim_train, tiny_model_yaml, tmp_
     assert (tmp_path / "full" / "tensorboard").is_dir()
 
 
+def test_repeat_factor_sampling_reaches_the_run(sim_train, tiny_model_yaml, tmp_path):
+    from densehybrid_training.class_balance import image_class_presence, repeat_factors
+    from densehybrid_training.data.factory import build_inlier_dataset
+
+    overrides = _overrides(sim_train, tiny_model_yaml, tmp_path / "rfs", steps=2, **{"data.repeat_threshold": 0.9})
+    run = subprocess.run(_train_cmd("segmenter", overrides), env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    # the factors the run reports are those of this split's labels
+    factors = repeat_factors(image_class_presence(build_inlier_dataset("sim", sim_train, "train"), 15), 0.9)
+    assert (f"repeat-factor sampling (t = 0.9): 8 images, {int((factors > 1).sum())} drawn more often "
+            f"(up to {factors.max():.2f}x)") in run.stdout
+    assert factors.max() > 1  # some class of the 8 frames is shown by fewer than 90% of them
+
+
 @pytest.mark.parametrize("mode", ["segmenter", "finetune"])
 def test_ddp_two_processes_average_the_per_rank_gradients(sim_train, tiny_model_yaml, tmp_path, mode):
     extra = {"steps": 1}

@@ -1,8 +1,10 @@
-"""Class-balanced cross-entropy weights, so that thin and rare classes (poles, signs, people, bicycles) are
-learned, not drowned by road and sky.
+"""Class balance, so that thin and rare classes (poles, signs, people, bicycles) are learned, not drowned by road and
+sky.
 
-ENet weighting (Paszke et al., 2016): w_c = 1 / ln(c + p_c), p_c the class's share of labelled pixels and
-c = 1.02, which bounds the weight of a vanishing class at 1 / ln(1.02) ~ 50 and gives road (p ~ 0.3) ~ 3.6.
+- Loss: ENet weighting (Paszke et al., 2016): w_c = 1 / ln(c + p_c), p_c the class's share of labelled pixels and
+  c = 1.02, which bounds the weight of a vanishing class at 1 / ln(1.02) ~ 50 and gives road (p ~ 0.3) ~ 3.6.
+- Sampling: repeat factors (Gupta et al., LVIS, 2019): with f_c the share of training images showing class c,
+  r_c = max(1, sqrt(t / f_c)) and an image is drawn r_i = max over its classes of r_c times as often.
 """
 from __future__ import annotations
 
@@ -42,3 +44,28 @@ def class_weights(mode: str, inliers, num_classes: int) -> list[float] | None:
     if mode == "none":
         return None
     return [float(w) for w in enet_class_weights(class_frequencies(inliers, num_classes))]
+
+
+def image_class_presence(inliers, num_classes: int) -> np.ndarray:
+    """(N, num_classes) bool: which classes each training image shows (labelled pixels, void left out)."""
+    presence = np.zeros((len(inliers), num_classes), bool)
+    for i in range(len(inliers)):
+        _, labels = inliers[i]
+        present = np.unique(labels[labels != VOID])
+        presence[i, present[present < num_classes]] = True
+    return presence
+
+
+def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-image repeat factors r_i = max(1, max over the image's classes c of sqrt(threshold / f_c)), f_c the share
+    of images showing c (LVIS repeat-factor sampling); an image showing no labelled class gets 1."""
+    if not threshold > 0:
+        raise ValueError(f"the repeat threshold must be > 0, got {threshold}")
+    presence = np.asarray(presence, bool)
+    if presence.ndim != 2 or presence.shape[0] == 0:
+        raise ValueError(f"presence must be (images, classes) with at least one image, got {presence.shape}")
+    share = presence.mean(axis=0)
+    per_class = np.ones(presence.shape[1])
+    seen = share > 0
+    per_class[seen] = np.maximum(1.0, np.sqrt(threshold / share[seen]))
+    return np.where(presence, per_class[None, :], 1.0).max(axis=1)

@@ -169,7 +169,7 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     from densehybrid_training.config import load_train_config
     from densehybrid_training.engine import train
 
-    from densehybrid_training.class_balance import class_weights
+    from densehybrid_training.class_balance import class_weights, image_class_presence, repeat_factors
 
     cfg = load_train_config(config_path, [f"mode={command}"] + list(overrides))
     cfg.validate()
@@ -181,6 +181,12 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
     if cfg.class_balance != "none" and cfg.class_weights is None:
         cfg = dataclasses.replace(cfg, class_weights=tuple(class_weights(cfg.class_balance, dataset.inliers,
                                                                           model.num_classes)))
+    image_weights = None
+    if cfg.data.repeat_threshold > 0:
+        presence = image_class_presence(dataset.inliers, model.num_classes)
+        image_weights = repeat_factors(presence, cfg.data.repeat_threshold)
+        print(f"repeat-factor sampling (t = {cfg.data.repeat_threshold:g}): {len(image_weights)} images, "
+              f"{int((image_weights > 1).sum())} drawn more often (up to {image_weights.max():.2f}x)", flush=True)
     joint = None
     if command == "finetune" and cfg.synthetic is not None:
         from densehybrid_ros.weights import Normalization
@@ -192,7 +198,7 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
         flow = load_flow(cfg.synthetic.flow_checkpoint) if cfg.synthetic.source == "flow" else None
         joint = JointFlowTraining(flow, cfg.synthetic, norm.mean, norm.std, cfg.seed, setup(cfg.device).device,
                                   epoch_steps=len(dataset) // cfg.batch_size)
-    return train(cfg, model, dataset, meta, stop_after=stop_after, joint=joint)
+    return train(cfg, model, dataset, meta, stop_after=stop_after, joint=joint, image_weights=image_weights)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,9 @@ class DataConfig:
     negatives_per_image: int = 1  # negatives pasted into each image that gets any (public recipe: 1)
     negative_ground_prob: float = 0.0  # chance that a negative stands on a ground pixel (public recipe: 0)
     negative_ground_classes: tuple[str, ...] = DRIVABLE_CLASSES  # class names of that ground
+    # repeat-factor sampling (class_balance.repeat_factors): images showing a class that fewer than this share of
+    # the training images show are drawn more often; 0 = every image once per epoch
+    repeat_threshold: float = 0.0
     workers: int = 0  # loader worker processes (0 = load in the training process)
     prefetch: int = 2  # batches each worker loads ahead (with workers > 0)
 
@@ -58,6 +61,8 @@ class DataConfig:
             raise ValueError(f"negative_ground_prob must be in [0, 1], got {self.negative_ground_prob}")
         if self.negative_ground_prob > 0 and not self.negative_ground_classes:
             raise ValueError("negative_ground_prob > 0 needs negative_ground_classes")
+        if not 0.0 <= self.repeat_threshold <= 1.0:
+            raise ValueError(f"repeat_threshold must be in [0, 1], got {self.repeat_threshold}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -117,10 +117,12 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 
 
 def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, meta: dict | None = None,
-          stop_after: int | None = None, joint=None) -> Path:
+          stop_after: int | None = None, joint=None, image_weights: Sequence[float] | None = None) -> Path:
     """Train until `cfg.steps` (resuming from out/checkpoints/last.pt if present); returns the last checkpoint.
     `stop_after` ends this process early after that many steps (used to test resumption). `joint` (a
-    `densehybrid_training.synthetic.JointFlowTraining`) adds synthetic negatives from a jointly trained flow."""
+    `densehybrid_training.synthetic.JointFlowTraining`) adds synthetic negatives from a jointly trained flow.
+    `image_weights`: draw the training images in proportion to them (repeat-factor sampling) instead of once each
+    per epoch."""
     cfg.validate()
     info = distributed.setup(cfg.device)
     closed = cfg.mode == "segmenter"
@@ -154,7 +156,8 @@ def train(cfg: TrainConfig, model: DenseHybrid, dataset: MixedContentDataset, me
     train_net = DDP(net, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else net
     train_net = compile_if_asked(cfg, train_net)
     stop = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, stop, cfg.seed, info.rank, info.world_size)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, stop, cfg.seed, info.rank, info.world_size,
+                               image_weights)
     loader = make_loader(cfg, dataset, sampler, info.device)
     writer = _tensorboard(cfg) if info.is_main else None
     validator = None

@@ -100,21 +100,32 @@ class MixedContentDataset(Dataset):
 
 
 class StepBatchSampler(Sampler):
-    """Batches for steps [start, stop) of one rank: epoch e visits a permutation seeded by (seed, e); rank r
-    of `world` takes every world-th index of it. Batch b of an epoch is the same however the run is split."""
+    """Batches for steps [start, stop) of one rank: epoch e visits a permutation seeded by (seed, e) (with `weights`:
+    as many draws with replacement, in proportion to them); rank r of `world` takes every world-th index of it.
+    Batch b of an epoch is the same however the run is split."""
 
     def __init__(self, num_items: int, batch_size: int, start: int, stop: int, seed: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, weights: Sequence[float] | None = None) -> None:
         self.per_rank = num_items // world
         if self.per_rank < batch_size:
             raise ValueError(f"{num_items} training images are too few for batch size {batch_size} x {world} process(es)")
         self.num_items, self.batch_size, self.start, self.stop = num_items, batch_size, start, stop
         self.seed, self.rank, self.world = seed, rank, world
         self.steps_per_epoch = self.per_rank // batch_size
+        self.p = None
+        if weights is not None:  # an epoch draws num_items images with replacement, in proportion to `weights`
+            w = np.asarray(weights, np.float64)
+            if w.shape != (num_items,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(f"weights must be {num_items} finite values >= 0 with a positive sum")
+            self.p = w / w.sum()
 
     def batch(self, step: int) -> list[tuple[int, int]]:
         epoch, b = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, 7919, epoch]).permutation(self.num_items)
+        rng = np.random.default_rng([self.seed, 7919, epoch])
+        if self.p is None:
+            perm = rng.permutation(self.num_items)
+        else:
+            perm = rng.choice(self.num_items, self.num_items, p=self.p)
         mine = perm[self.rank :: self.world][: self.per_rank]
         return [(int(i), epoch) for i in mine[b * self.batch_size : (b + 1) * self.batch_size]]
 
