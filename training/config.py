@@ -12,6 +12,7 @@ from densehybrid_ros.config import ConfigError, from_dict
 from densehybrid_ros.perception.settings import DRIVABLE_CLASSES
 from densehybrid_ros.predictor import DEVICE_RE
 from densehybrid_training.losses import LossWeights
+from densehybrid_training.paste import check_pasting
 from densehybrid_training.synthetic import SyntheticConfig
 from densehybrid_training.validation import ValidationConfig
 
@@ -51,14 +52,7 @@ class DataConfig:
             raise ValueError(f"scale_range must satisfy 0 < lo <= hi, got {self.scale_range}")
         if not 0.0 <= self.paste_prob <= 1.0:
             raise ValueError(f"paste_prob must be in [0, 1], got {self.paste_prob}")
-        if not 8 <= self.negative_side[0] <= self.negative_side[1]:
-            raise ValueError(f"negative_side must satisfy 8 <= lo <= hi, got {self.negative_side}")
-        if self.negative_side_scale not in ("uniform", "log"):
-            raise ValueError(f"negative_side_scale must be 'uniform' or 'log', got {self.negative_side_scale!r}")
-        if self.negatives_per_image < 1:
-            raise ValueError(f"negatives_per_image must be >= 1, got {self.negatives_per_image}")
-        if not 0.0 <= self.negative_ground_prob <= 1.0:
-            raise ValueError(f"negative_ground_prob must be in [0, 1], got {self.negative_ground_prob}")
+        check_pasting(self.negative_side, self.negative_side_scale, self.negatives_per_image, self.negative_ground_prob)
         if self.negative_ground_prob > 0 and not self.negative_ground_classes:
             raise ValueError("negative_ground_prob > 0 needs negative_ground_classes")
         if not 0.0 <= self.repeat_threshold <= 1.0:

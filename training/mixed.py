@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from densehybrid_training.paste import ground_position, paste_negative, random_position, random_side
+from densehybrid_training.paste import check_pasting, ground_position, paste_negative, random_position, random_side
 
 AugmentFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -29,14 +29,7 @@ class PasteOptions:
     ground_ids: tuple[int, ...] = ()  # class ids of the ground (e.g. road, sidewalk)
 
     def __post_init__(self) -> None:
-        if not 8 <= self.side[0] <= self.side[1]:
-            raise ValueError(f"negative side must satisfy 8 <= lo <= hi, got {self.side}")
-        if self.side_scale not in ("uniform", "log"):
-            raise ValueError(f"negative side scale must be 'uniform' or 'log', got {self.side_scale!r}")
-        if self.per_image < 1:
-            raise ValueError(f"negatives per image must be >= 1, got {self.per_image}")
-        if not 0.0 <= self.ground_prob <= 1.0:
-            raise ValueError(f"negative ground probability must be in [0, 1], got {self.ground_prob}")
+        check_pasting(self.side, self.side_scale, self.per_image, self.ground_prob)
         if self.ground_prob > 0 and not self.ground_ids:
             raise ValueError("negatives can stand on the ground only with ground class ids")
 

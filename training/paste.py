@@ -47,6 +47,18 @@ def random_rectangle(rng: np.random.Generator, height: int, width: int, min_side
     return int(rng.choice(sides)), int(rng.choice(sides))
 
 
+def check_pasting(side: tuple[int, int], side_scale: str, per_image: int, ground_prob: float) -> None:
+    """ValueError naming the first bad pasting setting (by its `data.` config name), else None."""
+    if not 8 <= side[0] <= side[1]:
+        raise ValueError(f"negative_side must satisfy 8 <= lo <= hi, got {tuple(side)}")
+    if side_scale not in ("uniform", "log"):
+        raise ValueError(f"negative_side_scale must be 'uniform' or 'log', got {side_scale!r}")
+    if per_image < 1:
+        raise ValueError(f"negatives_per_image must be >= 1, got {per_image}")
+    if not 0.0 <= ground_prob <= 1.0:
+        raise ValueError(f"negative_ground_prob must be in [0, 1], got {ground_prob}")
+
+
 def random_side(rng: np.random.Generator, low: int, high: int, scale: str = "uniform") -> int:
     """A pasted negative's longer side in [low, high] px: uniform (public recipe) or log-uniform ("log": as many
     negatives of 16-32 px as of 64-128 px, the sizes of far objects being as common as those of near ones)."""
