@@ -25,6 +25,7 @@ import torch
 
 from densehybrid_ros.models.densehybrid import DenseOutputs
 from densehybrid_ros.paths import written_whole
+from densehybrid_ros.scores import closed_set_decision
 from densehybrid_ros.weights import METADATA_KEY, WeightsMetadata, file_sha256
 
 GRAPH_SCORES = ("hybrid", "generative", "discriminative")
@@ -93,7 +94,7 @@ class OnnxBackend:
         outputs = self.session.run(names, {self.input_name: feed})
         tensors = {n: torch.from_numpy(np.asarray(o, dtype=np.float32)).to(x.device) for n, o in zip(names, outputs)}
         logits = tensors.pop("logits")
-        return DenseOutputs(logits, logits.max(dim=1).indices, tensors)
+        return DenseOutputs(logits, closed_set_decision(logits), tensors)
 
 
 def cache_dir() -> Path:

@@ -43,7 +43,7 @@ from densehybrid_ros.models import DenseHybrid
 from densehybrid_ros.models.densehybrid import DenseOutputs
 from densehybrid_ros.models.resnet import ResNet
 from densehybrid_ros.onnx_backend import OnnxBackend
-from densehybrid_ros.scores import SCORES, open_set_fusion
+from densehybrid_ros.scores import SCORES, closed_set_decision, open_set_fusion
 from densehybrid_ros.weights import WeightsMetadata, load_weights, resolve_threshold
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")  # the devices a Predictor runs on
@@ -180,6 +180,8 @@ class Predictor:
             self._check_onnx_grid(model)
         else:
             init("model", model.to(device).eval().to(memory_format=memory_format))
+        bias = metadata.class_bias
+        init("_class_bias", None if bias is None else torch.tensor(bias.values, dtype=torch.float32, device=device))
         init("_score_names", ("hybrid",) + tuple(n for n in config.extra_scores if n != "hybrid"))
         norm = metadata.normalization
         init("_mean", torch.tensor(norm.mean, device=device).view(1, 3, 1, 1) * 255.0)
@@ -331,10 +333,14 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, batch: Batch) -> DenseOutputs:
         """One forward pass of the model (`DenseHybrid.dense_outputs` or the ONNX graph; float16 autocast when
-        config.fp16): logits, class ids and the hybrid score plus config.extra_scores, at the padded batch size."""
+        config.fp16): logits, class ids (`scores.closed_set_decision` with the weights' class bias, if any) and the
+        hybrid score plus config.extra_scores, at the padded batch size."""
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.config.fp16 else contextlib.nullcontext()
         with autocast:
-            return self.model.dense_outputs(batch.tensor, self._score_names)
+            outputs = self.model.dense_outputs(batch.tensor, self._score_names)
+        if self._class_bias is None:
+            return outputs
+        return outputs._replace(class_ids=closed_set_decision(outputs.logits, self._class_bias))
 
     @torch.inference_mode()
     def postprocess(self, batch: Batch, outputs: DenseOutputs, threshold: ThresholdArg = OWN_THRESHOLD

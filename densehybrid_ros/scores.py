@@ -98,6 +98,19 @@ def is_anomalous(score: ScoreMap, threshold: float) -> ScoreMap:
 IdMap = TypeVar("IdMap", torch.Tensor, np.ndarray)
 
 
+def closed_set_decision(logits: torch.Tensor, class_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Closed-set class ids argmax_k (s_k + b_k): the thesis's argmax (4.2.2), with an optional per-class bias b (K,)
+    on the logits: post-hoc logit adjustment (Menon et al., ICLR 2021). A loss weighted by w_k trains logits whose
+    softmax leans towards heavy classes by ln w_k; b_k = -tau ln w_k takes back the share tau of that lean
+    (`weights.ClassBias`). Only the decision moves: the anomaly scores read the unbiased logits. (B, K, H, W) ->
+    (B, H, W) int64."""
+    if class_bias is None:
+        return logits.argmax(dim=1)
+    if class_bias.shape != (logits.shape[1],):
+        raise ValueError(f"class_bias has shape {tuple(class_bias.shape)}, the logits {logits.shape[1]} classes")
+    return (logits.float() + class_bias.to(logits.device, torch.float32).view(1, -1, 1, 1)).argmax(dim=1)
+
+
 def open_set_fusion(class_ids: IdMap, score: ScoreMap, threshold: float, unknown_id: int) -> IdMap:
     """K+1-way open-set map (thesis 4.2.2): closed-set argmax, overridden with `unknown_id` (= K)
     wherever the anomaly score reaches the threshold (`is_anomalous`: score >= threshold).

@@ -130,6 +130,21 @@ class Calibration:
         return {self.method: OperatingPoint(self.threshold, self.method)}
 
 
+@dataclass(frozen=True)
+class ClassBias:
+    """A per-class bias on the logits before the closed-set argmax (`scores.closed_set_decision`: post-hoc logit
+    adjustment), and how it was chosen. The anomaly scores do not see it."""
+
+    values: tuple[float, ...]  # b_k, one per class, in the order of `classes`
+    method: str  # how it was chosen, in words (e.g. "b = -0.8 ln w_enet: best mIoU on sim:data/sim_val_big")
+
+    def validate(self) -> None:
+        if not all(math.isfinite(v) for v in self.values):
+            raise ValueError(f"class bias values must be finite, got {list(self.values)}")
+        if not self.method:
+            raise ValueError("class bias method must say how the bias was chosen")
+
+
 class ThresholdChoice(NamedTuple):
     """The threshold in force (None: none known, open-set outputs off) and where it comes from, in words."""
 
@@ -165,6 +180,7 @@ class WeightsMetadata:
     normalization: Normalization = Normalization()
     input_size: tuple[int, int] | None = None  # network grid (width, height); None = native size, padded
     calibration: Calibration = Calibration()
+    class_bias: ClassBias | None = None  # None: the plain argmax of the logits
     provenance: dict[str, Any] = field(default_factory=dict)  # how the weights were made (free-form)
     format_version: int = FORMAT_VERSION
 
@@ -176,6 +192,11 @@ class WeightsMetadata:
             raise ValueError(
                 f"classes lists {len(self.classes)} classes but architecture.num_classes is {self.architecture.num_classes}"
             )
+        if self.class_bias is not None:
+            self.class_bias.validate()
+            if len(self.class_bias.values) != self.architecture.num_classes:
+                raise ValueError(f"class_bias has {len(self.class_bias.values)} values but the model has "
+                                 f"{self.architecture.num_classes} classes")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"classes: duplicate class names in {names}")

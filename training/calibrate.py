@@ -7,6 +7,10 @@
   recipe chooses the default point on the val bags);
 - ``f1``: the threshold of the best pixel F1.
 
+With class weights in the weights' provenance (a run trained with `class_balance: enet`), the same pass also chooses
+the class bias of the closed-set decision (`class_balance.logit_adjustment_bias`, b = -tau ln w): the tau of
+`CLASS_BIAS_TAUS` with the best closed-set mIoU on the held-out data (tau = 0, no bias, is one of them).
+
 Every threshold is an attained score applied with the project's rule ``score >= threshold``
 (`densehybrid_ros.scores.is_anomalous`); all three come from one exact pooled curve
 (`densehybrid_ros.evaluation.anomaly_metrics.AnomalyMetrics`).
@@ -17,14 +21,22 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from densehybrid_ros.datasets import open_dataset
 from densehybrid_ros.evaluation.anomaly_metrics import AnomalyMetrics
+from densehybrid_ros.evaluation.segmentation_metrics import closed_set_confusion, mean_iou
 from densehybrid_ros.evaluation.streaming import StreamingAnomalyMetrics
 from densehybrid_ros.predictor import Predictor, PredictorConfig
-from densehybrid_ros.weights import Calibration, OperatingPoint, load_weights, save_weights
+from densehybrid_ros.scores import closed_set_decision
+from densehybrid_ros.weights import (Calibration, ClassBias, OperatingPoint, WeightsMetadata, load_weights,
+                                     save_weights)
+from densehybrid_training.class_balance import logit_adjustment_bias
 
+CLASS_BIAS_TAUS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
+CLASS_BIAS_MODES = ("auto", "none")
 TARGET_TPR = 0.95
 LOW_FALSE_ALARM_POINTS = {"fpr1": "0.01", "fpr05": "0.005"}  # point name -> AnomalyMetrics.tpr_at_fpr level
 DEFAULT_POINT = "fpr1"
@@ -46,33 +58,88 @@ def operating_points(metrics: AnomalyMetrics) -> dict[str, OperatingPoint]:
     return points
 
 
+def training_class_weights(meta: WeightsMetadata) -> tuple[float, ...] | None:
+    """The per-class loss weights the model was trained with, from its provenance (export copies the run's config);
+    None when it was trained without them or the file does not say."""
+    config = meta.provenance.get("config") if isinstance(meta.provenance, dict) else None
+    weights = config.get("class_weights") if isinstance(config, dict) else None
+    if weights is None:
+        return None
+    if not isinstance(weights, list) or len(weights) != meta.num_classes:
+        raise ValueError(f"provenance.config.class_weights must list {meta.num_classes} numbers, got {weights!r}")
+    return tuple(float(w) for w in weights)
+
+
+class ClassBiasSearch:
+    """Closed-set confusion matrices of each tau's decision argmax_k (s_k - tau ln w_k), pooled over frames."""
+
+    def __init__(self, class_weights: tuple[float, ...], taus: tuple[float, ...] = CLASS_BIAS_TAUS):
+        self.biases = {tau: logit_adjustment_bias(class_weights, tau) for tau in taus}
+        self.num_classes = len(class_weights)
+        self.confusion = {tau: np.zeros((self.num_classes, self.num_classes), np.int64) for tau in taus}
+
+    def update(self, predictor: Predictor, batch, outputs, semantic: np.ndarray) -> None:
+        for tau, bias in self.biases.items():
+            ids = closed_set_decision(outputs.logits, torch.tensor(bias))
+            prediction = predictor.postprocess(batch, outputs._replace(class_ids=ids), None)[0]
+            self.confusion[tau] += closed_set_confusion(semantic, prediction.class_ids, self.num_classes)
+
+    def miou(self) -> dict[float, float]:
+        return {tau: mean_iou(cm) for tau, cm in self.confusion.items()}
+
+    def best(self, where: str) -> ClassBias:
+        """The bias of the tau with the best mIoU (the smaller tau on a tie)."""
+        scores = self.miou()
+        tau = max(scores, key=lambda t: (scores[t], -t))
+        return ClassBias(self.biases[tau], f"b = -{tau:g} ln w (the training's class weights): best closed-set mIoU "
+                                           f"({100 * scores[tau]:.2f}, {100 * scores[0.0]:.2f} without) over tau in "
+                                           f"{min(scores):g}..{max(scores):g} on {where}")
+
+
 def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, device: str = "cpu",
               max_images: int | None = None, progress: bool = True,
-              default_point: str = DEFAULT_POINT) -> tuple[float, dict]:
+              default_point: str = DEFAULT_POINT, class_bias: str = "auto") -> tuple[float, dict]:
     """Compute the operating points of `dataset_spec` (exact, pooled) and save `out` = the same weights with them
-    (the node applies `default_point`; legacy threshold: tpr95). Returns (the tpr95 threshold, anomaly metrics on
-    that data with "operating_points": name -> {threshold, method, tpr, fpr})."""
+    (the node applies `default_point`; legacy threshold: tpr95). `class_bias` "auto": also choose the class bias on
+    the same frames when the weights name their training's class weights (`training_class_weights`) and the data
+    has semantic labels, else none; "none": write none. Returns (the tpr95 threshold, anomaly metrics on that data
+    with "operating_points": name -> {threshold, method, tpr, fpr}, "class_bias": its method or None and
+    "class_bias_miou": tau -> closed-set mIoU)."""
     names = ("tpr95", *LOW_FALSE_ALARM_POINTS, "f1")
     if default_point not in names:
         raise ValueError(f"default point {default_point!r} is not one of {', '.join(names)}")
+    if class_bias not in CLASS_BIAS_MODES:
+        raise ValueError(f"class_bias must be one of {CLASS_BIAS_MODES}, got {class_bias!r}")
     model, meta = load_weights(weights)
-    predictor = Predictor(model, meta, PredictorConfig(device=device))
+    # decisions are searched from the raw logits: a bias the file already holds is not applied
+    predictor = Predictor(model, replace(meta, class_bias=None), PredictorConfig(device=device))
     dataset = open_dataset(dataset_spec, split)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    where = f"{dataset_spec} split={split or dataset.split} images={n}"
+    class_weights = training_class_weights(meta) if class_bias == "auto" else None
+    search = None if class_weights is None else ClassBiasSearch(class_weights)
     with StreamingAnomalyMetrics() as stream:
         for i in tqdm(range(n), desc="calibrate", unit="img", disable=not progress):
             sample = dataset[i]
             if sample.ood is None:
                 raise ValueError(f"{dataset_spec}: image {sample.name} has no anomaly labels; calibration needs them")
-            stream.update(predictor.predict(sample.image).hybrid, sample.ood)
+            if search is not None and sample.semantic is None:
+                search = None  # a class bias needs semantic labels on every frame
+            batch = predictor.preprocess([sample.image])
+            outputs = predictor.forward(batch)
+            stream.update(predictor.postprocess(batch, outputs, None)[0].hybrid, sample.ood)
+            if search is not None:
+                search.update(predictor, batch, outputs, sample.semantic)
         metrics = stream.compute()
     points = operating_points(metrics)
-    calibrated = replace(meta, calibration=Calibration(
-        threshold=points["tpr95"].threshold, method="tpr95", target_tpr=TARGET_TPR,
-        dataset=f"{dataset_spec} split={split or dataset.split} images={n}", operating_points=points,
-        default=default_point))
+    bias = None if search is None else search.best(where)
+    calibrated = replace(meta, class_bias=bias, calibration=Calibration(
+        threshold=points["tpr95"].threshold, method="tpr95", target_tpr=TARGET_TPR, dataset=where,
+        operating_points=points, default=default_point))
     save_weights(out, model, calibrated)
     return points["tpr95"].threshold, {
         "ap": metrics.ap, "fpr95": metrics.fpr95, "auroc": metrics.auroc, "tpr": metrics.tpr95,
         "operating_points": {name: {"threshold": p.threshold, "method": p.method, "tpr": p.tpr, "fpr": p.fpr}
-                             for name, p in points.items()}}
+                             for name, p in points.items()},
+        "class_bias": None if bias is None else bias.method,
+        "class_bias_miou": {} if search is None else search.miou()}

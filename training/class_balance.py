@@ -5,8 +5,12 @@ sky.
   c = 1.02, which bounds the weight of a vanishing class at 1 / ln(1.02) ~ 50 and gives road (p ~ 0.3) ~ 3.6.
 - Sampling: repeat factors (Gupta et al., LVIS, 2019): with f_c the share of training images showing class c,
   r_c = max(1, sqrt(t / f_c)) and an image is drawn r_i = max over its classes of r_c times as often.
+- Decision: the weighted loss leaves the logits leaning towards heavy classes; `logit_adjustment_bias` gives the
+  per-class bias that takes a share of that lean back at inference (chosen by calibration on held-out data).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -35,6 +39,18 @@ def enet_class_weights(frequencies: np.ndarray, c: float = 1.02) -> np.ndarray:
     if c <= 1.0:
         raise ValueError(f"c must exceed 1, got {c}")
     return 1.0 / np.log(c + np.asarray(frequencies, np.float64))
+
+
+def logit_adjustment_bias(weights, tau: float) -> tuple[float, ...]:
+    """b_k = -tau ln w_k: the per-class logit bias that takes back the share `tau` of the prior shift a loss weighted by
+    w_k gives the logits (post-hoc logit adjustment, Menon et al., ICLR 2021; applied by
+    `densehybrid_ros.scores.closed_set_decision`). tau = 0: no change; tau = 1: the unweighted posterior's argmax."""
+    w = np.asarray(weights, np.float64)
+    if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError(f"class weights must be positive and finite, got {list(w)}")
+    if not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau must be finite and >= 0, got {tau}")
+    return tuple(float(b) for b in -tau * np.log(w))
 
 
 def class_weights(mode: str, inliers, num_classes: int) -> list[float] | None:

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--default-point", default="fpr1", choices=("tpr95", "fpr1", "fpr05", "f1"),
                    help="the point the node applies unless told otherwise (default fpr1)")
+    c.add_argument("--class-bias", default="auto", choices=("auto", "none"),
+                   help="auto (default): also choose the closed-set decision's class bias (-tau ln w, tau by mIoU on "
+                        "the same data) when the weights were trained with class weights; none: write none")
     e = sub.add_parser("export", help="node weights from a training checkpoint")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -222,12 +225,15 @@ def main(argv: list[str] | None = None) -> int:
             from densehybrid_training.calibrate import calibrate
 
             _, m = calibrate(args.weights, args.dataset, args.split, args.out, args.device, args.max_images,
-                             default_point=args.default_point)
+                             default_point=args.default_point, class_bias=args.class_bias)
             print(f"AP {100 * m['ap']:.2f}, FPR95 {100 * m['fpr95']:.2f}, AUROC {100 * m['auroc']:.2f} on the "
                   f"calibration data; operating points (default {args.default_point}) -> {args.out}")
             for name, p in m["operating_points"].items():
                 rates = "" if p["tpr"] is None else f"  TPR {p['tpr']:.4f}  FPR {p['fpr']:.4f}"
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
+            if m["class_bias_miou"]:
+                print("closed-set mIoU by tau: " + ", ".join(f"{t:g} {100 * v:.2f}" for t, v in m["class_bias_miou"].items()))
+            print(f"class bias: {m['class_bias'] or 'none'}")
         elif args.command == "flow-shift":
             from densehybrid_training.boundary_shift import main as shift_main
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from densehybrid_ros.models.layers import BNReLUConv
 from densehybrid_ros.models.segmenter import Segmenter
-from densehybrid_ros.scores import compute_scores
+from densehybrid_ros.scores import closed_set_decision, compute_scores
 
 
 class HybridOutput(NamedTuple):
@@ -84,9 +84,9 @@ class DenseHybrid(nn.Module):
         if native_scores:
             stacked = upsample(torch.stack(list(native_scores.values()), dim=1), size)
             scores = dict(zip(native_scores, stacked.unbind(dim=1)))
-        return DenseOutputs(logits, logits.max(dim=1).indices, scores)
+        return DenseOutputs(logits, closed_set_decision(logits), scores)
 
     def closed_set(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         """The wrapped segmenter alone (the closed-set baseline): class ids at `output_size`."""
         size = x.shape[-2:] if output_size is None else output_size
-        return upsample(self.segmenter(x).logits.float(), size).max(dim=1).indices
+        return closed_set_decision(upsample(self.segmenter(x).logits.float(), size))
