@@ -1,9 +1,11 @@
 """densehybrid-eval-bag --outputs: the node's recorded outputs scored against the ground-truth bag by stamp, without
 running a model. Once on a bag of the Predictor's own maps (exact equality with evaluate()), once end to end: sim bag
--> densehybrid-replay -> the perception node (real DDS) -> densehybrid-record -> eval-bag --outputs."""
+-> densehybrid-replay (closed loop) -> the perception node (real DDS) -> densehybrid-record -> eval-bag --outputs."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -74,7 +76,12 @@ def test_recorded_maps_score_like_evaluate_on_the_answered_frames(sim_bag, sim_w
 
 
 def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tmp_path):
-    """The whole live path: stamps survive the node, and the recorded scores and markers score as the model does."""
+    """The whole live path: stamps survive the node, and the recorded scores and markers score as the model does.
+
+    Every frame must be answered, so the replay runs closed loop (--answer-topic): the node keeps only the newest
+    frame (a frame replaced before its worker took it is dropped), and an open-loop replay hands it several frames
+    at once whenever a process stalls on a loaded machine or a reliable sample waits for its repair; the node is
+    stalled once on purpose below."""
     from sensor_msgs.msg import Image
 
     threshold = threshold_for(sim_weights, frames)
@@ -103,9 +110,20 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
         replay = Process(["-m", "densehybrid_ros.node.replay", str(sim_bag), "--rate", "0.5",
                           "--topics", "/camera/image_raw", "/camera/camera_info", "--wait-for-subscribers", "30",
                           "--remap", f"/camera/image_raw:={NAMESPACE}/image",
-                          "--remap", f"/camera/camera_info:={NAMESPACE}/camera_info"], tmp_path / "replay.log")
+                          "--remap", f"/camera/camera_info:={NAMESPACE}/camera_info",
+                          "--answer-topic", outputs["semantic"], "--answer-for", "/camera/image_raw"],
+                         tmp_path / "replay.log")
+        # the node stalls mid-stream (as a descheduled process does): the frames sent meanwhile would reach it at
+        # once on resuming, and all but the newest be dropped, were the replay open loop (seen as a rare timeout here)
+        wait_until(lambda: len(scores.messages) >= 2 or not node.alive(), 60, message="the node's first answers")
+        node.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.5)  # > 3 frame periods at rate 0.5
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
         wait_until(lambda: len(scores.messages) >= len(frames), 60, message="the node's answers")
         wait_until(lambda: not replay.alive(), 30, message="replay to end")
+        assert f"closed loop on {outputs['semantic']}" in replay.text(), replay.text()
         # the recorder has written every answer (one message per frame and output) before it is stopped
         wait_until(lambda: all(recorded_counts(recorder.text()).get(t, 0) >= len(frames) for t in outputs.values()),
                    30, message="the recorder's writes")

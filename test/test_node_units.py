@@ -418,6 +418,29 @@ def test_replay_helpers():
         ["bag", "--remap", "/a:=/b"], ["prog", "--ros-args", "-r", "x:=y"])
 
 
+def test_replay_closed_loop_counts_answers_by_stamp():
+    from sensor_msgs.msg import Image
+
+    from densehybrid_ros.node.replay import Answers, header_stamp, main
+
+    a, b = Image(), Image()
+    a.header.stamp.sec, a.header.stamp.nanosec = 3, 5
+    b.header.stamp.sec = 4
+    assert header_stamp(a) == (3, 5) and header_stamp(object()) is None
+    answers = Answers()
+    answers.send((3, 5))
+    assert not answers.done((3, 5))
+    answers.receive(b)  # another frame's answer does not count
+    assert not answers.done((3, 5))
+    answers.receive(a)
+    assert answers.done((3, 5))
+    answers.send((3, 5))  # a --loop pass sends the same stamp again: it needs its own answer
+    assert not answers.done((3, 5))
+    # options that cannot work are refused before anything is played
+    assert main(["prog", "missing.bag", "--answer-topic", "/out"]) == 2
+    assert main(["prog", "missing.bag", "--answer-for", "/in", "--answer-topic", "/out", "--answer-timeout", "0"]) == 2
+
+
 def test_rosbags_to_rclpy_conversion_keeps_every_field():
     from rclpy.serialization import serialize_message
     from rosbags.typesys import Stores, get_typestore

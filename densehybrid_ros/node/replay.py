@@ -3,8 +3,12 @@
 Reads rosbag2 (sqlite3/mcap) and ROS 1 bags with rosbags' AnyReader, converts each message to its rclpy class
 by field iteration (`densehybrid_ros.node.messages.to_rclpy`, so bags of other distros replay too), and
 publishes it at  start + (t - t_first) / rate  (t = the bag's receive time). Header stamps are left as
-recorded. Like `ros2 bag play` this is open-loop: a slow subscriber drops frames; for deterministic scoring
-read the bag directly (see docs/ros-notes).
+recorded. Like `ros2 bag play` this is open-loop by default: a subscriber that falls behind, or gets several frames
+at once (a stalled process, a reliable sample repaired only at the next heartbeat), drops frames; the perception
+node keeps only the newest frame. For deterministic scoring read the bag directly (see docs/ros-notes), or close the
+loop: with --answer-topic OUT --answer-for IN, after each message of bag topic IN the replay waits (at most
+--answer-timeout s) until a message with the same header stamp arrives on OUT (the node's answer, e.g.
+~/semantic) and is paused meanwhile (the recorded spacing resumes after the answer): one frame in flight at a time.
 
 Damaged bags (a recording cut short, flipped bytes) are played as far as they can be read
 (densehybrid_ros/bagio.py: the salvage reader goes through the storage file up to the damage); a message that
@@ -14,6 +18,7 @@ what was lost and, per topic, how many messages were skipped and why.
   densehybrid-replay BAG [--rate R] [--loop] [--clock [HZ]] [--remap OLD:=NEW ...] [--topics T ...]
                          [--delay S] [--wait-for-subscribers S [--min-subscribers N]]
                          [--reliability reliable|best_effort]
+                         [--answer-topic OUT --answer-for IN [--answer-timeout S]]
 
 --clock publishes rosgraph_msgs/Clock on /clock with the bag time (before every message and at HZ while
 waiting), for nodes run with use_sim_time:=true.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,6 +43,38 @@ from densehybrid_ros.node.messages import message_class, to_rclpy
 
 
 ACK_TIMEOUT_S = 10.0  # at the end: how long to wait for the subscribers to acknowledge the last reliable samples
+
+
+def header_stamp(msg: Any) -> tuple[int, int] | None:
+    """(sec, nanosec) of a message's header stamp; None for a message without a header."""
+    stamp = getattr(getattr(msg, "header", None), "stamp", None)
+    return None if stamp is None else (int(stamp.sec), int(stamp.nanosec))
+
+
+class Answers:
+    """Closed loop (--answer-topic): per header stamp, the messages sent on the answered topic and the answers
+    received (counted, so that a --loop pass waits for its own answers to the stamps of the previous pass)."""
+
+    def __init__(self) -> None:
+        self.sent: Counter = Counter()
+        self.received: Counter = Counter()
+        self.answered = self.unanswered = 0
+
+    def receive(self, msg: Any) -> None:
+        stamp = header_stamp(msg)
+        if stamp is not None:
+            self.received[stamp] += 1
+
+    def send(self, stamp: tuple[int, int]) -> None:
+        self.sent[stamp] += 1
+
+    def done(self, stamp: tuple[int, int]) -> bool:
+        """Every message sent with `stamp` has its answer."""
+        return self.received[stamp] >= self.sent[stamp]
+
+    def summary(self, topic: str, timeout: float) -> str:
+        text = f"closed loop on {topic}: {self.answered} of {self.answered + self.unanswered} message(s) answered"
+        return text + (f", {self.unanswered} not within {timeout} s" if self.unanswered else "")
 
 
 def parse_remaps(remaps: Iterable[str]) -> dict[str, str]:
@@ -104,7 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable",
                         help="publisher reliability (reliable serves both kinds of subscribers)")
     parser.add_argument("--depth", type=int, default=10, help="publisher history depth")
+    parser.add_argument("--answer-topic", default=None, metavar="OUT",
+                        help="closed loop: after each message of --answer-for, wait until a message with its header "
+                             "stamp arrives on OUT (e.g. the node's ~/semantic), paused meanwhile")
+    parser.add_argument("--answer-for", default=None, metavar="IN",
+                        help="the bag topic (or its --remap target) whose messages --answer-topic answers")
+    parser.add_argument("--answer-timeout", type=float, default=10.0, metavar="S",
+                        help="closed loop: go on after S s without an answer (counted as unanswered; default 10)")
     return parser
+
+
+def topic_type(node: Any, topic: str, give_up: float, stop: Any) -> str | None:
+    """The type of `topic` once it appears in the ROS graph (None if it has not by `give_up`, monotonic)."""
+    while not stop.is_set():
+        types = dict(node.get_topic_names_and_types()).get(topic)
+        if types:
+            return types[0]
+        if time.monotonic() >= give_up:
+            return None
+        time.sleep(0.05)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         remaps = parse_remaps(args.remap)
         if not args.rate > 0:
             raise ValueError(f"--rate must be > 0, got {args.rate}")
+        if (args.answer_topic is None) != (args.answer_for is None):
+            raise ValueError("--answer-topic and --answer-for go together")
+        if not args.answer_timeout > 0:
+            raise ValueError(f"--answer-timeout must be > 0, got {args.answer_timeout}")
         reader = BagReader(args.bag)
     except Exception as error:  # noqa: BLE001  (BagError names the bag and why; OSError)
         print(f"densehybrid-replay: {error}", file=sys.stderr)
@@ -145,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         return 2
+    played = {t for t, _ in connections} | {remaps.get(t, t) for t, _ in connections}
+    if args.answer_for is not None and args.answer_for not in played:
+        log.error(f"--answer-for {args.answer_for}: not a played topic ({', '.join(sorted(played))})")
+        reader.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     clock_pub = None
     if args.clock is not None:
         clock_pub = node.create_publisher(Clock, "/clock", 10)
@@ -169,15 +237,62 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.delay > 0:
         wait_until(time.monotonic() + args.delay)
+    answers, answer_sub, answer_topic = None, None, ""
+    if args.answer_topic is not None:
+        answer_topic = node.resolve_topic_name(args.answer_topic)
+        msgtype = topic_type(node, answer_topic, time.monotonic() + max(args.wait_for_subscribers, args.answer_timeout),
+                             stop)
+        try:
+            if msgtype is None:
+                raise ValueError("it never appeared in the ROS graph")
+            answer_cls = message_class(msgtype)
+        except ValueError as error:
+            if not stop.is_set():
+                log.error(f"--answer-topic {answer_topic}: {error}")
+            reader.close()
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 0 if stop.is_set() else 2
+        offered = node.get_publishers_info_by_topic(answer_topic)
+        reliable = bool(offered) and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in offered)
+        answers = Answers()
+        answer_sub = node.create_subscription(
+            answer_cls, answer_topic, answers.receive,
+            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, durability=DurabilityPolicy.VOLATILE,
+                       reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT))
     if args.wait_for_subscribers > 0:
         waited = dict(publishers, **({"/clock": clock_pub} if clock_pub is not None else {}))
         give_up = time.monotonic() + args.wait_for_subscribers
-        while not stop.is_set() and time.monotonic() < give_up and not all(
-                p.get_subscription_count() >= args.min_subscribers for p in waited.values()):
+
+        def ready() -> bool:  # every topic has its subscribers, and the answer topic's publisher is matched
+            return (all(p.get_subscription_count() >= args.min_subscribers for p in waited.values())
+                    and (answer_sub is None or answer_sub.get_publisher_count() >= 1))
+
+        while not stop.is_set() and time.monotonic() < give_up and not ready():
             time.sleep(0.05)
         missing = [t for t, p in waited.items() if p.get_subscription_count() < args.min_subscribers]
         if missing:
             log.warning(f"playing without subscribers on {missing}")
+        if answer_sub is not None and answer_sub.get_publisher_count() < 1:
+            log.warning(f"playing without a publisher of the answer topic {answer_topic}")
+
+    def await_answer(msg: Any) -> float:
+        """Closed loop: spin until `msg` is answered (or --answer-timeout, or a stop); the seconds waited."""
+        stamp = header_stamp(msg)
+        if stamp is None:
+            return 0.0
+        answers.send(stamp)
+        began = time.monotonic()
+        give_up = began + args.answer_timeout
+        while not stop.is_set() and not answers.done(stamp) and time.monotonic() < give_up:
+            rclpy.spin_once(node, timeout_sec=0.02)
+        if answers.done(stamp):
+            answers.answered += 1
+        elif not stop.is_set():
+            answers.unanswered += 1
+            log.warning(f"no answer on {answer_topic} to stamp {stamp[0]}.{stamp[1]:09d} within "
+                        f"{args.answer_timeout} s; going on", throttle_duration_sec=5.0)
+        return time.monotonic() - began
     topics = sorted(publishers)
     log.info(f"playing {args.bag} ({len(connections)} topic(s): {', '.join(topics)}) at rate {args.rate}"
              + (" in a loop" if args.loop else ""))
@@ -202,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 publishers[remaps.get(raw.topic, raw.topic)].publish(msg)
                 published += 1
                 per_topic[raw.topic] = per_topic.get(raw.topic, 0) + 1
+                if answers is not None and args.answer_for in (raw.topic, remaps.get(raw.topic)):
+                    start += await_answer(msg)  # paused while waiting: the recorded spacing resumes after the answer
             loops += 1
             if not args.loop:
                 break
@@ -210,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                  + (": " + ", ".join(f"{t}: {n}" for t, n in sorted(per_topic.items())) if per_topic else ""))
         for line in summary_lines(reader):
             (log.warning if reader.report.damaged else log.info)(line)
+        if answers is not None:
+            (log.warning if answers.unanswered else log.info)(answers.summary(answer_topic, args.answer_timeout))
         # let reliable writers deliver their last samples (acknowledged by every matched reader, ACK_TIMEOUT_S at
         # most) before the participant goes away; best-effort ones get half a second
         for publisher in [*publishers.values(), *([clock_pub] if clock_pub is not None else [])]:
