@@ -310,6 +310,7 @@ def test_diagnostics_report_counters_latency_and_threshold(served):
         assert float(r["latency mean [ms]"]) >= float(r["processing mean [ms]"]) - 1.0, r
     values = status_values(served.diagnostics)
     assert values["state"] == "active" and values["threshold source"] == "parameter"
+    assert values["class bias"] == "none (plain argmax)"  # these weights hold none
     assert float(values["threshold"]) == pytest.approx(served.threshold, rel=1e-5)
     assert values["camera_info"] == "received" and values["image topic"] == f"{NAMESPACE}/image"
     status = [st for a in served.diagnostics.messages for st in a.status if st.name.startswith(f"{NODE}:")][-1]

@@ -22,6 +22,12 @@ def backend_label(settings: Settings, predictor: Predictor) -> str:
     return settings.backend + (f" [{', '.join(providers)}]" if providers else "")
 
 
+def class_bias_label(predictor: Predictor) -> str:
+    """How the weights' class bias of the closed-set decision was chosen, or that there is none."""
+    bias = predictor.metadata.class_bias
+    return "none (plain argmax)" if bias is None else bias.method
+
+
 def diagnostics_array(node: LifecycleNode, state: str, settings: Settings, perception: Perception, model_path: str,
                       channels: Mapping[str, Channel], batches: stats.BatchStats | None) -> DiagnosticArray:
     """One status per camera ("<node>: open-set segmentation", with several cameras "... (<camera>)"): OK with the
@@ -32,7 +38,8 @@ def diagnostics_array(node: LifecycleNode, state: str, settings: Settings, perce
             ("backend", backend_label(settings, perception.predictor)),
             *((("model file", model_path),) if settings.backend == "onnxruntime" else ()),
             ("threshold", "none" if threshold is None else f"{threshold:.6g}"),
-            ("threshold source", choice.source), ("obstacles", perception.describe_obstacles(settings))]
+            ("threshold source", choice.source), ("class bias", class_bias_label(perception.predictor)),
+            ("obstacles", perception.describe_obstacles(settings))]
     multi = not (len(channels) == 1 and "" in channels)
     batch_values = batches.report() if multi and batches is not None else []
     array = DiagnosticArray()
