@@ -51,6 +51,8 @@ def test_weights_match_their_record_and_metadata(record_path):
     assert [c.name for c in metadata.classes] == [name for name, _ in SIM_CLASSES] == record["classes"]
     assert metadata.calibration.threshold == record["threshold"]
     assert metadata.calibration.method == record["calibration"]["method"]
+    bias = metadata.class_bias
+    assert record.get("class_bias") == (None if bias is None else {"values": list(bias.values), "method": bias.method})
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]
     assert read_metadata(weights).input_size == tuple(record["input_size"])
 

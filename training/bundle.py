@@ -1,7 +1,7 @@
 """Bundle trained sim-world weights as a model that ships with the package (models/NAME.safetensors), with a
 record (models/NAME.json) of what a later check must reproduce:
 
-- the file's sha256 and a summary of its metadata (architecture, classes, calibrated threshold);
+- the file's sha256 and a summary of its metadata (architecture, classes, calibrated threshold, class bias);
 - the metrics reached on the full sim test split (copied from a `densehybrid-eval` metrics.json);
 - the metrics on a small "check" split that anyone can re-render in seconds from a fixed seed
   (test/test_bundled_models.py renders it afresh and recomputes them independently).
@@ -82,6 +82,7 @@ def bundle(weights: Path, name: str, eval_metrics: Path, recipe: str, out_dir: P
         "classes": [c.name for c in metadata.classes],
         "threshold": metadata.calibration.threshold,
         "calibration": dataclasses.asdict(metadata.calibration),
+        "class_bias": None if metadata.class_bias is None else dataclasses.asdict(metadata.class_bias),
         "recipe": recipe,
         "sim_test": summarize(json.loads(Path(eval_metrics).read_text())),
         "check_split": {**CHECK_SPLIT, "metrics": check},
