@@ -183,7 +183,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               "instead of <image>"),
     ParamSpec("qos_reliability", "best_effort", "reliability of the input subscriptions (sensor data default)",
               choices=RELIABILITIES),
-    ParamSpec("qos_depth", 1, "history depth of the input subscriptions", low=1, high=1000),
+    ParamSpec("qos_depth", 1, "history depth of the input subscriptions (the DDS queue; the worker still takes only "
+              "the newest frame per camera: frames that arrive while it is busy are dropped and counted)",
+              low=1, high=1000),
     ParamSpec("output_reliability", "reliable", "reliability of the output publishers (reliable serves both "
               "kinds of subscribers)", choices=RELIABILITIES),
     ParamSpec("depth_topic", "", "optional depth image (32FC1 metres or 16UC1 millimetres, registered to the camera) "
