@@ -104,8 +104,10 @@ def test_replayed_through_the_node_and_recorded(sim_bag, sim_weights, frames, tm
         scores = harness.collector(Image, outputs["anomaly_score"])
         # the recorder subscribes to the node's outputs once they appear; then the node runs frames
         wanted = {outputs["anomaly_score"]: 2, outputs["semantic"]: 1, outputs["obstacles"]: 1}  # + our collector
-        wait_until(lambda: all(harness.node.count_subscribers(t) >= n for t, n in wanted.items()) or not node.alive(),
-                   60, message="recorder subscribed to the node's outputs")
+        # count_subscribers counts our own collector at once; its match with the node's publisher is seen here
+        wait_until(lambda: (all(harness.node.count_subscribers(t) >= n for t, n in wanted.items())
+                            and scores.subscription.get_publisher_count() >= 1) or not node.alive(),
+                   60, message="recorder and collector matched with the node's outputs")
         assert node.alive(), node.text()
         replay = Process(["-m", "densehybrid_ros.node.replay", str(sim_bag), "--rate", "0.5",
                           "--topics", "/camera/image_raw", "/camera/camera_info", "--wait-for-subscribers", "30",
