@@ -79,7 +79,7 @@ evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path2 $VAL_SCORES
 for t in sim_test_big sim_test_big_b; do
   evaluate ${w}_calibrated $t runs/eval_real_path2_$t $TEST_SCORES
 done
-# The bundled model: the second `path` stage continued 1,600 steps with negatives pasted as far anomalies look (two
+# The previous bundle: the second `path` stage continued 1,600 steps with negatives pasted as far anomalies look (two
 # per image, log-uniform sides 12-160 px, half standing on road or sidewalk; seed 3). Chosen on val (hybrid AP 71.9
 # vs 66.7, FPR95 1.34 vs 2.10). Its node default is the fpr05 point (0.5% of val inlier pixels), chosen on the 13 val
 # bags as the calibrated point with the most detections within 30 m at <= 0.3 false obstacles per frame: fpr05
@@ -92,4 +92,16 @@ export_calibrated runs/sim_finetune_real_path3_paste $w 768x384 fpr05
 evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path3_paste $VAL_SCORES
 for t in sim_test_big sim_test_big_b; do
   evaluate ${w}_calibrated $t runs/eval_real_path3_paste_$t $TEST_SCORES
+done
+# The bundled model: that stage continued 1,200 steps with repeat-factor sampling (images showing a class that fewer
+# than half of the images show drawn up to 2.7x as often; rider ~1.8x; seed 4). Chosen on val against the previous
+# bundle (both with their class bias): hybrid AP 78.75 vs 71.88, FPR95 1.01 vs 1.34, mIoU 83.73 vs 82.39, rider 52.1
+# vs 43.9; 13 val bags at fpr05 0.722 vs 0.700 detection within 30 m at 0.29 vs 0.20 false obstacles per frame
+# (still <= 0.3, so fpr05 stays the default). Class bias tau 1.0 (val mIoU 80.36 plain -> 83.73).
+$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path4_rfs.yaml
+w=runs/sim_real_path4_rfs_g768
+export_calibrated runs/sim_finetune_real_path4_rfs $w 768x384 fpr05
+evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path4_rfs $VAL_SCORES
+for t in sim_test_big sim_test_big_b; do
+  evaluate ${w}_calibrated $t runs/eval_real_path4_rfs_$t $TEST_SCORES
 done
