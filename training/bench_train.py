@@ -44,7 +44,7 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
     """Steps/s of `steps` training steps after `warmup` steps, in this process (`joint`: with a fresh `flow`)."""
     import torch
 
-    from densehybrid_training.cli import build_model_and_dataset
+    from densehybrid_training.cli import build_model_and_dataset, joint_training
     from densehybrid_training.config import load_train_config
     from densehybrid_training.engine import (ClosedSetNet, apply_speed_settings, compile_if_asked, make_loader,
                                              optimizer_step, param_groups, batch_to_device, _joint_step)
@@ -54,7 +54,7 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
     train_mode = "finetune" if mode == "joint" else mode
     cfg = load_train_config(config, [f"mode={train_mode}", "init=null"] + overrides)
     cfg.validate()
-    model, dataset, _ = build_model_and_dataset(train_mode, cfg, require_init=False)
+    model, dataset, meta = build_model_and_dataset(train_mode, cfg, require_init=False)
     device = pick_device(cfg.device)  # the config's device, as training picks it (auto: CUDA when there)
     model.to(device)
     apply_speed_settings(cfg, model)
@@ -64,16 +64,12 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
     train_net = compile_if_asked(cfg, net)
     joint = None
     if mode == "joint":
-        from densehybrid_ros.weights import Normalization
         from densehybrid_training.flow import build_flow, parameter_count
-        from densehybrid_training.synthetic import JointFlowTraining
 
         if cfg.synthetic is None:
             raise ValueError("mode joint needs a config with a `synthetic` section")
-        norm = Normalization()
         fresh = build_flow(flow or "cpu")
-        joint = JointFlowTraining(fresh if cfg.synthetic.source == "flow" else None, cfg.synthetic, norm.mean,
-                                  norm.std, cfg.seed, device)
+        joint = joint_training(cfg, meta, fresh if cfg.synthetic.source == "flow" else None, device)
     model.train()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, 0, warmup + steps, cfg.seed)
 

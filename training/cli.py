@@ -152,17 +152,34 @@ def build_model_and_dataset(command: str, cfg, require_init: bool = True):
     return model, dataset, meta
 
 
+def ground_class_ids(data: DataConfig, class_names: list[str]) -> tuple[int, ...]:
+    """The ids of `data.negative_ground_classes` (the ground negatives may stand on) among the dataset's classes; a
+    name the dataset lacks is a ConfigError."""
+    unknown = [n for n in data.negative_ground_classes if n not in class_names]
+    if unknown:
+        raise ConfigError(f"data.negative_ground_classes: {unknown} not among the dataset's classes {class_names}")
+    return tuple(class_names.index(n) for n in data.negative_ground_classes)
+
+
+def joint_training(cfg, meta: dict, flow, device, epoch_steps: int = 0):
+    """The negative side of a synthetic-negative fine-tuning (`synthetic.JointFlowTraining`) for `cfg`, its ground
+    classes looked up in the dataset's classes (`meta`) when synthetic negatives may stand on the ground."""
+    from densehybrid_ros.weights import Normalization
+    from densehybrid_training.synthetic import JointFlowTraining
+
+    norm = Normalization()
+    ground_ids = (ground_class_ids(cfg.data, [c["name"] for c in meta["classes"]])
+                  if cfg.synthetic.ground_prob > 0 else ())
+    return JointFlowTraining(flow, cfg.synthetic, norm.mean, norm.std, cfg.seed, device, epoch_steps=epoch_steps,
+                             ground_ids=ground_ids)
+
+
 def paste_options(data: DataConfig, class_names: list[str]) -> PasteOptions:
     """The data config's pasting of real negatives, its ground classes looked up in the dataset's classes (a name
     the dataset lacks is a ConfigError when negatives may stand on the ground)."""
     from densehybrid_training.mixed import PasteOptions
 
-    ground_ids: tuple[int, ...] = ()
-    if data.negative_ground_prob > 0:
-        unknown = [n for n in data.negative_ground_classes if n not in class_names]
-        if unknown:
-            raise ConfigError(f"data.negative_ground_classes: {unknown} not among the dataset's classes {class_names}")
-        ground_ids = tuple(class_names.index(n) for n in data.negative_ground_classes)
+    ground_ids = ground_class_ids(data, class_names) if data.negative_ground_prob > 0 else ()
     return PasteOptions(side=tuple(data.negative_side), side_scale=data.negative_side_scale,
                         per_image=data.negatives_per_image, ground_prob=data.negative_ground_prob,
                         ground_ids=ground_ids)
@@ -192,15 +209,11 @@ def run_training(command: str, config_path: Path | None, overrides: list[str], s
               f"{int((image_weights > 1).sum())} drawn more often (up to {image_weights.max():.2f}x)", flush=True)
     joint = None
     if command == "finetune" and cfg.synthetic is not None:
-        from densehybrid_ros.weights import Normalization
         from densehybrid_training.distributed import setup
         from densehybrid_training.flow_train import load_flow
-        from densehybrid_training.synthetic import JointFlowTraining
 
-        norm = Normalization()
         flow = load_flow(cfg.synthetic.flow_checkpoint) if cfg.synthetic.source == "flow" else None
-        joint = JointFlowTraining(flow, cfg.synthetic, norm.mean, norm.std, cfg.seed, setup(cfg.device).device,
-                                  epoch_steps=len(dataset) // cfg.batch_size)
+        joint = joint_training(cfg, meta, flow, setup(cfg.device).device, epoch_steps=len(dataset) // cfg.batch_size)
     return train(cfg, model, dataset, meta, stop_after=stop_after, joint=joint, image_weights=image_weights)
 
 

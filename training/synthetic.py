@@ -8,8 +8,10 @@ run the segmenter once, then route gradients:
   samples replaced.
 
 Negatives (`SyntheticConfig`): one per image without a real negative (b of 4.21 = `real_prob`), of one size per batch
-or its own size per image (`sizes`), pasted as the whole rectangle or as an object-like smooth blob (`shape`,
-`blob_mask`); the pasted pixels are d_out with label void, L_mle scores the inlier patch under the sample's frame.
+or its own size per image (`sizes`), each side uniform or log-uniform in `side_range` (`side_scale`), pasted as the
+whole rectangle or as an object-like smooth blob (`shape`, `blob_mask`), at a uniform position or, with probability
+`ground_prob`, standing on a ground pixel (`paste.ground_position`, as the real negatives can); the pasted pixels
+are d_out with label void, L_mle scores the inlier patch under the sample's frame.
 `source` swaps the flow for the controls of thesis Tab. 6.11 (uniform noise, inlier crops) on the same path, with no
 flow. lambda of (4.20) is fixed (`jsd_weight`) or held at a share of the flow gradient (`boundary_share`,
 `BoundaryShareController`); the flow's optimiser follows `flow_optim` (`densehybrid_training.flow_optim`).
@@ -29,11 +31,13 @@ import torch
 from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
 from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
+from densehybrid_training.paste import ground_position
 
 
 SOURCES = ("flow", "uniform", "inlier_crops")
 SHAPES = ("rectangle", "blob", "mixed")
 SIZES = ("batch", "image")
+SIDE_SCALES = ("uniform", "log")
 MLE_NORMS = ("batch", "running")
 MIXED_BLOB_PROB = 0.5  # shape 'mixed': a blob with this probability (the real negatives' object-mask share)
 
@@ -53,6 +57,12 @@ class SyntheticConfig:
     # "we sample the normalizing flow at different resolutions to mimic anomalies of different sizes")
     sizes: str = "batch"
     side_range: tuple[int, int] = (16, 128)  # sample height/width range (public code: 16..216), step 8
+    # each side 'uniform' over the steps of side_range (public code) or 'log' (log-uniform: as many 16-32 px sides
+    # as 64-128 px ones, the sizes of far anomalies as common as those of near ones; `sample_side_log`)
+    side_scale: str = "uniform"
+    # chance that a negative stands on the ground: the middle of its mask's lowest row on a random pixel of the
+    # data config's `negative_ground_classes` (`paste.ground_position`); 0 = uniform positions (public code)
+    ground_prob: float = 0.0
     temperature: float = 1.0
     jsd_weight: float = 0.03  # lambda of (4.20); with boundary_share > 0 only its starting value
     # > 0: keep ||d(lambda L_boundary)/d zeta|| / ||d L_mle/d zeta|| at this target on average by rescaling lambda
@@ -83,11 +93,13 @@ class SyntheticConfig:
         if not 8 <= self.side_range[0] <= self.side_range[1] or self.side_range[0] % 8 or self.side_range[1] % 8:
             raise ValueError(f"side_range must be multiples of 8 with 8 <= lo <= hi, got {self.side_range}")
         for name, allowed in (("source", SOURCES), ("shape", SHAPES), ("sizes", SIZES), ("mle_norm", MLE_NORMS),
-                              ("boundary", ("jsd", "detector"))):
+                              ("boundary", ("jsd", "detector")), ("side_scale", SIDE_SCALES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.jsd_weight < 0 or self.flow_lr <= 0 or self.temperature < 0 or self.mle_every < 1:
             raise ValueError("jsd_weight >= 0, flow_lr > 0, temperature >= 0 and mle_every >= 1 are required")
+        if not 0.0 <= self.ground_prob <= 1.0:
+            raise ValueError(f"ground_prob must be in [0, 1], got {self.ground_prob}")
         if self.diagnostics_every < 0:
             raise ValueError(f"diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
         if self.boundary_share < 0:
@@ -266,6 +278,16 @@ def sample_side(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
     return int(rng.choice(np.arange(lo, min(hi, limit) + 1, 8)))
 
 
+def sample_side_log(rng: np.random.Generator, lo: int, hi: int, limit: int, step: int = 8) -> int:
+    """A side in lo..min(hi, limit) in `step`s, log-uniform: a continuous log-uniform on [lo, top + step), floored
+    to the step, so P(s) = ln((s + step) / s) / ln((top + step) / lo) (lo and top multiples of the step)."""
+    top = min(hi, limit)
+    if not step <= lo <= top or lo % step or top % step:
+        raise ValueError(f"log-uniform side range [{lo}, {top}] must hold multiples of {step} with {step} <= lo <= top")
+    value = np.exp(rng.uniform(np.log(lo), np.log(top + step)))
+    return int(min(top, step * int(value // step)))
+
+
 BLOB_HARMONICS = (2, 3, 4, 5)  # angular frequencies of the blob outline (no k = 1: the blob stays centred)
 BLOB_ROUGHNESS = 0.35  # a_k ~ U(0, roughness / k): sum a_k <= 0.45, so r(theta) >= 0.55 > 0
 
@@ -390,9 +412,12 @@ class JointFlowTraining:
     paste and segmenter loss with no flow (`flow` may be None)."""
 
     def __init__(self, flow, cfg: SyntheticConfig, mean, std, seed: int, device: torch.device,
-                 epoch_steps: int = 0) -> None:
+                 epoch_steps: int = 0, ground_ids: tuple[int, ...] = ()) -> None:
         cfg.validate()
+        if cfg.ground_prob > 0 and not ground_ids:
+            raise ValueError("synthetic.ground_prob > 0 needs the ground's class ids (data.negative_ground_classes)")
         self.cfg = cfg
+        self.ground_ids = tuple(ground_ids)
         self.flow = self.optimizer = self.scheduler = self.share = None
         self.multiple = 8
         if cfg.source == "flow":
@@ -474,7 +499,24 @@ class JointFlowTraining:
     def _draw_size(self, rng: np.random.Generator, H: int, W: int) -> tuple[int, int]:
         lo, hi = self.cfg.side_range
         m = self.multiple
+        if self.cfg.side_scale == "log":
+            lo = -(-max(lo, m) // m) * m  # the flow's multiple (8 or 16) may not divide side_range's 8-px steps
+            return (sample_side_log(rng, lo, hi - hi % m, H - H % m, m),
+                    sample_side_log(rng, lo, hi - hi % m, W - W % m, m))
         return sample_side(rng, max(lo, m), hi, H - H % m), sample_side(rng, max(lo, m), hi, W - W % m)
+
+    def _position(self, rng: np.random.Generator, labels: torch.Tensor, mask: torch.Tensor | None, h: int,
+                  w: int) -> tuple[int, int]:
+        """Where a negative of h x w (`mask`, None = the whole rectangle) goes in an image with `labels`: on the
+        ground with probability `ground_prob` (`paste.ground_position`), else (or without ground pixels) uniform."""
+        H, W = labels.shape
+        if rng.random() < self.cfg.ground_prob:
+            ground = np.isin(labels.cpu().numpy(), self.ground_ids)
+            region = np.ones((h, w), bool) if mask is None else mask.cpu().numpy()
+            position = ground_position(rng, ground, region)
+            if position is not None:
+                return position
+        return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
 
     def _content(self, sizes: list[tuple[int, int]], x01: torch.Tensor, todo: list[int],
                  rng: np.random.Generator) -> list[torch.Tensor]:
@@ -514,11 +556,15 @@ class JointFlowTraining:
             sizes = [self._draw_size(rng, H, W) for _ in todo]
         x01 = x * self.std + self.mean
         samples = self._content(sizes, x01, todo, rng) if self.cfg.source == "flow" else None
-        positions = [(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))) for h, w in sizes]
+        grounded = self.cfg.ground_prob > 0
+        if not grounded:  # the public code's draw order: all positions, then all shapes
+            positions = [(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))) for h, w in sizes]
         masks = []
         for h, w in sizes:
             blob = self.cfg.shape == "blob" or (self.cfg.shape == "mixed" and rng.random() < MIXED_BLOB_PROB)
             masks.append(torch.from_numpy(blob_mask(rng, h, w)).to(x.device) if blob else None)
+        if grounded:  # a grounded position depends on the shape (its lowest row stands on the ground)
+            positions = [self._position(rng, labels[i], masks[k], *sizes[k]) for k, i in enumerate(todo)]
         if samples is None:
             samples = self._content(sizes, x01, todo, rng)
         rows, labs, douts, replaced, tiles, pixels = [], [], [], [], [], []
