@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, roc_curve
 
 from densehybrid_ros.evaluation.anomaly_metrics import compute_anomaly_metrics
 from densehybrid_ros.evaluation.bootstrap import (GroupedConfusion, GroupedScoreHistograms, GroupIndex, group_weights,
-                                                  percentile_interval)
+                                                  paired_difference, percentile_interval)
 from densehybrid_ros.evaluation.breakdown import RecallByBin, SizeBinnedAnomalyMetrics, component_sizes
 
 
@@ -97,6 +97,44 @@ def test_bootstrap_replicates_equal_metrics_of_the_resampled_groups():
     assert iv["ap"].point == exact.ap
     assert iv["ap"].binned_point == pytest.approx(exact.ap, abs=1e-3)
     assert iv["ap"].low < exact.ap < iv["ap"].high
+
+
+def test_paired_difference_equals_the_differences_of_the_resampled_groups():
+    """The paired interval of AP(a) - AP(b) is the percentile interval of sklearn's AP difference on each replicate's
+    drawn groups; with streets of very different difficulty, a score slightly better on every street differs beyond
+    the noise although its own interval overlaps the other's."""
+    data = _groups()
+    rng = np.random.default_rng(9)
+    index = GroupIndex()
+    hist_a, hist_b = GroupedScoreHistograms(num_bins=1 << 15), GroupedScoreHistograms(num_bins=1 << 15)
+    worse = []
+    for g, (s, l) in enumerate(data):
+        s_b = s + rng.normal(scale=0.35, size=s.size)  # the same score with extra noise: worse on every street
+        worse.append(s_b)
+        hist_a.update(index(f"street{g}"), s, l)
+        hist_b.update(index(f"street{g}"), s_b, l)
+    weights = group_weights(len(data), 60, seed=2)
+    labels = np.concatenate([l for _, l in data])
+    exact_a = compute_anomaly_metrics(np.concatenate([s for s, _ in data]), labels)
+    exact_b = compute_anomaly_metrics(np.concatenate(worse), labels)
+    rep_a, rep_b = hist_a.replicates(weights), hist_b.replicates(weights)
+    diff = paired_difference(exact_a.ap, exact_b.ap, rep_a["ap"], rep_b["ap"])
+    direct = []
+    for w in weights:
+        pick = [g for g, k in enumerate(w) for _ in range(k)]
+        l = np.concatenate([data[g][1] for g in pick])
+        direct.append(average_precision_score(l, np.concatenate([data[g][0] for g in pick]))
+                      - average_precision_score(l, np.concatenate([worse[g] for g in pick])))
+    lo, hi = percentile_interval(np.array(direct))
+    assert diff.point == pytest.approx(exact_a.ap - exact_b.ap)
+    assert diff.low == pytest.approx(lo, abs=3e-3) and diff.high == pytest.approx(hi, abs=3e-3)
+    iv_a, iv_b = hist_a.intervals(exact_a, weights), hist_b.intervals(exact_b, weights)
+    assert iv_b["ap"].high > iv_a["ap"].low  # side by side the intervals overlap ...
+    assert diff.low > 0  # ... paired, a is better beyond the noise
+    same = paired_difference(exact_a.ap, exact_a.ap, rep_a["ap"], rep_a["ap"])
+    assert (same.point, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same weights"):
+        paired_difference(0.5, 0.4, rep_a["ap"], rep_b["ap"][:10])
 
 
 def test_grouped_confusion_interval_by_hand():

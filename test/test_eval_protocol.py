@@ -114,7 +114,8 @@ def test_standard_metrics_against_sklearn_and_numpy():
     metrics = build_metrics(EvalOptions(scores=("hybrid", "msp"), bootstrap_resamples=50), source, frames) + [extra]
     result = evaluate(source, frames, metrics, progress=False)
     m = result.metrics
-    assert list(m)[:5] == ["dataset", "threshold", "groups", "scores", "bootstrap"] and m["recorded_frames"] == 5
+    assert list(m)[:6] == ["dataset", "threshold", "groups", "scores", "paired", "bootstrap"]
+    assert m["recorded_frames"] == 5
     assert m["dataset"]["images"] == m["dataset"]["labelled_images"] == m["dataset"]["images_with_anomalies"] == 5
     assert m["threshold"] == t and m["groups"] == 2 and m["bootstrap"]["grouped_by"] == "street"
     labels = np.concatenate([s.ravel() for s in frames.semantic])
@@ -126,6 +127,13 @@ def test_standard_metrics_against_sklearn_and_numpy():
         assert a["auroc"] == pytest.approx(roc_auc_score(labels[valid] == K, values[valid]), abs=1e-9)
         assert m["scores"][name]["intervals"]["ap"]["point"] == a["ap"]
         assert list(m["scores"][name]) == ["anomaly", "intervals", "size_bins"]  # no depth: no distance bins
+    # hybrid (the first score) minus msp, on the same resampled streets
+    paired = m["paired"]
+    assert paired["reference"] == "hybrid" and list(paired["differences"]) == ["msp"]
+    for key in ("ap", "fpr95", "auroc"):
+        d = paired["differences"]["msp"][key]
+        assert d["point"] == pytest.approx(m["scores"]["hybrid"]["anomaly"][key] - m["scores"]["msp"]["anomaly"][key])
+        assert d["low"] <= d["high"]
     ids = np.concatenate([source.maps[f"f{i}"][2].ravel() for i in range(5)]).astype(np.int64)
     hybrid = np.concatenate([source.maps[f"f{i}"][0].ravel() for i in range(5)])
     known = labels < K

@@ -107,3 +107,18 @@ def test_summary_warns_when_binned_replicates_disagree_with_the_exact_point():
     lines = [line for line in summary_table(metrics).splitlines() if line.startswith("WARNING")]
     assert lines == ["WARNING: hybrid ap: the binned statistics give 31.70 against the exact 40.40; "
                      "this interval is unreliable"]
+
+
+def test_summary_says_which_paired_differences_are_within_noise():
+    from densehybrid_ros.evaluation.report import summary_table
+
+    anomaly = {"ap": 0.75, "fpr95": 0.0126, "auroc": 0.99}
+    metrics = {"scores": {"hybrid": {"anomaly": anomaly}, "discriminative": {"anomaly": anomaly}},
+               "paired": {"reference": "hybrid", "level": 0.95, "differences": {"discriminative": {
+                   "ap": {"point": -0.0245, "low": -0.051, "high": 0.004},
+                   "fpr95": {"point": -0.0014, "low": -0.0025, "high": -0.0004},
+                   "auroc": {"point": 0.0004, "low": 0.0001, "high": 0.0007}}}}}
+    lines = summary_table(metrics).splitlines()
+    at = lines.index("paired differences, hybrid minus (same resampled groups):")
+    assert lines[at + 1] == ("  discriminative AP -2.45 [-5.10, +0.40] within noise; "
+                             "FPR95 -0.14 [-0.25, -0.04]")

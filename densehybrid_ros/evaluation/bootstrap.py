@@ -6,7 +6,9 @@ even frames would give intervals far too narrow. Each group keeps sufficient sta
 - a closed-set confusion matrix (`GroupedConfusion`).
 A bootstrap replicate draws as many groups as there are, with replacement (Efron's nonparametric bootstrap),
 adds their statistics and recomputes the metric; the interval is the 2.5 and 97.5 percentiles of the
-replicates (percentile method). The anomaly metrics of a replicate come from the binned counts through the
+replicates (percentile method). All metrics of one evaluation share the replicates' draws, so the difference of two
+scores' metrics has its own (paired) interval from the per-replicate differences (`paired_difference`), narrower
+than the two intervals side by side suggest when the scores err on the same streets. The anomaly metrics of a replicate come from the binned counts through the
 project's exact curve integrator (bin centres as distinct scores), so they differ from the exact pooled
 value only by the binning (`binned_point` in the result shows by how much).
 """
@@ -95,24 +97,60 @@ class GroupedScoreHistograms:
         self._pos[g] += np.bincount(cells[is_anomaly], minlength=n)
         self._neg[g] += np.bincount(cells[~is_anomaly], minlength=n)
 
-    def intervals(self, exact: AnomalyMetrics, weights: np.ndarray, level: float = DEFAULT_LEVEL,
-                  extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None) -> dict[str, Interval]:
-        """Intervals for AP, FPR95, AUROC (and any `extra` metric of an AnomalyMetrics) around `exact`;
-        `weights` from `group_weights(G, ...)` with G the number of groups of the shared index."""
-        if not self._pos:
-            return {}
+    @property
+    def has_data(self) -> bool:
+        """Whether any image with a valid pixel was added."""
+        return bool(self._pos)
+
+    def replicates(self, weights: np.ndarray, extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None
+                   ) -> dict[str, np.ndarray]:
+        """AP, FPR95, AUROC (and any `extra` metric) of every replicate (one per row of `weights`, from
+        `group_weights(G, ...)` with G the number of groups of the shared index; NaN where a replicate has no
+        anomaly or no inlier pixel), and under "binned" the metrics of all groups once (NaN-free or absent)."""
         pos = _padded(self._pos, weights.shape[1], (self.grid.num_bins,))
         neg = _padded(self._neg, weights.shape[1], (self.grid.num_bins,))
-        picks: dict[str, Callable[[AnomalyMetrics], float]] = {
-            "ap": lambda m: m.ap, "fpr95": lambda m: m.fpr95, "auroc": lambda m: m.auroc, **(extra or {})}
-        replicates = {name: [] for name in picks}
-        for w in weights:
+        picks = anomaly_metric_picks(extra)
+        values = {name: np.full(len(weights), np.nan) for name in picks}
+        for r, w in enumerate(weights):
             m = self.grid.metrics(w @ pos, w @ neg)
-            for name, fn in picks.items():
-                replicates[name].append(float("nan") if m is None else fn(m))
+            if m is not None:
+                for name, fn in picks.items():
+                    values[name][r] = fn(m)
         binned = self.grid.metrics(pos.sum(0), neg.sum(0))
-        return {name: Interval(picks[name](exact), *percentile_interval(np.array(replicates[name]), level),
-                               None if binned is None else picks[name](binned)) for name in picks}
+        if binned is not None:
+            values["binned"] = np.array([fn(binned) for fn in picks.values()])
+        return values
+
+    def intervals(self, exact: AnomalyMetrics, weights: np.ndarray, level: float = DEFAULT_LEVEL,
+                  extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None,
+                  replicates: dict[str, np.ndarray] | None = None) -> dict[str, Interval]:
+        """Intervals for AP, FPR95, AUROC (and any `extra` metric of an AnomalyMetrics) around `exact`;
+        `weights` from `group_weights(G, ...)` with G the number of groups of the shared index (`replicates`: this
+        accumulator's `replicates(weights, extra)`, when already computed)."""
+        if not self._pos:
+            return {}
+        picks = anomaly_metric_picks(extra)
+        values = self.replicates(weights, extra) if replicates is None else replicates
+        binned = values.get("binned")
+        return {name: Interval(fn(exact), *percentile_interval(values[name], level),
+                               None if binned is None else float(binned[i]))
+                for i, (name, fn) in enumerate(picks.items())}
+
+
+def anomaly_metric_picks(extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None
+                         ) -> dict[str, Callable[[AnomalyMetrics], float]]:
+    """The metrics an interval is computed for: name -> its value in an AnomalyMetrics (AP, FPR95, AUROC, `extra`)."""
+    return {"ap": lambda m: m.ap, "fpr95": lambda m: m.fpr95, "auroc": lambda m: m.auroc, **(extra or {})}
+
+
+def paired_difference(point_a: float, point_b: float, replicates_a: np.ndarray, replicates_b: np.ndarray,
+                      level: float = DEFAULT_LEVEL) -> Interval:
+    """The difference a - b of one metric of two scores evaluated on the same frames: the exact difference and the
+    percentile interval of the per-replicate differences (the same resampled groups for both: paired)."""
+    a, b = np.asarray(replicates_a, np.float64), np.asarray(replicates_b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired replicates must come from the same weights, got {a.shape} and {b.shape}")
+    return Interval(point_a - point_b, *percentile_interval(a - b, level))
 
 
 class GroupedConfusion:

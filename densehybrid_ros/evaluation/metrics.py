@@ -19,7 +19,7 @@ import numpy as np
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalDataset, EvalSample
 from densehybrid_ros.evaluation.anomaly_metrics import PerImageAnomalyMetrics
 from densehybrid_ros.evaluation.bootstrap import (GroupedConfusion, GroupedScoreHistograms, GroupIndex,
-                                                  group_weights)
+                                                  anomaly_metric_picks, group_weights, paired_difference)
 from densehybrid_ros.evaluation.breakdown import (FlaggedAtThresholds, RecallByBin, SizeBinnedAnomalyMetrics,
                                                   component_sizes)
 from densehybrid_ros.evaluation.component_metrics import ComponentMetrics, ComponentSizeFilter
@@ -123,7 +123,10 @@ class BootstrapGroups(Metric):
 # ------------------------------------------------------------------ anomaly detection per score
 class PixelAnomaly(Metric):
     """Per score, "anomaly": exact pooled AP / AUROC / FPR95 (`StreamingAnomalyMetrics`) and "intervals": their 95%
-    bootstrap intervals over the groups (`GroupedScoreHistograms`)."""
+    bootstrap intervals over the groups (`GroupedScoreHistograms`); "paired": the first score (the reference, e.g.
+    hybrid) minus each other score, per metric, with the interval of the per-replicate differences
+    (`bootstrap.paired_difference`: both on the same resampled groups), which says whether two scores differ beyond
+    the noise when their own intervals overlap."""
 
     def __init__(self, scores: Sequence[str], groups: BootstrapGroups) -> None:
         self.groups = groups
@@ -141,18 +144,29 @@ class PixelAnomaly(Metric):
     def compute(self) -> dict:
         weights = self.groups.weights()
         scores: dict = {}
+        exact, replicates = {}, {}
         for s, stream in self.streams.items():
             entry: dict = {}
             try:
-                exact = stream.compute()
-                entry["anomaly"] = asdict(exact)
-                if weights is not None:
-                    entry["intervals"] = {k: asdict(v) for k, v in self.grouped[s].intervals(exact, weights).items()}
+                exact[s] = stream.compute()
+                entry["anomaly"] = asdict(exact[s])
+                if weights is not None and self.grouped[s].has_data:
+                    replicates[s] = self.grouped[s].replicates(weights)
+                    entry["intervals"] = {k: asdict(v) for k, v in
+                                          self.grouped[s].intervals(exact[s], weights, replicates=replicates[s]).items()}
             except ValueError as exc:
                 entry["anomaly"] = None
                 entry["anomaly_skipped"] = str(exc)
             scores[s] = entry
-        return {"scores": scores}
+        out: dict = {"scores": scores}
+        reference = next(iter(self.streams), None)
+        if reference in replicates and len(replicates) > 1:
+            points = anomaly_metric_picks()
+            out["paired"] = {"reference": reference, "level": 0.95, "differences": {
+                s: {k: asdict(paired_difference(fn(exact[reference]), fn(exact[s]), replicates[reference][k],
+                                                replicates[s][k])) for k, fn in points.items()}
+                for s in replicates if s != reference}}
+        return out
 
     def close(self) -> None:
         for stream in self.streams.values():

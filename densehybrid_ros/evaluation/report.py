@@ -54,6 +54,25 @@ def binning_warnings(metrics: dict) -> list[str]:
     return out
 
 
+def paired_rows(metrics: dict) -> list[str]:
+    """The reference score minus each other score (AP, FPR95) with the paired 95% interval, and whether that interval
+    holds 0 ("within noise")."""
+    paired = metrics.get("paired")
+    if not paired:
+        return []
+    ref = paired["reference"]
+    rows = [f"paired differences, {ref} minus (same resampled groups):"]
+    for name, d in paired["differences"].items():
+        parts = []
+        for key in ("ap", "fpr95"):
+            iv = d[key]
+            noise = iv["low"] is not None and iv["high"] is not None and iv["low"] <= 0.0 <= iv["high"]
+            parts.append(f"{key.upper()} {100 * iv['point']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+                         f"{' within noise' if noise else ''}" if iv["low"] is not None else f"{key.upper()} n/a")
+        rows.append(f"  {name:<15}" + "; ".join(parts))
+    return rows
+
+
 def summary_table(metrics: dict) -> str:
     boot = metrics.get("bootstrap")
     rows = []
@@ -72,6 +91,7 @@ def summary_table(metrics: dict) -> str:
                     f"{_pct(a['auroc']):>8}{_pct(op_f.get('0.01', {}).get('tpr')):>11}"
                     f"{_pct(op_f.get('0.001', {}).get('tpr')):>13}{_pct(op_t.get('0.5', {}).get('fpr')):>12}")
     rows += binning_warnings(metrics)
+    rows += paired_rows(metrics)
     if "closed_set" in metrics:
         c = metrics["closed_set"]
         rows.append(f"mIoU {_pct(c['miou'])} {_ci(c.get('intervals'), 'miou')}")
