@@ -80,8 +80,10 @@ class OnnxBackend:
         if "logits" not in self.output_names or "hybrid" not in self.output_names:
             raise ValueError(f"{self.path}: outputs {self.output_names} lack 'logits' and 'hybrid' (not a DenseHybrid export)")
 
-    def dense_outputs(self, x: torch.Tensor, score_names: Sequence[str] = ("hybrid",)) -> DenseOutputs:
-        """Logits (B, K, H, W), class ids (B, H, W) int64 and the named scores (B, H, W) float32, on x's device."""
+    def dense_outputs(self, x: torch.Tensor, score_names: Sequence[str] = ("hybrid",),
+                      class_bias: torch.Tensor | None = None) -> DenseOutputs:
+        """Logits (B, K, H, W), class ids (B, H, W) int64 (`scores.closed_set_decision` with `class_bias`) and the
+        named scores (B, H, W) float32, on x's device."""
         if tuple(x.shape[-2:]) != self.input_hw:
             raise ValueError(f"the ONNX graph runs at {self.input_hw[0]}x{self.input_hw[1]}, got a batch of "
                              f"{x.shape[-2]}x{x.shape[-1]}")
@@ -94,7 +96,7 @@ class OnnxBackend:
         outputs = self.session.run(names, {self.input_name: feed})
         tensors = {n: torch.from_numpy(np.asarray(o, dtype=np.float32)).to(x.device) for n, o in zip(names, outputs)}
         logits = tensors.pop("logits")
-        return DenseOutputs(logits, closed_set_decision(logits), tensors)
+        return DenseOutputs(logits, closed_set_decision(logits, class_bias), tensors)
 
 
 def cache_dir() -> Path:

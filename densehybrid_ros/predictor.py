@@ -43,7 +43,7 @@ from densehybrid_ros.models import DenseHybrid
 from densehybrid_ros.models.densehybrid import DenseOutputs
 from densehybrid_ros.models.resnet import ResNet
 from densehybrid_ros.onnx_backend import OnnxBackend
-from densehybrid_ros.scores import SCORES, closed_set_decision, open_set_fusion
+from densehybrid_ros.scores import SCORES, open_set_fusion
 from densehybrid_ros.weights import WeightsMetadata, load_weights, resolve_threshold
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")  # the devices a Predictor runs on
@@ -337,10 +337,7 @@ class Predictor:
         hybrid score plus config.extra_scores, at the padded batch size."""
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.config.fp16 else contextlib.nullcontext()
         with autocast:
-            outputs = self.model.dense_outputs(batch.tensor, self._score_names)
-        if self._class_bias is None:
-            return outputs
-        return outputs._replace(class_ids=closed_set_decision(outputs.logits, self._class_bias))
+            return self.model.dense_outputs(batch.tensor, self._score_names, class_bias=self._class_bias)
 
     @torch.inference_mode()
     def postprocess(self, batch: Batch, outputs: DenseOutputs, threshold: ThresholdArg = OWN_THRESHOLD

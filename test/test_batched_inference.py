@@ -67,7 +67,7 @@ def test_predict_many_equals_one_by_one_for_mixed_camera_sizes(tiny_net):
     images = [image(64, 96), image(48, 80), image(64, 96), image(50, 70), image(48, 80)]  # 3 grid sizes
     forwards = []
     real = predictor.model.dense_outputs
-    predictor.model.dense_outputs = lambda x, names: forwards.append(x.shape[0]) or real(x, names)
+    predictor.model.dense_outputs = lambda x, names, **kw: forwards.append(x.shape[0]) or real(x, names, **kw)
     batched = predictor.predict_many(images, threshold=threshold)
     assert sorted(forwards) == [1, 2, 2]  # one forward per grid size, not per image
     for img, got in zip(images, batched):
@@ -80,7 +80,7 @@ def test_weights_with_an_input_size_batch_every_camera_into_one_forward(tiny_net
     images = [image(120, 200), image(48, 80), image(64, 96), image(90, 60)]
     forwards = []
     real = predictor.model.dense_outputs
-    predictor.model.dense_outputs = lambda x, names: forwards.append(tuple(x.shape)) or real(x, names)
+    predictor.model.dense_outputs = lambda x, names, **kw: forwards.append(tuple(x.shape)) or real(x, names, **kw)
     batched = predictor.predict_many(images)
     assert forwards == [(4, 3, 64, 96)]
     for img, got in zip(images, batched):

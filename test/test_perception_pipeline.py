@@ -46,7 +46,7 @@ def test_predict_fuses_with_the_threshold_in_force_in_one_forward(tiny_model, on
     perception = Perception(predictor)
     forwards = []
     real = predictor.model.dense_outputs
-    predictor.model.dense_outputs = lambda x, names: forwards.append(x.shape[0]) or real(x, names)
+    predictor.model.dense_outputs = lambda x, names, **kw: forwards.append(x.shape[0]) or real(x, names, **kw)
     for values, expected, source in (({}, t_fpr, "weights default"), ({"operating_point": "tpr95"}, t_tpr, "tpr95"),
                                      ({"threshold": t_param, "operating_point": "tpr95"}, t_param, "parameter")):
         settings = Settings.from_values(values)

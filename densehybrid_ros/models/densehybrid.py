@@ -73,9 +73,11 @@ class DenseHybrid(nn.Module):
         return HybridOutput(upsample(logits, size), upsample(inlier_logit, size))
 
     def dense_outputs(
-        self, x: torch.Tensor, score_names: Sequence[str] = ("hybrid",), output_size: Sequence[int] | None = None
+        self, x: torch.Tensor, score_names: Sequence[str] = ("hybrid",), output_size: Sequence[int] | None = None,
+        class_bias: torch.Tensor | None = None,
     ) -> DenseOutputs:
-        """Inference: upsampled logits, their argmax, and the named scores (computed natively, upsampled)."""
+        """Inference: upsampled logits, their closed-set decision (`scores.closed_set_decision` with `class_bias`;
+        None: the argmax), and the named scores (computed natively from the unbiased logits, upsampled)."""
         size = x.shape[-2:] if output_size is None else output_size
         logits, inlier_logit = self.native(x)
         native_scores = compute_scores(tuple(score_names), logits, inlier_logit)
@@ -84,7 +86,7 @@ class DenseHybrid(nn.Module):
         if native_scores:
             stacked = upsample(torch.stack(list(native_scores.values()), dim=1), size)
             scores = dict(zip(native_scores, stacked.unbind(dim=1)))
-        return DenseOutputs(logits, closed_set_decision(logits), scores)
+        return DenseOutputs(logits, closed_set_decision(logits, class_bias), scores)
 
     def closed_set(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         """The wrapped segmenter alone (the closed-set baseline): class ids at `output_size`."""
