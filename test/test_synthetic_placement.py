@@ -1,5 +1,5 @@
 """Sizes and positions of synthetic negatives (training/synthetic.py, issue 14): log-uniform sides in the flow's
-8-px steps against their written-out law, and negatives standing on the ground as the real ones can
+8-px steps against their written-out law (`paste.random_side`, shared with the real negatives), and negatives standing on the ground as the real ones can
 (`synthetic.ground_prob`, the data config's ground classes)."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from densehybrid_ros.config import ConfigError
 from densehybrid_training.cli import joint_training
 from densehybrid_training.config import load_train_config
-from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig, sample_side_log
+from densehybrid_training.paste import random_side
+from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ROAD, OTHER = 0, 1
@@ -40,7 +41,7 @@ def _lowest_rows(synthetic: torch.Tensor) -> list[int]:
 def test_log_sides_follow_the_law_in_8_px_steps():
     lo, hi, n = 16, 128, 100_000
     rng = np.random.default_rng(0)
-    sides = np.array([sample_side_log(rng, lo, hi, 1000) for _ in range(n)])
+    sides = np.array([random_side(rng, lo, hi, "log", step=8) for _ in range(n)])
     assert set(np.unique(sides)) == set(range(lo, hi + 1, 8))
     values = np.arange(lo, hi + 1, 8)
     counts = np.array([(sides == s).sum() for s in values])
@@ -50,9 +51,10 @@ def test_log_sides_follow_the_law_in_8_px_steps():
     chi2 = float((((counts - n * expected) ** 2) / (n * expected)).sum())
     assert chi2 < scipy.stats.chi2.ppf(0.999, df=len(values) - 1)
     assert (sides == 16).mean() > 2.5 / len(values)  # 0.19 against 1/15 for the uniform steps
-    assert max(sample_side_log(rng, 16, 128, 40) for _ in range(200)) == 40  # capped by the crop
-    with pytest.raises(ValueError, match="multiples of 8"):
-        sample_side_log(rng, 12, 128, 1000)
+    uniform = np.array([random_side(rng, lo, hi, step=8) for _ in range(30_000)])
+    assert set(np.unique(uniform)) == set(values) and (uniform == 16).mean() == pytest.approx(1 / 15, abs=0.01)
+    with pytest.raises(ValueError, match="multiples of the step 8"):
+        random_side(rng, 12, 128, "log", step=8)
 
 
 def test_joint_sizes_follow_the_side_scale():

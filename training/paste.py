@@ -59,16 +59,20 @@ def check_pasting(side: tuple[int, int], side_scale: str, per_image: int, ground
         raise ValueError(f"negative_ground_prob must be in [0, 1], got {ground_prob}")
 
 
-def random_side(rng: np.random.Generator, low: int, high: int, scale: str = "uniform") -> int:
-    """A pasted negative's longer side in [low, high] px: uniform (public recipe) or log-uniform ("log": as many
-    negatives of 16-32 px as of 64-128 px, the sizes of far objects being as common as those of near ones)."""
+def random_side(rng: np.random.Generator, low: int, high: int, scale: str = "uniform", step: int = 1) -> int:
+    """A pasted negative's side in [low, high] px, in `step`s (low and high multiples of it): uniform (public recipe)
+    or log-uniform ("log": as many negatives of 16-32 px as of 64-128 px, the sizes of far objects being as common as
+    those of near ones)."""
     if not 1 <= low <= high:
         raise ValueError(f"side range must satisfy 1 <= low <= high, got [{low}, {high}]")
+    if step < 1 or low % step or high % step:
+        raise ValueError(f"side range [{low}, {high}] must hold multiples of the step {step}")
     if scale == "uniform":
-        return int(rng.integers(low, high + 1))
+        return step * int(rng.integers(low // step, high // step + 1))
     if scale == "log":
-        # floor of a continuous log-uniform on [low, high + 1): P(side = s) = ln((s + 1) / s) / ln((high + 1) / low)
-        return min(high, int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+        # a continuous log-uniform on [low, high + step) floored to the step:
+        # P(side = s) = ln((s + step) / s) / ln((high + step) / low)
+        return min(high, step * int(np.exp(rng.uniform(np.log(low), np.log(high + step))) // step))
     raise ValueError(f"side scale must be 'uniform' or 'log', got {scale!r}")
 
 

@@ -31,7 +31,7 @@ import torch
 from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
 from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
-from densehybrid_training.paste import ground_position
+from densehybrid_training.paste import ground_position, random_side
 
 
 SOURCES = ("flow", "uniform", "inlier_crops")
@@ -278,16 +278,6 @@ def sample_side(rng: np.random.Generator, lo: int, hi: int, limit: int) -> int:
     return int(rng.choice(np.arange(lo, min(hi, limit) + 1, 8)))
 
 
-def sample_side_log(rng: np.random.Generator, lo: int, hi: int, limit: int, step: int = 8) -> int:
-    """A side in lo..min(hi, limit) in `step`s, log-uniform: a continuous log-uniform on [lo, top + step), floored
-    to the step, so P(s) = ln((s + step) / s) / ln((top + step) / lo) (lo and top multiples of the step)."""
-    top = min(hi, limit)
-    if not step <= lo <= top or lo % step or top % step:
-        raise ValueError(f"log-uniform side range [{lo}, {top}] must hold multiples of {step} with {step} <= lo <= top")
-    value = np.exp(rng.uniform(np.log(lo), np.log(top + step)))
-    return int(min(top, step * int(value // step)))
-
-
 BLOB_HARMONICS = (2, 3, 4, 5)  # angular frequencies of the blob outline (no k = 1: the blob stays centred)
 BLOB_ROUGHNESS = 0.35  # a_k ~ U(0, roughness / k): sum a_k <= 0.45, so r(theta) >= 0.55 > 0
 
@@ -501,8 +491,8 @@ class JointFlowTraining:
         m = self.multiple
         if self.cfg.side_scale == "log":
             lo = -(-max(lo, m) // m) * m  # the flow's multiple (8 or 16) may not divide side_range's 8-px steps
-            return (sample_side_log(rng, lo, hi - hi % m, H - H % m, m),
-                    sample_side_log(rng, lo, hi - hi % m, W - W % m, m))
+            return (random_side(rng, lo, min(hi - hi % m, H - H % m), "log", m),
+                    random_side(rng, lo, min(hi - hi % m, W - W % m), "log", m))
         return sample_side(rng, max(lo, m), hi, H - H % m), sample_side(rng, max(lo, m), hi, W - W % m)
 
     def _position(self, rng: np.random.Generator, labels: torch.Tensor, mask: torch.Tensor | None, h: int,

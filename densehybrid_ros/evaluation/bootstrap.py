@@ -6,11 +6,12 @@ even frames would give intervals far too narrow. Each group keeps sufficient sta
 - a closed-set confusion matrix (`GroupedConfusion`).
 A bootstrap replicate draws as many groups as there are, with replacement (Efron's nonparametric bootstrap),
 adds their statistics and recomputes the metric; the interval is the 2.5 and 97.5 percentiles of the
-replicates (percentile method). All metrics of one evaluation share the replicates' draws, so the difference of two
-scores' metrics has its own (paired) interval from the per-replicate differences (`paired_difference`), narrower
-than the two intervals side by side suggest when the scores err on the same streets. The anomaly metrics of a replicate come from the binned counts through the
+replicates (percentile method). The anomaly metrics of a replicate come from the binned counts through the
 project's exact curve integrator (bin centres as distinct scores), so they differ from the exact pooled
-value only by the binning (`binned_point` in the result shows by how much).
+value only by the binning (`binned_point` in the result shows by how much). All metrics of one evaluation share
+the replicates' draws, so the difference of two scores' metrics has its own (paired) interval from the
+per-replicate differences (`paired_difference`), narrower than the two intervals side by side suggest when the
+scores err on the same streets.
 """
 from __future__ import annotations
 

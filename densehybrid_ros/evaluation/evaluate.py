@@ -35,9 +35,9 @@ from densehybrid_ros.predictor import Predictor
 COMPONENT_FILTERS = {"smiyc-anomaly": ANOMALY_TRACK, "smiyc-obstacle": OBSTACLE_TRACK,
                      "smiyc-laf-noknown": OBSTACLE_TRACK}
 # metrics.json's top-level keys in the order they are written; others follow in the order of their metrics
-KEY_ORDER = ("dataset", "threshold", "groups", "scores", "paired", "bootstrap", "closed_set", "open_set", "open_set_skipped",
-             "semantic_skipped", "operating_points", "recall_by_size", "recall_by_distance", "components",
-             "components_skipped", "ensemble")
+KEY_ORDER = ("dataset", "threshold", "groups", "scores", "paired", "bootstrap", "closed_set", "open_set",
+             "open_set_skipped", "semantic_skipped", "operating_points", "recall_by_size", "recall_by_distance",
+             "components", "components_skipped", "ensemble")
 
 @dataclass
 class EvalOptions:

@@ -152,8 +152,8 @@ class PixelAnomaly(Metric):
                 entry["anomaly"] = asdict(exact[s])
                 if weights is not None and self.grouped[s].has_data:
                     replicates[s] = self.grouped[s].replicates(weights)
-                    entry["intervals"] = {k: asdict(v) for k, v in
-                                          self.grouped[s].intervals(exact[s], weights, replicates=replicates[s]).items()}
+                    intervals = self.grouped[s].intervals(exact[s], weights, replicates=replicates[s])
+                    entry["intervals"] = {k: asdict(v) for k, v in intervals.items()}
             except ValueError as exc:
                 entry["anomaly"] = None
                 entry["anomaly_skipped"] = str(exc)

@@ -63,14 +63,15 @@ def paired_rows(metrics: dict) -> list[str]:
     ref = paired["reference"]
     rows = [f"paired differences, {ref} minus (same resampled groups):"]
     for name, d in paired["differences"].items():
-        parts = []
-        for key in ("ap", "fpr95"):
-            iv = d[key]
-            noise = iv["low"] is not None and iv["high"] is not None and iv["low"] <= 0.0 <= iv["high"]
-            parts.append(f"{key.upper()} {100 * iv['point']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
-                         f"{' within noise' if noise else ''}" if iv["low"] is not None else f"{key.upper()} n/a")
-        rows.append(f"  {name:<15}" + "; ".join(parts))
+        rows.append(f"  {name:<15}" + "; ".join(_paired_part(key.upper(), d[key]) for key in ("ap", "fpr95")))
     return rows
+
+
+def _paired_part(label: str, iv: dict) -> str:
+    if iv["point"] is None or iv["low"] is None or iv["high"] is None:  # metrics.json writes NaN as null
+        return f"{label} n/a"
+    noise = " within noise" if iv["low"] <= 0.0 <= iv["high"] else ""
+    return f"{label} {100 * iv['point']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]{noise}"
 
 
 def summary_table(metrics: dict) -> str:
