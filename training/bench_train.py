@@ -96,7 +96,8 @@ def time_steps(mode: str, config: Path | None, overrides: list[str], warmup: int
               "batch_size": cfg.batch_size, "crop": list(cfg.data.crop)}
     if joint is not None and joint.flow is not None:
         result.update(flow=flow or "cpu", flow_name=joint.flow.config.name, flow_params=parameter_count(joint.flow),
-                      side_range=list(cfg.synthetic.side_range), sizes=cfg.synthetic.sizes, shape=cfg.synthetic.shape)
+                      side_range=list(cfg.synthetic.side_range), side_scale=cfg.synthetic.side_scale,
+                      sizes=cfg.synthetic.sizes, shape=cfg.synthetic.shape, ground_prob=cfg.synthetic.ground_prob)
     return result
 
 
