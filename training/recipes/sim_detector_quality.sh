@@ -23,6 +23,16 @@ evaluate() {  # weights-stem dataset out scores
   [ -f $3/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights $1.safetensors --dataset sim:data/$2 \
       --scores $4 --out $3 --quiet
 }
+continued_stage() {  # NAME [default point]: config/train/sim_finetune_real_NAME.yaml, its 768x384 weights calibrated
+  # on val, evaluated on val (runs/eval_val_sim_real_NAME) and both test splits (runs/eval_real_NAME_<split>)
+  $PY -m densehybrid_training finetune --config config/train/sim_finetune_real_$1.yaml
+  local w=runs/sim_real_$1_g768
+  export_calibrated runs/sim_finetune_real_$1 $w 768x384 ${2:-fpr1}
+  evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_$1 $VAL_SCORES
+  for t in sim_test_big sim_test_big_b; do
+    evaluate ${w}_calibrated $t runs/eval_real_$1_$t $TEST_SCORES
+  done
+}
 render data/sim_train_big train 12000 11 24
 render data/sim_val_big val 1200 12 10
 render data/sim_test_big test 1200 13 10
@@ -70,15 +80,9 @@ done
 for t in sim_test_big sim_test_big_b; do
   evaluate ${w}_calibrated $t runs/eval_real_path_g768_$t $TEST_SCORES
 done
-# The bundled model: the `path` stage continued for another 1,600 steps with seed 2. Chosen on val (hybrid AP 66.7 vs
+# A later bundle: the `path` stage continued for another 1,600 steps with seed 2. Chosen on val (hybrid AP 66.7 vs
 # 61.6, FPR95 2.10 vs 2.23; 13 val bags 0.664 vs 0.649 detection within 30 m at 0.39 false obstacles per frame each).
-$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path2.yaml
-w=runs/sim_real_path2_g768
-export_calibrated runs/sim_finetune_real_path2 $w 768x384
-evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path2 $VAL_SCORES
-for t in sim_test_big sim_test_big_b; do
-  evaluate ${w}_calibrated $t runs/eval_real_path2_$t $TEST_SCORES
-done
+continued_stage path2
 # The previous bundle: the second `path` stage continued 1,600 steps with negatives pasted as far anomalies look (two
 # per image, log-uniform sides 12-160 px, half standing on road or sidewalk; seed 3). Chosen on val (hybrid AP 71.9
 # vs 66.7, FPR95 1.34 vs 2.10). Its node default is the fpr05 point (0.5% of val inlier pixels), chosen on the 13 val
@@ -86,22 +90,10 @@ done
 # 0.694 at 0.19, fpr1 0.735 at 0.42 (the model before at its fpr1: 0.656 at 0.29). Calibration also chooses the class
 # bias of the closed-set decision (b = -tau ln w_enet, tau by val mIoU: 0.8, mIoU 79.99 -> 82.39; the anomaly scores
 # and thresholds are unchanged).
-$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path3_paste.yaml
-w=runs/sim_real_path3_paste_g768
-export_calibrated runs/sim_finetune_real_path3_paste $w 768x384 fpr05
-evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path3_paste $VAL_SCORES
-for t in sim_test_big sim_test_big_b; do
-  evaluate ${w}_calibrated $t runs/eval_real_path3_paste_$t $TEST_SCORES
-done
+continued_stage path3_paste fpr05
 # The bundled model: that stage continued 1,200 steps with repeat-factor sampling (images showing a class that fewer
 # than half of the images show drawn up to 2.7x as often; rider ~1.8x; seed 4). Chosen on val against the previous
 # bundle (both with their class bias): hybrid AP 78.75 vs 71.88, FPR95 1.01 vs 1.34, mIoU 83.73 vs 82.39, rider 52.1
 # vs 43.9; 13 val bags at fpr05 0.722 vs 0.700 detection within 30 m at 0.29 vs 0.20 false obstacles per frame
 # (still <= 0.3, so fpr05 stays the default). Class bias tau 1.0 (val mIoU 80.36 plain -> 83.73).
-$PY -m densehybrid_training finetune --config config/train/sim_finetune_real_path4_rfs.yaml
-w=runs/sim_real_path4_rfs_g768
-export_calibrated runs/sim_finetune_real_path4_rfs $w 768x384 fpr05
-evaluate ${w}_calibrated sim_val_big runs/eval_val_sim_real_path4_rfs $VAL_SCORES
-for t in sim_test_big sim_test_big_b; do
-  evaluate ${w}_calibrated $t runs/eval_real_path4_rfs_$t $TEST_SCORES
-done
+continued_stage path4_rfs fpr05
