@@ -1,7 +1,9 @@
 """The closed-set decision's class bias (post-hoc logit adjustment, Menon et al. 2021): argmax_k (s_k + b_k) on
 hand-built logits; b = -tau ln w undoes the lean a w-weighted cross-entropy gives the logits (checked by fitting
 free logits with autograd); the bias travels in the weights (validated) and moves the class ids of both backends
-but not the anomaly scores; calibration picks the tau whose mIoU, computed here with sklearn, is the best."""
+but not the anomaly scores; calibration picks the tau whose mIoU, computed here with sklearn, is the best; the
+per-class refinement finds a brute-forced best threshold, never lowers mIoU, and calibration keeps it only when it
+helps the held-out half of the streets."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import confusion_matrix, jaccard_score
 
 from conftest import TINY, make_sim_weights, render_small_sim
 from test_weights import rewrite
@@ -18,7 +20,7 @@ from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.scores import closed_set_decision
 from densehybrid_ros.weights import ClassBias, WeightsError, default_metadata, load_weights, read_metadata, \
     save_weights
-from densehybrid_training.class_balance import logit_adjustment_bias
+from densehybrid_training.class_balance import logit_adjustment_bias, refine_class_bias
 
 
 def test_decision_adds_the_bias_before_the_argmax():
@@ -107,7 +109,7 @@ def test_calibration_picks_the_tau_with_the_best_miou(tmp_path_factory, tmp_path
     trained = save_weights(tmp_path / "trained.safetensors", model, dataclasses.replace(
         meta, provenance={"config": {"class_balance": "enet", "class_weights": class_weights}}))
     out = tmp_path / "calibrated.safetensors"
-    _, metrics = calibrate(trained, f"sim:{held_out}", "val", out, progress=False)
+    _, metrics = calibrate(trained, f"sim:{held_out}", "val", out, progress=False, class_bias="tau")
     # each tau's mIoU here: the Predictor with that bias in its weights, confusion by sklearn, classes that occur
     dataset = open_dataset(f"sim:{held_out}", "val")
     by_hand = {}
@@ -129,8 +131,18 @@ def test_calibration_picks_the_tau_with_the_best_miou(tmp_path_factory, tmp_path
     assert written.values == pytest.approx(logit_adjustment_bias(class_weights, best), abs=0)
     assert f"b = -{best:g} ln w" in written.method and f"sim:{held_out} split=val images=3" in written.method
     # calibrating again reads the raw logits, not the bias the file holds: the same choice
-    _, again = calibrate(out, f"sim:{held_out}", "val", tmp_path / "twice.safetensors", progress=False)
+    _, again = calibrate(out, f"sim:{held_out}", "val", tmp_path / "twice.safetensors", progress=False,
+                         class_bias="tau")
     assert again["class_bias_miou"] == metrics["class_bias_miou"]
+    # auto: the same tau search, then per-class offsets written only where the street split kept them
+    _, auto = calibrate(trained, f"sim:{held_out}", "val", tmp_path / "auto.safetensors", progress=False)
+    assert auto["class_bias_miou"] == metrics["class_bias_miou"]
+    auto_bias = load_weights(tmp_path / "auto.safetensors")[1].class_bias
+    assert auto_bias.method.startswith(written.method)
+    if auto["class_bias_refinement"]["kept"]:
+        assert "per-class offsets by coordinate ascent" in auto_bias.method
+    else:
+        assert "per-class offsets not kept" in auto_bias.method and auto_bias.values == written.values
     # none asked for, or no class weights in the provenance: no bias
     calibrate(trained, f"sim:{held_out}", "val", tmp_path / "none.safetensors", progress=False, class_bias="none")
     calibrate(weights, f"sim:{held_out}", "val", tmp_path / "plain.safetensors", progress=False)
@@ -138,3 +150,116 @@ def test_calibration_picks_the_tau_with_the_best_miou(tmp_path_factory, tmp_path
     assert load_weights(tmp_path / "plain.safetensors")[1].class_bias is None
     with pytest.raises(ValueError, match="class_bias must be one of"):
         calibrate(trained, f"sim:{held_out}", "val", tmp_path / "x.safetensors", progress=False, class_bias="on")
+
+
+def _miou_by_sklearn(logits, labels, bias):
+    prediction = (np.asarray(logits) + np.asarray(bias)).argmax(1)
+    present = np.union1d(np.unique(labels), np.unique(prediction))
+    return jaccard_score(labels, prediction, labels=present, average="macro")
+
+
+def test_refinement_finds_the_brute_forced_best_threshold_of_two_classes():
+    """Two classes: only b_1 - b_0 matters (class 1 wins when d = s_1 - s_0 > b_0 - b_1); the best difference on the
+    0.1 grid, found by trying every one with sklearn's Jaccard, is the one the coordinate ascent reaches."""
+    rng = np.random.default_rng(3)
+    d = np.concatenate([rng.uniform(-3.0, 1.0, 6000), rng.uniform(-1.0, 3.0, 2000)])  # class 1 rarer
+    labels = np.repeat([0, 1], [6000, 2000])
+    logits = np.stack([np.zeros_like(d), d], 1).astype(np.float32)
+    grid = np.round(np.arange(-1.5, 1.51, 0.1), 1)
+    by_hand = {t: _miou_by_sklearn(logits, labels, [0.0, t]) for t in grid}
+    best = max(by_hand, key=by_hand.get)
+    assert sorted(by_hand.values())[-1] > sorted(by_hand.values())[-2]  # one best difference
+    bias = refine_class_bias(logits, labels, [0.0, 0.0])
+    assert bias[1] - bias[0] == pytest.approx(best, abs=1e-5)
+    assert _miou_by_sklearn(logits, labels, bias) == pytest.approx(by_hand[best], abs=1e-12)
+
+
+def test_refinement_never_lowers_miou_and_bad_input_is_named():
+    rng = np.random.default_rng(4)
+    K, n = 5, 4000
+    labels = rng.integers(0, K, n)
+    logits = rng.normal(0.0, 1.0, (n, K)).astype(np.float32)
+    logits[np.arange(n), labels] += rng.uniform(0.0, 2.0, n).astype(np.float32)  # informative, not perfect
+    start = rng.normal(0.0, 1.0, K)
+    bias = refine_class_bias(logits, labels, start, sweeps=1)
+    assert _miou_by_sklearn(logits, labels, bias) > _miou_by_sklearn(logits, labels, start)
+    again = refine_class_bias(logits, labels, bias, sweeps=1)
+    assert _miou_by_sklearn(logits, labels, again) >= _miou_by_sklearn(logits, labels, bias)
+    with pytest.raises(ValueError, match="logits must be"):
+        refine_class_bias(logits[:, :, None], labels, start)
+    with pytest.raises(ValueError, match="labels must be class ids"):
+        refine_class_bias(logits, np.where(labels == 0, 255, labels), start)
+    with pytest.raises(ValueError, match="start must hold 5"):
+        refine_class_bias(logits, labels, start[:3])
+
+
+def _search_with_pixels(shift_by_group):
+    """A ClassBiasSearch holding hand-made pixels: per street, two classes whose logit difference is shifted by
+    that street's value (the tau search itself is not used: tau 0 with unit weights is no bias)."""
+    from densehybrid_training.calibrate import ClassBiasSearch
+
+    search = ClassBiasSearch((1.0, 1.0), taus=(0.0,))
+    rng = np.random.default_rng(5)
+    for group, shift in shift_by_group.items():
+        for _ in range(3):  # frames
+            labels = rng.integers(0, 2, 800)
+            d = np.where(labels == 1, rng.uniform(-1.0, 3.0, 800), rng.uniform(-3.0, 1.0, 800)) + shift
+            search.logits.append(np.stack([np.zeros_like(d), d], 1).astype(np.float32))
+            search.labels.append(labels)
+            search.groups.append(group)
+    search.confusion[0.0][:] = np.eye(2, dtype=np.int64)  # any: only the method text reads it
+    return search
+
+
+def test_per_class_offsets_are_kept_only_when_they_help_the_other_half_of_the_streets():
+    import zlib
+
+    groups = [f"scene{i}" for i in range(12)]
+    halves = {g: zlib.crc32(repr(g).encode()) % 2 for g in groups}
+    assert set(halves.values()) == {0, 1}
+    # every street's class-1 logits lean 1.0 too high: both halves learn the same correction, so it is kept
+    search = _search_with_pixels({g: 1.0 for g in groups})
+    bias = search.best("hand-made")
+    assert search.refinement["kept"] and min(search.refinement["held_out_gain"]) > 0
+    x, y = np.concatenate(search.logits), np.concatenate(search.labels)
+    assert bias.values == pytest.approx(refine_class_bias(x, y, [0.0, 0.0]), abs=1e-6)
+    assert bias.values[1] - bias.values[0] == pytest.approx(-1.0, abs=0.25)
+    assert "per-class offsets by coordinate ascent" in bias.method
+    # the two halves lean opposite ways: what one half learns hurts the other, so the tau bias stays
+    search = _search_with_pixels({g: (1.5 if halves[g] else -1.5) for g in groups})
+    bias = search.best("hand-made")
+    assert not search.refinement["kept"] and max(search.refinement["held_out_gain"]) < 0
+    assert bias.values == (0.0, 0.0) and "per-class offsets not kept" in bias.method
+    # one street: no two halves to check with
+    search = _search_with_pixels({"scene0": 1.0})
+    assert search.best("hand-made").values == (0.0, 0.0) and "two halves" in search.best("x").method
+
+
+def test_kept_pixels_decide_as_the_predictor(tmp_path_factory, tmp_path, one_torch_thread):
+    """The pixels kept for the refinement carry the logits the Predictor decides from at that pixel (resized as its
+    class ids are): with every labelled pixel kept, their confusion under a bias equals sklearn's of the Predictor's
+    class ids with that bias in its weights."""
+    from densehybrid_ros.datasets import open_dataset
+    from densehybrid_training.calibrate import ClassBiasSearch
+
+    held_out = render_small_sim(tmp_path_factory.mktemp("pixval"), "val", 2, seed=9, frames_per_scene=2)
+    model, meta = load_weights(make_sim_weights(tmp_path / "sim.safetensors"))
+    K = meta.num_classes
+    dataset = open_dataset(f"sim:{held_out}", "val")
+    search = ClassBiasSearch(tuple([1.0] * K), taus=(0.0,), pixels_per_frame=10 ** 9)
+    plain = Predictor(model, meta)
+    bias = np.linspace(-0.3, 0.3, K)
+    biased = Predictor(model, dataclasses.replace(meta, class_bias=ClassBias(tuple(bias), "test")))
+    want = np.zeros((K, K), np.int64)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        batch = plain.preprocess([sample.image])
+        search.update(plain, batch, plain.forward(batch), sample.semantic, dataset.group(i))
+        known = sample.semantic < K
+        want += confusion_matrix(sample.semantic[known], biased.predict(sample.image).class_ids[known],
+                                 labels=list(range(K)))
+    x, y = np.concatenate(search.logits), np.concatenate(search.labels)
+    assert len(y) == sum(int((dataset[i].semantic < K).sum()) for i in range(len(dataset)))
+    got = confusion_matrix(y, (x + bias).argmax(1), labels=list(range(K)))
+    assert np.array_equal(got, want)
+    assert search.groups == [dataset.group(i) for i in range(len(dataset))]

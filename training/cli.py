@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     c.add_argument("--default-point", default="fpr1", choices=("tpr95", "fpr1", "fpr05", "f1"),
                    help="the point the node applies unless told otherwise (default fpr1)")
-    c.add_argument("--class-bias", default="auto", choices=("auto", "none"),
+    c.add_argument("--class-bias", default="auto", choices=("auto", "tau", "none"),
                    help="auto (default): also choose the closed-set decision's class bias (-tau ln w, tau by mIoU on "
-                        "the same data) when the weights were trained with class weights; none: write none")
+                        "the same data, then per-class offsets where they raise the mIoU of held-out streets) when "
+                        "the weights were trained with class weights; tau: -tau ln w alone; none: write none")
     e = sub.add_parser("export", help="node weights from a training checkpoint")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<6} threshold {p['threshold']:.6g}{rates}  ({p['method']})")
             if m["class_bias_miou"]:
                 print("closed-set mIoU by tau: " + ", ".join(f"{t:g} {100 * v:.2f}" for t, v in m["class_bias_miou"].items()))
+            if m["class_bias_refinement"].get("offsets") is not None:
+                print("per-class offsets: " + ", ".join(f"{o:+.1f}" for o in m["class_bias_refinement"]["offsets"]))
             print(f"class bias: {m['class_bias'] or 'none'}")
         elif args.command == "flow-shift":
             from densehybrid_training.boundary_shift import main as shift_main
