@@ -35,7 +35,9 @@ Covered, one test each:
 - `densehybrid-bench overhead --device` (float32 and --fp16) and `densehybrid-bench cameras --device` at their
   smallest sizes: the JSON names the device and every timing is positive (cameras needs the sim's pybullet).
 - a checkpoint's CUDA RNG state from a machine with more GPUs than this one: the visible devices' states are
-  restored, the others ignored (set_rng_state_all would index past the visible devices).
+  restored, the others ignored (set_rng_state_all would index past the visible devices);
+- calibration's class-bias search (`calibrate.ClassBiasSearch`) fed by a Predictor on the device: the same pixels
+  kept with the CPU's logits, the same confusion matrices up to near-ties.
   `densehybrid-bench train` runs on the config's device too (`time_steps`), but needs rendered sim frames (pybullet).
 
 Precision. The float32 comparisons run with TF32 off (autouse fixture `_reference_setup`): PyTorch lets cuDNN
@@ -657,7 +659,38 @@ def test_checkpoint_moves_between_device_and_cpu(training, tmp_path, save_on, re
     assert_states_close(moved["model"], stayed["model"], lr, 3, f"step 3 on {resume_on} vs on {save_on}")
 
 
-# ---------------------------------------------------------------- 7. benchmarks
+# ---------------------------------------------------------------- 7. calibration's class-bias search
+def test_class_bias_search_on_device_matches_cpu(tiny_model, training):
+    """`calibrate.ClassBiasSearch` fed by a Predictor on the device (as `calibrate --device` does): the same pixels
+    are kept (the draws do not depend on the device) with the CPU's logits, and each tau's confusion matrix equals the
+    CPU's except where the CPU's two largest logits lie within 1e-4."""
+    from densehybrid_training.calibrate import ClassBiasSearch
+
+    K = TINY.num_classes
+    reference = Predictor(tiny_model, calibrated(), PredictorConfig(device="cpu"))
+    under_test = Predictor(copy.deepcopy(tiny_model), calibrated(), PredictorConfig(device=DEVICE))
+    searches = {name: ClassBiasSearch(tuple(np.linspace(2.0, 40.0, K)), taus=(0.0, 1.0), pixels_per_frame=300)
+                for name in ("cpu", "device")}
+    rng = np.random.default_rng(6)
+    images = frames([(61, 83), (64, 96)], seed=7)
+    near_ties = 0
+    for i, image in enumerate(images):
+        semantic = rng.integers(0, K, image.shape[:2]).astype(np.uint8)
+        semantic[rng.random(semantic.shape) < 0.2] = 255  # void pixels are never kept
+        for name, predictor in (("cpu", reference), ("device", under_test)):
+            batch = predictor.preprocess([image])
+            searches[name].update(predictor, batch, predictor.forward(batch), semantic, f"street{i}")
+        near_ties += int((logit_gaps(reference, [image])[0] < 1e-4).sum())
+    cpu, dev = searches["cpu"], searches["device"]
+    assert all(np.array_equal(a, b) for a, b in zip(cpu.labels, dev.labels)) and cpu.groups == dev.groups
+    for a, b in zip(cpu.logits, dev.logits):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(b, a, atol=SCORE_ATOL)
+    for tau in (0.0, 1.0):
+        assert np.abs(cpu.confusion[tau] - dev.confusion[tau]).sum() <= 2 * near_ties
+
+
+# ---------------------------------------------------------------- 8. benchmarks
 def tiny_model_yaml(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(f"num_classes: {TINY.num_classes}\nbackbone: {TINY.backbone}\n"

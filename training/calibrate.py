@@ -113,7 +113,8 @@ class ClassBiasSearch:
         if labelled.size == 0:
             return
         picks = self.rng.choice(labelled, size=min(self.pixels_per_frame, labelled.size), replace=False)
-        self.logits.append(logits.reshape(self.num_classes, -1)[:, torch.from_numpy(picks)].T.cpu().numpy())
+        columns = torch.as_tensor(picks, device=logits.device)
+        self.logits.append(logits.reshape(self.num_classes, -1)[:, columns].T.cpu().numpy())
         self.labels.append(semantic.ravel()[picks].astype(np.int64))
         self.groups.append(group)
 
