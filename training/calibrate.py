@@ -40,7 +40,7 @@ from densehybrid_ros.predictor import Predictor, PredictorConfig
 from densehybrid_ros.scores import closed_set_decision
 from densehybrid_ros.weights import (Calibration, ClassBias, OperatingPoint, WeightsMetadata, load_weights,
                                      save_weights)
-from densehybrid_training.class_balance import logit_adjustment_bias, refine_class_bias
+from densehybrid_training.class_balance import logit_adjustment_bias, pixel_miou, refine_class_bias
 
 CLASS_BIAS_TAUS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
 CLASS_BIAS_MODES = ("auto", "tau", "none")
@@ -163,9 +163,7 @@ class ClassBiasSearch:
 
 
 def _sampled_miou(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray, num_classes: int) -> float:
-    prediction = (logits + bias).argmax(axis=1)
-    return mean_iou(np.bincount(labels * num_classes + prediction, minlength=num_classes ** 2)
-                    .reshape(num_classes, num_classes))
+    return pixel_miou(labels, (logits + bias).argmax(axis=1), num_classes)
 
 
 def calibrate(weights: Path, dataset_spec: str, split: str | None, out: Path, device: str = "cpu",

@@ -57,6 +57,12 @@ def logit_adjustment_bias(weights, tau: float) -> tuple[float, ...]:
     return tuple(float(b) for b in -tau * np.log(w))
 
 
+def pixel_miou(labels: np.ndarray, prediction: np.ndarray, num_classes: int) -> float:
+    """Closed-set mIoU (`mean_iou`: the classes that occur) of flat pixel labels and predictions in 0..K-1."""
+    cm = np.bincount(labels * num_classes + prediction, minlength=num_classes ** 2)
+    return mean_iou(cm.reshape(num_classes, num_classes))
+
+
 def refine_class_bias(logits: np.ndarray, labels: np.ndarray, start, offsets=BIAS_OFFSETS,
                       sweeps: int = 2) -> np.ndarray:
     """Per-class biases b for the decision argmax_k (s_k + b_k), by coordinate ascent on closed-set mIoU from `start`.
@@ -78,19 +84,15 @@ def refine_class_bias(logits: np.ndarray, labels: np.ndarray, start, offsets=BIA
     if bias.shape != (k_count,):
         raise ValueError(f"start must hold {k_count} values, got {bias.shape}")
 
-    def miou(prediction: np.ndarray) -> float:
-        cm = np.bincount(y * k_count + prediction, minlength=k_count * k_count).reshape(k_count, k_count)
-        return mean_iou(cm)
-
     for _ in range(sweeps):
         for k in range(k_count):
             others = x + bias
             others[:, k] = -np.inf
             best_other = others.argmax(axis=1)
             margin = others[np.arange(len(x)), best_other] - (x[:, k] + bias[k])  # k wins when offset > margin
-            best_offset, best = 0.0, miou(np.where(margin < 0, k, best_other))
+            best_offset, best = 0.0, pixel_miou(y, np.where(margin < 0, k, best_other), k_count)
             for offset in offsets:
-                value = miou(np.where(margin < offset, k, best_other))
+                value = pixel_miou(y, np.where(margin < offset, k, best_other), k_count)
                 if value > best + 1e-12:
                     best_offset, best = offset, value
             bias[k] += best_offset
