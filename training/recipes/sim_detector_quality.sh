@@ -96,6 +96,6 @@ continued_stage path3_paste fpr05
 # bundle (both with their class bias): hybrid AP 78.75 vs 71.88, FPR95 1.01 vs 1.34, mIoU 83.73 vs 82.39, rider 52.1
 # vs 43.9; 13 val bags at fpr05 0.722 vs 0.700 detection within 30 m at 0.29 vs 0.20 false obstacles per frame
 # (still <= 0.3, so fpr05 stays the default). Class bias tau 1.0 (val mIoU 80.36 plain -> 83.73), then per-class
-# offsets (calibration's default since the fourth stage's bundle was recalibrated with it: fitted on either half of
-# the val streets they raised the other half's mIoU by 1.10 and 0.62 points; val mIoU 84.66, rider 52.1 -> 60.8).
+# offsets (calibration's default, `--class-bias auto`): fitted on either half of the val streets they raised the
+# other half's mIoU by 1.10 and 0.62 points, so they were kept (val mIoU 84.66, rider 52.1 -> 60.8; the bundled model).
 continued_stage path4_rfs fpr05
