@@ -331,3 +331,94 @@ def test_joint_flow_with_the_thesis_recipe_is_adamax_at_a_constant_rate():
     for _ in range(3):
         assert joint.optimizer.param_groups[0]["lr"] == 2e-5
         joint.step()
+
+
+# ---------------------------------------------------------------- the flow trained on every N-th step
+
+def test_flow_every_trains_the_flow_on_every_nth_step_only():
+    every = _joint("flow", flow_every=3, sizes="image", shape="mixed")
+    thesis = _joint("flow", sizes="image", shape="mixed")  # the same flow, trained on every step
+    start = [p.detach().clone() for p in every.flow.parameters()]
+    x, labels, d_out = _batch(n=2)
+    # a step that does not train the flow pastes the same draws, without gradients, and has no flow loss
+    torch.manual_seed(5)
+    mixed, _, _, synthetic, replaced = every.mix(x, labels, d_out, step=0)
+    torch.manual_seed(5)
+    reference, _, _, synthetic_ref, _ = thesis.mix(x, labels, d_out, step=0)
+    assert not mixed.requires_grad and reference.requires_grad
+    torch.testing.assert_close(mixed, reference.detach())
+    assert torch.equal(synthetic, synthetic_ref) and synthetic.any()
+    model = randomize_batchnorm(build_model(TINY)).train()
+    assert every.flow_loss(model(mixed).logits, synthetic, replaced, step=0) == {}
+    # steps 0..5 with a segmenter that does not move (lr 0): the flow changes after steps 2 and 5 alone
+    cfg = TrainConfig(mode="finetune", synthetic=every.cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    changed = []
+    for step in range(6):
+        before = [p.detach().clone() for p in every.flow.parameters()]
+        torch.manual_seed(100 + step)
+        terms = _joint_step(cfg, model, every, optimizer, x, labels, d_out, step)
+        changed.append(any(not torch.equal(a, b) for a, b in zip(before, every.flow.parameters())))
+        assert any(k.startswith("flow/") for k in terms) == (step in (2, 5))
+        if step == 2:
+            after_first = [p.detach().clone() for p in every.flow.parameters()]
+    assert changed == [False, False, True, False, False, True]
+    # its first flow update is the thesis step's: the same flow, segmenter and draws give the same new flow
+    torch.manual_seed(102)
+    _joint_step(TrainConfig(mode="finetune", synthetic=thesis.cfg), model, thesis, optimizer, x, labels, d_out, 2)
+    for a, b, s in zip(after_first, thesis.flow.parameters(), start):
+        torch.testing.assert_close(a, b.detach())
+    assert any(not torch.equal(a, s) for a, s in zip(after_first, start))
+
+
+def test_flow_every_is_validated():
+    with pytest.raises(ConfigError, match="synthetic: flow_every must be >= 1"):
+        load_train_config(None, ["synthetic.flow_every=0"])
+    with pytest.raises(ConfigError, match=r"diagnostics_every \(25\) must be a multiple of flow_every \(4\)"):
+        load_train_config(None, ["synthetic.flow_every=4", "synthetic.diagnostics_every=25"])
+    load_train_config(None, ["synthetic.flow_every=4", "synthetic.diagnostics_every=100"])
+    # the controls train no flow: any diagnostics period goes
+    load_train_config(None, ["synthetic.source=uniform", "synthetic.flow_every=4", "synthetic.diagnostics_every=25"])
+
+
+# ---------------------------------------------------------------- samples drawn at a fraction of their size
+
+def test_sample_scale_draws_small_samples_and_upsamples_them_bilinearly():
+    joint = _joint("flow", sample_scale=0.5, sizes="image", shape="rectangle", side_range=(16, 48))
+    flow = joint.flow
+    x, labels, d_out = _batch(n=3)
+    torch.manual_seed(7)
+    mixed, _, _, synthetic, replaced = joint.mix(x, labels, d_out, step=1)
+    mixed01 = _to01(mixed.detach())
+    torch.manual_seed(7)  # the same latents, drawn image by image
+    for i in range(3):
+        rows, cols = torch.nonzero(synthetic[i], as_tuple=True)
+        top, left = int(rows.min()), int(cols.min())
+        h, w = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+        small = (max(8, 8 * math.floor(h / 16 + 0.5)), max(8, 8 * math.floor(w / 16 + 0.5)))  # half, to 8 px
+        assert joint.flow_size(h, w) == small
+        with torch.no_grad():
+            flow.eval()
+            sample = flow.sample(1, *small)[0].permute(1, 2, 0).numpy()
+            flow.train()
+        expected = cv2.resize(sample, (w, h), interpolation=cv2.INTER_LINEAR)  # half-pixel centres
+        got = mixed01[i, :, top : top + h, left : left + w].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_sample_scale_scores_the_replaced_patch_at_the_sample_size():
+    joint = _joint("flow", sample_scale=0.5, sizes="image", side_range=(32, 32), mle_norm="running")
+    model = randomize_batchnorm(build_model(TINY)).train()
+    x, labels, d_out = _batch(n=2)
+    mixed, _, _, synthetic, replaced = joint.mix(x, labels, d_out, step=0)
+    assert [tuple(p.shape) for p in replaced] == [(3, 32, 32)] * 2
+    torch.manual_seed(3)
+    terms = joint.flow_loss(model(mixed).logits, synthetic, replaced, step=0)
+    halves = torch.stack([p.detach().clamp(0, 1).reshape(3, 16, 2, 16, 2).mean(dim=(2, 4)) for p in replaced])
+    torch.manual_seed(3)  # the same dequantisation draws
+    with torch.no_grad():
+        joint.flow.eval()
+        expected = joint.flow.bits_per_dim(halves).mean()
+    torch.testing.assert_close(terms["mle_bpd"].detach(), expected)
+    with pytest.raises(ConfigError, match=r"synthetic: sample_scale must be in \(0, 1\]"):
+        load_train_config(None, ["synthetic.sample_scale=0"])

@@ -14,6 +14,9 @@ backward, both optimizers) with one variant per DenseFlow preset (`--flow-preset
 not depend on trained weights), at the joint config's crop, batch, sample sizes and shapes (`--joint-config`):
 
     densehybrid-bench train --modes joint --flow-presets tiny cpu cpu_m cpu_l --warmup 1 --steps 3 --repeats 2
+
+With `--set synthetic.flow_every=N` only every N-th step trains the flow: time a multiple of N steps after a warm-up
+of N - 1 (or k N - 1) steps, so that the timed steps hold flow steps in their share.
 """
 from __future__ import annotations
 

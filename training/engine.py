@@ -215,8 +215,9 @@ def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, label
     """One SynDenseHybrid step: paste negatives (`joint.mix`), one segmenter forward, the segmenter's loss (4.16)
     into the segmenter only; with a flow (synthetic.source 'flow') the flow's loss (4.20) into the flow only
     (`JointFlowTraining.backward_flow`, the flow half of `densehybrid_training.synthetic.route_gradients`), then both
-    optimizers step. The controls (source 'uniform' / 'inlier_crops') update the segmenter alone. Every
-    `synthetic.diagnostics_every` steps the step's diagnostics (`JointFlowTraining.diagnostics`, read-only on
+    optimizers step; with `synthetic.flow_every` N > 1 only every N-th step trains the flow (the others paste
+    samples drawn without gradients). The controls (source 'uniform' / 'inlier_crops') update the segmenter alone.
+    Every `synthetic.diagnostics_every` steps the step's diagnostics (`JointFlowTraining.diagnostics`, read-only on
     gradients) go to OUT (`JointDiagnostics`)."""
     from densehybrid_training.synthetic import JointDiagnostics
 
@@ -231,13 +232,13 @@ def _joint_step(cfg: TrainConfig, model: DenseHybrid, joint, optimizer, x, label
         joint.log.write(step + 1, joint.diagnostics(out.logits, labels, d_out, synthetic, flow_terms),
                         joint.last_samples)
     seg_params = [p for p in model.parameters() if p.requires_grad]
-    terms["total"].backward(inputs=seg_params, retain_graph=joint.flow is not None)
-    if joint.flow is not None:
+    terms["total"].backward(inputs=seg_params, retain_graph=bool(flow_terms))
+    if flow_terms:  # a step that trains the flow (`synthetic.flow_every`)
         joint.backward_flow(flow_terms)
+        joint.step()
     optimizer.step()
-    joint.step()
     extra = {f"flow/{k}": v for k, v in flow_terms.items()}
-    if joint.flow is not None:
+    if flow_terms:
         extra["flow/lambda"] = torch.tensor(joint.jsd_weight)
         extra["flow/lr"] = torch.tensor(joint.optimizer.param_groups[0]["lr"])
     return {**terms, **extra}

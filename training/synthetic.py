@@ -12,6 +12,8 @@ or its own size per image (`sizes`), each side uniform or log-uniform in `side_r
 whole rectangle or as an object-like smooth blob (`shape`, `blob_mask`), at a uniform position or, with probability
 `ground_prob`, standing on a ground pixel (`paste.ground_position`, as the real negatives can); the pasted pixels
 are d_out with label void, L_mle scores the inlier patch under the sample's frame.
+The flow may draw each negative at a fraction of its size, upsampled (`sample_scale`), and may be trained on every N-th
+step only (`flow_every`; the other steps paste samples drawn without gradients).
 `source` swaps the flow for the controls of thesis Tab. 6.11 (uniform noise, inlier crops) on the same path, with no
 flow. lambda of (4.20) is fixed (`jsd_weight`) or held at a share of the flow gradient (`boundary_share`,
 `BoundaryShareController`); the flow's optimiser follows `flow_optim` (`densehybrid_training.flow_optim`).
@@ -27,6 +29,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
@@ -64,6 +67,11 @@ class SyntheticConfig:
     # data config's `negative_ground_classes` (`paste.ground_position`); 0 = uniform positions (public code)
     ground_prob: float = 0.0
     temperature: float = 1.0
+    # the flow draws each negative at this fraction of its pasted size (each side rounded to the flow's size multiple,
+    # at least one multiple) and it is upsampled bilinearly to that size; L_mle then scores the replaced patch
+    # area-downsampled to the sample's size, so the flow is trained on the scale it samples at. 1 = the thesis
+    # (samples at their pasted size, Fig. 6.8); < 1 draws smoother, coarser negatives at s^2 of the flow's cost
+    sample_scale: float = 1.0
     jsd_weight: float = 0.03  # lambda of (4.20); with boundary_share > 0 only its starting value
     # > 0: keep ||d(lambda L_boundary)/d zeta|| / ||d L_mle/d zeta|| at this target on average by rescaling lambda
     # from a running average of the measured gradient-norm ratio (`BoundaryShareController`); 0: lambda = jsd_weight
@@ -75,6 +83,12 @@ class SyntheticConfig:
     flow_lr: float = 1e-5
     flow_optim: FlowOptimConfig = field(default_factory=FlowOptimConfig)  # recipe adam | thesis (flow_optim.py)
     mle_every: int = 1  # accumulate L_mle on the replaced patches every N steps
+    # train the flow on every N-th joint step (those whose count of done steps is a multiple of N): there its
+    # samples carry gradients and L(zeta) (4.20) steps the flow's optimizer; on the other steps fresh samples are
+    # drawn without gradients and the segmenter trains on them as always. 1 = every step (thesis). A CPU
+    # trade-off (issue 14; `densehybrid-bench train --modes joint`, cpu-m, 2 cores): a step that trains the flow
+    # takes ~7.2 s, one that only draws samples ~2.7 s (the flow's backward and L_mle are the difference)
+    flow_every: int = 1
     # normalisation of the coupling nets' BatchNorm in L_mle: 'batch' (statistics of the replaced patches, as in
     # pretraining; they also update the running statistics) or 'running' (the pretrained running statistics,
     # frozen: the density whose likelihood is trained is exactly the one the samples are drawn from)
@@ -102,6 +116,13 @@ class SyntheticConfig:
             raise ValueError(f"ground_prob must be in [0, 1], got {self.ground_prob}")
         if self.diagnostics_every < 0:
             raise ValueError(f"diagnostics_every must be >= 0 (0 = off), got {self.diagnostics_every}")
+        if not 0.0 < self.sample_scale <= 1.0:
+            raise ValueError(f"sample_scale must be in (0, 1], got {self.sample_scale}")
+        if self.flow_every < 1:
+            raise ValueError(f"flow_every must be >= 1, got {self.flow_every}")
+        if self.source == "flow" and self.diagnostics_every % self.flow_every:
+            raise ValueError(f"diagnostics_every ({self.diagnostics_every}) must be a multiple of flow_every "
+                             f"({self.flow_every}): diagnostics are taken on steps that train the flow")
         if self.boundary_share < 0:
             raise ValueError(f"boundary_share must be >= 0 (0 = fixed lambda), got {self.boundary_share}")
         if self.share_every < 1 or not 0.0 <= self.share_momentum < 1.0:
@@ -436,12 +457,30 @@ class JointFlowTraining:
     def diagnostics_due(self, done: int) -> bool:
         return self.cfg.diagnostics_every > 0 and done % self.cfg.diagnostics_every == 0
 
+    def trains_flow(self, step: int) -> bool:
+        """Whether joint step `step` (0-based) trains the flow: every `flow_every`-th one, with a flow."""
+        return self.flow is not None and (step + 1) % self.cfg.flow_every == 0
+
     def sample(self, num: int, height: int, width: int) -> torch.Tensor:
         """Differentiable flow samples (3.7) drawn with eval-mode normalisation (`eval_mode`): BatchNorm uses its
         running statistics, not those of the generated batch, and sampling never changes them; gradients of
         L_jsd (4.19) still reach the flow's parameters through the samples."""
         with eval_mode(self.flow):
             return self.flow.sample(num, height, width, self.cfg.temperature)
+
+    def flow_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the flow samples a negative of height x width at: `sample_scale` of each side, rounded to the
+        flow's size multiple, at least one multiple (the size itself at scale 1)."""
+        m, scale = self.multiple, self.cfg.sample_scale
+        return max(m, m * int(height * scale / m + 0.5)), max(m, m * int(width * scale / m + 0.5))
+
+    def _flow_negatives(self, num: int, height: int, width: int) -> torch.Tensor:
+        """`num` flow samples drawn at `flow_size` and upsampled bilinearly to height x width."""
+        size = self.flow_size(height, width)
+        samples = self.sample(num, *size)
+        if size == (height, width):
+            return samples
+        return F.interpolate(samples, size=(height, width), mode="bilinear", align_corners=False)
 
     def diagnostics(self, logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, synthetic: torch.Tensor,
                     flow_terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -514,8 +553,8 @@ class JointFlowTraining:
         inlier image of the batch (the same image, elsewhere, in a batch of one)."""
         if self.cfg.source == "flow":
             if len(set(sizes)) == 1 and self.cfg.sizes == "batch":
-                return list(self.sample(len(todo), *sizes[0]).unbind(0))
-            return [self.sample(1, h, w)[0] for h, w in sizes]
+                return list(self._flow_negatives(len(todo), *sizes[0]).unbind(0))
+            return [self._flow_negatives(1, h, w)[0] for h, w in sizes]
         if self.cfg.source == "uniform":
             return [torch.from_numpy(rng.random((3, h, w), dtype=np.float32)).to(x01.device, x01.dtype)
                     for h, w in sizes]
@@ -545,7 +584,10 @@ class JointFlowTraining:
         else:
             sizes = [self._draw_size(rng, H, W) for _ in todo]
         x01 = x * self.std + self.mean
-        samples = self._content(sizes, x01, todo, rng) if self.cfg.source == "flow" else None
+        samples = None
+        if self.cfg.source == "flow":  # drawn before the shapes: the latents come from torch's RNG, in this order
+            with contextlib.nullcontext() if self.trains_flow(step) else torch.no_grad():
+                samples = self._content(sizes, x01, todo, rng)
         grounded = self.cfg.ground_prob > 0
         if not grounded:  # the public code's draw order: all positions, then all shapes
             positions = [(int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))) for h, w in sizes]
@@ -582,8 +624,8 @@ class JointFlowTraining:
     def flow_loss(self, logits: torch.Tensor, synthetic: torch.Tensor, replaced, step: int,
                   inlier_logit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """L(zeta) = L_mle + lambda * L_jsd (4.20); with boundary='detector', lambda * (L_d + L_x^UB) instead.
-        Empty without a flow (the controls train no generator)."""
-        if self.flow is None:
+        Empty without a flow (the controls train no generator) and on steps that do not train it (`flow_every`)."""
+        if not self.trains_flow(step):
             return {}
         if self.cfg.boundary == "jsd":
             terms = {"jsd": jsd_to_uniform(logits, synthetic)}
@@ -594,13 +636,18 @@ class JointFlowTraining:
         total = self.jsd_weight * next(iter(terms.values()))
         if replaced is not None and step % self.cfg.mle_every == 0:
             # un-normalising can leave values a rounding error outside [0, 1]
-            patches = (replaced.detach().clamp(0.0, 1.0) if isinstance(replaced, torch.Tensor)
-                       else [p.detach().clamp(0.0, 1.0) for p in replaced])
+            patches = (self._to_flow_size(replaced.detach().clamp(0.0, 1.0)) if isinstance(replaced, torch.Tensor)
+                       else [self._to_flow_size(p.detach().clamp(0.0, 1.0)[None])[0] for p in replaced])
             with eval_mode(self.flow) if self.cfg.mle_norm == "running" else contextlib.nullcontext():
                 terms["mle_bpd"] = flow_mle_loss(self.flow, patches)
             total = total + terms["mle_bpd"]
         terms["flow_total"] = total
         return terms
+
+    def _to_flow_size(self, patches: torch.Tensor) -> torch.Tensor:
+        """Replaced inlier patches (N, 3, h, w) area-downsampled to the size their samples were drawn at."""
+        size = self.flow_size(*patches.shape[-2:])
+        return patches if size == tuple(patches.shape[-2:]) else F.interpolate(patches, size=size, mode="area")
 
     def backward_flow(self, flow_terms: dict[str, torch.Tensor]) -> None:
         """Accumulate d flow_total / d zeta into the flow's `.grad` (the flow half of `route_gradients`; call after
