@@ -15,8 +15,8 @@ not depend on trained weights), at the joint config's crop, batch, sample sizes 
 
     densehybrid-bench train --modes joint --flow-presets tiny cpu cpu_m cpu_l --warmup 1 --steps 3 --repeats 2
 
-With `--set synthetic.flow_every=N` only every N-th step trains the flow: time a multiple of N steps after a warm-up
-of N - 1 (or k N - 1) steps, so that the timed steps hold flow steps in their share.
+With `--set synthetic.flow_every=N` only every N-th step trains the flow: time a multiple of N steps (any N steps in
+a row hold exactly one that does).
 """
 from __future__ import annotations
 
