@@ -22,10 +22,27 @@ def _load(name: str):
     return load_train_config(TRAIN / f"{name}.yaml", ["mode=finetune"])
 
 
+def _real_negative_stages() -> list:
+    """The bundled real-negative model's fine-tuning stages, followed back through their `init` checkpoints from
+    its last stage to the closed-set model."""
+    by_out = {}
+    for path in TRAIN.glob("sim_finetune_real*.yaml"):
+        cfg = _load(path.stem)
+        by_out[cfg.out] = cfg
+    stages, cfg = [], _load("sim_finetune_real_path4_rfs")
+    while cfg is not None:
+        stages.append(cfg)
+        cfg = by_out.get(cfg.init.removesuffix("/checkpoints/last.pt"))
+    return stages
+
+
 def test_synthetic_big_follows_the_real_negative_fine_tuning():
-    real, syn = _load("sim_finetune_real_big"), _load("sim_synthetic_big")
+    stages = _real_negative_stages()
+    real, syn = stages[-1], _load("sim_synthetic_big")  # the first stage: sim_finetune_real_big
+    assert len(stages) == 5 and [c.steps for c in stages] == [1200, 1600, 1600, 1600, 4800]
     assert syn.init == "runs/sim_segmenter_big/checkpoints/last.pt" == real.init
-    assert syn.steps >= real.steps / 2  # thesis 5.3: 5 epochs with synthetic vs 10 with real negatives
+    # at least half the real-negative fine-tuning (thesis 5.3: 5 epochs with synthetic vs 10 with real negatives)
+    assert syn.steps >= sum(c.steps for c in stages) / 2 == 5400
     for name in ("model", "batch_size", "class_balance", "loss", "optim", "speed", "validation"):
         assert getattr(syn, name) == getattr(real, name), name
     for name in ("inliers", "root", "crop", "scale_range"):
@@ -49,7 +66,8 @@ def test_controls_differ_only_where_they_say(name):
     for key, value in CONTROLS[name].items():
         assert sb[key] == value and sa[key] != value
     flow_only = {"flow_checkpoint", "temperature", "jsd_weight", "boundary_share", "share_every", "share_momentum",
-                 "lambda_range", "flow_lr", "flow_optim", "mle_every", "mle_norm", "boundary"}
+                 "lambda_range", "flow_lr", "flow_optim", "mle_every", "mle_norm", "boundary", "sample_scale",
+                 "flow_every"}
     shared = set(sa) - set(CONTROLS[name]) - (flow_only if sb["source"] != "flow" else set())
     assert {k: sa[k] for k in shared} == {k: sb[k] for k in shared}
 

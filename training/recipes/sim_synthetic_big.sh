@@ -23,14 +23,12 @@ for t in sim_test_big sim_test_big_b; do
       --weights runs/sim_closed_big_g768.safetensors --dataset sim:data/$t --scores max_logit,energy,msp \
       --out runs/eval_closed_big_g768_$t --quiet
 done
-# Two budgets: 1,200 joint steps (the bundled densehybrid_sim_synthetic and the README's rows; half of the earlier
-# 2,400-step real-negative fine-tuning) and the configs' 2,400 (half of the bundled default's 4,800), in runs/*_s2400*.
-for name in sim_synthetic_big{,_uniform,_inlier_crops,_detector} sim_synthetic_big_s2400{,_uniform,_inlier_crops,_detector}; do
-  if [[ $name == *_s2400* ]]; then
-    $PY -m densehybrid_training finetune --config config/train/${name/_s2400/}.yaml
-  else
-    $PY -m densehybrid_training finetune --config config/train/$name.yaml --set steps=1200 --set out=runs/$name
-  fi
+# Which way of drawing the flow's negatives the full runs take is chosen on val (the pilots; the configs hold the
+# choice), then the SynDenseHybrid run, the Tab. 6.11 controls and the Tab. 6.10 ablation on the full budget (5,400
+# steps, half the bundled real-negative model's 10,800).
+training/recipes/sim_synthetic_pilots.sh
+for name in sim_synthetic_big{,_uniform,_inlier_crops,_detector}; do
+  $PY -m densehybrid_training finetune --config config/train/$name.yaml
   if [ -f runs/$name/joint_diagnostics.csv ]; then  # the acceptance plot: JSD-to-uniform on samples vs inliers
     $PY -m densehybrid_training joint-curves --run runs/$name --out runs/${name}_diagnostics.png
   fi

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Pilots for SynDenseHybrid (issue 14), judged on val only: short joint fine-tunings of runs/sim_segmenter_big
+# (sim_synthetic_big.yaml's model, data, pasting, loss and flow, `STEPS` steps instead of its full budget) that
+# compare how the flow's negatives are drawn (synthetic.sample_scale, synthetic.flow_every, synthetic.temperature)
+# with the Tab. 6.11 controls on the same steps. Each is exported at 768x384 and scored on the first `VAL_FRAMES` val
+# frames (AP and FPR95 need no threshold); `summary` prints them side by side. The full-budget configs take the
+# flow setting with the best val hybrid AP. Every step resumes or is skipped when its output exists; run from the
+# repository root after the flow pretraining of sim_synthetic_big.sh.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+STEPS=${STEPS:-800}
+VAL_FRAMES=${VAL_FRAMES:-600}
+[ -f runs/sim_flow_big/checkpoints/last.pt ] || { echo "flow pretraining (sim_flow_pretrain_big.yaml) not run" >&2; exit 1; }
+
+evaluate() {  # weights, name, scores
+  [ -f runs/eval_pilot_$2_val/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli --weights $1 \
+      --dataset sim:data/sim_val_big --max-images $VAL_FRAMES --scores $3 --out runs/eval_pilot_$2_val --quiet
+}
+
+pilot() {  # name, --set overrides of sim_synthetic_big.yaml
+  local name=$1 out=runs/pilot_$1
+  shift
+  $PY -m densehybrid_training finetune --config config/train/sim_synthetic_big.yaml --set steps=$STEPS \
+      --set out=$out --set validation.every=$STEPS --set synthetic.diagnostics_every=20 "$@"
+  [ -f ${out}_g768.safetensors ] || $PY -m densehybrid_training export --checkpoint $out/checkpoints/last.pt \
+      --out ${out}_g768.safetensors --input-size 768x384
+  evaluate ${out}_g768.safetensors $name hybrid,generative,discriminative,max_logit,energy
+}
+
+[ -f runs/sim_closed_big_g768.safetensors ] || $PY -m densehybrid_training export \
+    --checkpoint runs/sim_segmenter_big/checkpoints/step_0016000.pt --out runs/sim_closed_big_g768.safetensors \
+    --input-size 768x384
+evaluate runs/sim_closed_big_g768.safetensors closed max_logit,energy,msp
+# the thesis's sampling (each negative drawn at its pasted size), the flow trained on every 4th step
+pilot flow_s1_k4 --set synthetic.flow_every=4
+# coarser, smoother negatives: drawn at half their size and upsampled, the flow trained on every 2nd step
+pilot flow_s05_k2 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2
+pilot uniform --set synthetic.source=uniform
+pilot inlier_crops --set synthetic.source=inlier_crops
+# a hotter sampler (the pretrained flow's samples reach the boundary sooner: README, flow-shift)
+pilot flow_s05_k2_t15 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 --set synthetic.temperature=1.5
+$PY - <<'PY'
+import json
+from pathlib import Path
+for path in sorted(Path("runs").glob("eval_pilot_*_val/metrics.json")):
+    scores = json.loads(path.read_text())["scores"]
+    cells = [f"{s} AP {100 * v['anomaly']['ap']:.2f} FPR95 {100 * v['anomaly']['fpr95']:.2f}"
+             for s, v in scores.items() if s in ("hybrid", "max_logit", "energy")]
+    print(f"{path.parent.name[len('eval_pilot_'):-len('_val')]:18s}", " | ".join(cells))
+PY
