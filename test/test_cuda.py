@@ -496,17 +496,20 @@ def joint_setup(device: str, base, model0):
     return dev, model, joint
 
 
-def test_joint_synthetic_step_on_device_matches_cpu(host_noise, tmp_path):
+@pytest.mark.parametrize("sample_scale", [1.0, 0.5])
+def test_joint_synthetic_step_on_device_matches_cpu(host_noise, tmp_path, sample_scale):
     """Flow samples pasted (4.17), the segmenter's loss (4.16), L_jsd (4.19) and L_mle (4.18) on the same weights and
     noise; gradients routed to the segmenter and to the flow (engine._joint_step's order); then one whole
-    `engine._joint_step` per device: loss terms and both updated models agree."""
+    `engine._joint_step` per device: loss terms and both updated models agree. At sample_scale 0.5 the samples are
+    upsampled and the replaced patches downsampled on the device too."""
     from test_train_synthetic_diagnostics import _joint, _step_inputs
 
     from densehybrid_training.config import TrainConfig
     from densehybrid_training.engine import _joint_step, param_groups
     from densehybrid_training.losses import densehybrid_loss
 
-    base = _joint(seed=0, jsd_weight=0.5)  # a "pretrained" tiny flow (BatchNorm stats, ActNorm initialised)
+    # a "pretrained" tiny flow (BatchNorm stats, ActNorm initialised)
+    base = _joint(seed=0, jsd_weight=0.5, sample_scale=sample_scale)
     model0 = tiny_train_model(1)
     x, labels, d_out = _step_inputs()
     runs = {}
