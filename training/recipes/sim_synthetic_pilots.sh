@@ -4,7 +4,7 @@
 # compare how the flow's negatives are drawn (synthetic.sample_scale, synthetic.flow_every, synthetic.temperature)
 # with the Tab. 6.11 controls on the same steps. Each is exported at 768x384 and scored on the first `VAL_FRAMES` val
 # frames (AP and FPR95 need no threshold); `summary` prints them side by side. The full-budget configs take the
-# flow setting with the best val hybrid AP. Arguments: the pilots to run (default: all, the controls first); the flow
+# flow setting with the best val hybrid AP (each flow pilot names all three settings, whatever the config holds). Arguments: the pilots to run (default: all, the flow's first); the flow
 # pilots need the flow pretraining of sim_synthetic_big.sh. Every step resumes or is skipped when its output exists;
 # run from the repository root.
 set -euo pipefail
@@ -32,7 +32,7 @@ pilot() {  # name, --set overrides of sim_synthetic_big.yaml
     --input-size 768x384
 evaluate runs/sim_closed_big_g768.safetensors closed max_logit,energy,msp
 pilots=("$@")
-[ ${#pilots[@]} -gt 0 ] || pilots=(uniform inlier_crops flow_s1_k4 flow_s05_k2 flow_s05_k2_t15)
+[ ${#pilots[@]} -gt 0 ] || pilots=(flow_s1_k4 flow_s05_k2 flow_s05_k2_t15 uniform inlier_crops)
 for name in "${pilots[@]}"; do
   if [[ $name == flow_* ]] && [ ! -f runs/sim_flow_big/checkpoints/last.pt ]; then
     echo "pilot $name: the flow pretraining (sim_flow_pretrain_big.yaml) has not run" >&2; exit 1
@@ -41,9 +41,11 @@ for name in "${pilots[@]}"; do
     uniform) pilot uniform --set synthetic.source=uniform ;;
     inlier_crops) pilot inlier_crops --set synthetic.source=inlier_crops ;;
     # the thesis's sampling (each negative drawn at its pasted size), the flow trained on every 4th step
-    flow_s1_k4) pilot flow_s1_k4 --set synthetic.flow_every=4 ;;
+    flow_s1_k4) pilot flow_s1_k4 --set synthetic.sample_scale=1.0 --set synthetic.flow_every=4 \
+        --set synthetic.temperature=1.0 ;;
     # coarser, smoother negatives: drawn at half their size and upsampled, the flow trained on every 2nd step
-    flow_s05_k2) pilot flow_s05_k2 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 ;;
+    flow_s05_k2) pilot flow_s05_k2 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
+        --set synthetic.temperature=1.0 ;;
     # a hotter sampler (the pretrained flow's samples reach the boundary sooner: README, flow-shift)
     flow_s05_k2_t15) pilot flow_s05_k2_t15 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
         --set synthetic.temperature=1.5 ;;
