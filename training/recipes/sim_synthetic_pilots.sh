@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Pilots for SynDenseHybrid (issue 14), judged on val only: short joint fine-tunings of runs/sim_segmenter_big
 # (sim_synthetic_big.yaml's model, data, pasting, loss and flow, `STEPS` steps instead of its full budget) that
-# compare how the flow's negatives are drawn (synthetic.sample_scale, synthetic.flow_every, synthetic.temperature)
-# with the Tab. 6.11 controls on the same steps. Each is exported at 768x384 and scored on the first `VAL_FRAMES` val
-# frames (AP and FPR95 need no threshold); `summary` prints them side by side. The full-budget configs take the
-# flow setting with the best val hybrid AP (each flow pilot names all three settings, whatever the config holds). Arguments: the pilots to run (default: all, the flow's first); the flow
-# pilots need the flow pretraining of sim_synthetic_big.sh. Every step resumes or is skipped when its output exists;
-# run from the repository root.
+# compare how the flow's negatives are drawn (synthetic.sample_scale, synthetic.flow_every, synthetic.temperature;
+# each flow pilot names all three, whatever the config holds) with the Tab. 6.11 controls on the same steps. Each is
+# exported at 768x384 and scored on the first `VAL_FRAMES` val frames (AP and FPR95 need no threshold), and the end
+# prints them side by side. The full-budget configs take the flow setting with the best val hybrid AP.
+# Arguments: the pilots to run (default: all, the flow's first); the flow pilots need the flow pretraining of
+# sim_synthetic_big.sh. Every step resumes or is skipped when its output exists; run from the repository root.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-800}
