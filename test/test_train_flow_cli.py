@@ -296,3 +296,25 @@ def test_flow_shift_holds_the_segmenter_fixed_and_scores_the_same_latents(pretra
     assert train_main(["flow-shift", "--joint", str(flow_ckpt), "--weights", str(weights), "--dataset",
                        f"sim:{root}", "--images", "3"]) == 2  # a flow-pretrain checkpoint holds no joint flow
     assert "not a SynDenseHybrid fine-tuning checkpoint with a flow" in capsys.readouterr().err
+
+
+def test_flow_shift_samples_at_a_fraction_of_their_size_like_joint_training(pretrained):
+    """`decode_samples(..., sample_scale=0.5)`: the same latents drawn at half the side (16 -> 8 px) and upsampled
+    bilinearly (cv2, half-pixel centres), as `synthetic.sample_scale` draws the negatives of joint training."""
+    import cv2
+    import numpy as np
+
+    from densehybrid_training.boundary_shift import decode_samples
+    from densehybrid_training.flow_train import load_flow
+    from densehybrid_training.synthetic import eval_mode
+
+    flow = load_flow(pretrained / "checkpoints" / "last.pt")
+    got = decode_samples(flow, 2, 16, seed=4, sample_scale=0.5)
+    with torch.no_grad(), eval_mode(flow):
+        small = flow.sample(2, 8, 8, 1.0, generator=torch.Generator().manual_seed(4))
+    for k in range(2):
+        expected = cv2.resize(small[k].permute(1, 2, 0).numpy(), (16, 16), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(got[k].permute(1, 2, 0).numpy(), np.clip(expected, 0, 1), atol=1e-5)
+    assert torch.equal(decode_samples(flow, 2, 16, seed=4), decode_samples(flow, 2, 16, seed=4, sample_scale=1.0))
+    assert train_main(["flow-shift", "--flow", str(pretrained / "checkpoints" / "last.pt"), "--weights", "w",
+                       "--dataset", "sim:x", "--sample-scale", "0"]) == 2

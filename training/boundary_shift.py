@@ -25,7 +25,7 @@ from densehybrid_ros.predictor import Predictor
 from densehybrid_training.checkpoint import load_checkpoint
 from densehybrid_training.flow.model import DenseFlow
 from densehybrid_training.flow_train import load_flow
-from densehybrid_training.synthetic import eval_mode, jsd_to_uniform
+from densehybrid_training.synthetic import eval_mode, jsd_to_uniform, sample_size, upsample_samples
 
 UNIFORM = "uniform"
 
@@ -65,12 +65,15 @@ def relative_change(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return math.sqrt(diff / norm)
 
 
-def decode_samples(flow: DenseFlow, num: int, size: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    """`num` samples in [0, 1] from fixed latents (seeded generator), with eval-mode normalisation as in joint
-    training (`JointFlowTraining.sample`): two flows of one architecture decode the same latents."""
+def decode_samples(flow: DenseFlow, num: int, size: int, seed: int, temperature: float = 1.0,
+                   sample_scale: float = 1.0) -> torch.Tensor:
+    """`num` size x size samples in [0, 1] from fixed latents (seeded generator), with eval-mode normalisation as in
+    joint training (`JointFlowTraining.sample`): two flows of one architecture decode the same latents. With
+    `sample_scale` < 1 they are drawn smaller and upsampled, as joint training does (`synthetic.sample_scale`)."""
     generator = torch.Generator().manual_seed(seed)
+    small = sample_size(size, size, sample_scale, flow.size_multiple)
     with torch.no_grad(), eval_mode(flow):
-        return flow.sample(num, size, size, temperature, generator=generator).clamp(0, 1)
+        return upsample_samples(flow.sample(num, *small, temperature, generator=generator), size, size).clamp(0, 1)
 
 
 def paste_squares(images: list[np.ndarray], samples: torch.Tensor, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -106,12 +109,13 @@ def segmenter_logits(predictor: Predictor, image: np.ndarray) -> torch.Tensor:
 
 
 def boundary_shift(flows: dict[str, DenseFlow], segmenters: dict[str, Predictor], images: list[np.ndarray],
-                   size: int = 64, seed: int = 0, temperature: float = 1.0) -> list[ShiftRow]:
+                   size: int = 64, seed: int = 0, temperature: float = 1.0,
+                   sample_scale: float = 1.0) -> list[ShiftRow]:
     """JSD-to-uniform (4.19) and max softmax on pasted pixels, for every segmenter x (every flow, uniform noise):
-    the same latents, frames and places for every source; every flow samples at `temperature`
-    (`synthetic.temperature` of joint training)."""
+    the same latents, frames and places for every source; every flow samples at `temperature` and `sample_scale`
+    (`synthetic.temperature` and `synthetic.sample_scale` of joint training)."""
     n = len(images)
-    sources = {name: decode_samples(flow, n, size, seed, temperature) for name, flow in flows.items()}
+    sources = {name: decode_samples(flow, n, size, seed, temperature, sample_scale) for name, flow in flows.items()}
     sources[UNIFORM] = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     pasted = {source: paste_squares(images, samples, seed) for source, samples in sources.items()}
     rows = []
@@ -134,13 +138,16 @@ def _named(text: str) -> tuple[str, str]:
 
 
 def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset: str, split: str | None,
-         images: int, size: int, seed: int, out: Path | None, temperature: float = 1.0) -> int:
+         images: int, size: int, seed: int, out: Path | None, temperature: float = 1.0,
+         sample_scale: float = 1.0) -> int:
     """`densehybrid-train flow-shift`: prints one line per segmenter x source and writes them to `out` (JSON)."""
     import json
 
     from densehybrid_ros.datasets import open_dataset
     from densehybrid_ros.paths import written_whole
 
+    if not 0.0 < sample_scale <= 1.0:
+        raise ValueError(f"--sample-scale must be in (0, 1], got {sample_scale}")
     if images < 2:
         raise ValueError(f"--images must be >= 2 (an interval needs two frames), got {images}")
     flows = {name: load_flow(path) for name, path in map(_named, flow_args)}
@@ -155,8 +162,9 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
         raise ValueError(f"{dataset}: {len(data)} frames, fewer than --images {images}")
     picked = [data[int(i)].image for i in np.linspace(0, len(data) - 1, images).astype(int)]
     segmenters = {Path(w).stem: Predictor.from_weights(w) for w in weights}
-    rows = boundary_shift(flows, segmenters, picked, size, seed, temperature)
-    result = {"images": images, "size": size, "seed": seed, "temperature": temperature, "dataset": dataset,
+    rows = boundary_shift(flows, segmenters, picked, size, seed, temperature, sample_scale)
+    result = {"images": images, "size": size, "seed": seed, "temperature": temperature,
+              "sample_scale": sample_scale, "dataset": dataset,
               "rows": [asdict(r) for r in rows]}
     if "joint" in flows and len(flows) > 1:
         base = next(name for name in flows if name != "joint")

@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of every flow (synthetic.temperature of joint training)")
+    s.add_argument("--sample-scale", type=float, default=1.0,
+                   help="draw the samples at this fraction of --size and upsample them (synthetic.sample_scale)")
     s.add_argument("--out", type=Path, default=None, help="JSON")
     return ap
 
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             from densehybrid_training.boundary_shift import main as shift_main
 
             return shift_main(args.flow, args.joint, args.weights, args.dataset, args.split, args.images, args.size,
-                              args.seed, args.out, args.temperature)
+                              args.seed, args.out, args.temperature, args.sample_scale)
         elif args.command == "joint-curves":
             from densehybrid_training.curves import joint_main
 

@@ -186,6 +186,20 @@ def flow_mle_loss(flow, patches) -> torch.Tensor:
     return total / len(patches)
 
 
+def sample_size(height: int, width: int, scale: float, multiple: int) -> tuple[int, int]:
+    """The size a flow draws a negative of height x width at (`SyntheticConfig.sample_scale`): `scale` of each side,
+    rounded to the flow's size multiple, at least one multiple; the size itself at scale 1 (sides multiples of it)."""
+    return (max(multiple, multiple * int(height * scale / multiple + 0.5)),
+            max(multiple, multiple * int(width * scale / multiple + 0.5)))
+
+
+def upsample_samples(samples: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Samples (N, 3, h, w) bilinearly upsampled to height x width (half-pixel centres); unchanged at that size."""
+    if tuple(samples.shape[-2:]) == (height, width):
+        return samples
+    return F.interpolate(samples, size=(height, width), mode="bilinear", align_corners=False)
+
+
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run `module` in eval mode (BatchNorm normalises with, and never updates, its running statistics), then
@@ -469,18 +483,12 @@ class JointFlowTraining:
             return self.flow.sample(num, height, width, self.cfg.temperature)
 
     def flow_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the flow samples a negative of height x width at: `sample_scale` of each side, rounded to the
-        flow's size multiple, at least one multiple (the size itself at scale 1)."""
-        m, scale = self.multiple, self.cfg.sample_scale
-        return max(m, m * int(height * scale / m + 0.5)), max(m, m * int(width * scale / m + 0.5))
+        """The size the flow samples a negative of height x width at (`sample_size` at `sample_scale`)."""
+        return sample_size(height, width, self.cfg.sample_scale, self.multiple)
 
     def _flow_negatives(self, num: int, height: int, width: int) -> torch.Tensor:
-        """`num` flow samples drawn at `flow_size` and upsampled bilinearly to height x width."""
-        size = self.flow_size(height, width)
-        samples = self.sample(num, *size)
-        if size == (height, width):
-            return samples
-        return F.interpolate(samples, size=(height, width), mode="bilinear", align_corners=False)
+        """`num` flow samples drawn at `flow_size` and upsampled to height x width (`upsample_samples`)."""
+        return upsample_samples(self.sample(num, *self.flow_size(height, width)), height, width)
 
     def diagnostics(self, logits: torch.Tensor, labels: torch.Tensor, d_out: torch.Tensor, synthetic: torch.Tensor,
                     flow_terms: dict[str, torch.Tensor]) -> dict[str, float]:
