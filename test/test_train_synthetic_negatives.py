@@ -377,6 +377,8 @@ def test_flow_every_is_validated():
     with pytest.raises(ConfigError, match=r"diagnostics_every \(25\) must be a multiple of flow_every \(4\)"):
         load_train_config(None, ["synthetic.flow_every=4", "synthetic.diagnostics_every=25"])
     load_train_config(None, ["synthetic.flow_every=4", "synthetic.diagnostics_every=100"])
+    with pytest.raises(ConfigError, match=r"flow_every \(2\) and mle_every \(2\) cannot both exceed 1"):
+        load_train_config(None, ["synthetic.flow_every=2", "synthetic.mle_every=2"])
     # the controls train no flow: any diagnostics period goes
     load_train_config(None, ["synthetic.source=uniform", "synthetic.flow_every=4", "synthetic.diagnostics_every=25"])
 

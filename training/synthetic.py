@@ -70,7 +70,8 @@ class SyntheticConfig:
     # the flow draws each negative at this fraction of its pasted size (each side rounded to the flow's size multiple,
     # at least one multiple) and it is upsampled bilinearly to that size; L_mle then scores the replaced patch
     # area-downsampled to the sample's size, so the flow is trained on the scale it samples at. 1 = the thesis
-    # (samples at their pasted size, Fig. 6.8); < 1 draws smoother, coarser negatives at s^2 of the flow's cost
+    # (samples at their pasted size, Fig. 6.8); < 1 draws smoother, coarser negatives from s^2 of the pixels (the
+    # flow's time falls less: its calls on small samples are bound by per-operation overhead)
     sample_scale: float = 1.0
     jsd_weight: float = 0.03  # lambda of (4.20); with boundary_share > 0 only its starting value
     # > 0: keep ||d(lambda L_boundary)/d zeta|| / ||d L_mle/d zeta|| at this target on average by rescaling lambda
@@ -120,6 +121,9 @@ class SyntheticConfig:
             raise ValueError(f"sample_scale must be in (0, 1], got {self.sample_scale}")
         if self.flow_every < 1:
             raise ValueError(f"flow_every must be >= 1, got {self.flow_every}")
+        if self.flow_every > 1 and self.mle_every > 1:
+            raise ValueError(f"flow_every ({self.flow_every}) and mle_every ({self.mle_every}) cannot both exceed 1: "
+                             "the steps that train the flow would skip L_mle in a pattern neither names")
         if self.source == "flow" and self.diagnostics_every % self.flow_every:
             raise ValueError(f"diagnostics_every ({self.diagnostics_every}) must be a multiple of flow_every "
                              f"({self.flow_every}): diagnostics are taken on steps that train the flow")
