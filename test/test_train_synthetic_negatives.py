@@ -16,7 +16,7 @@ from densehybrid_ros.models import build_model
 from densehybrid_training.config import TrainConfig, load_train_config
 from densehybrid_training.engine import _joint_step
 from densehybrid_training.flow import build_flow
-from densehybrid_training.flow_optim import FlowOptimConfig
+from densehybrid_training.flow_optim import FLOW_GRAD_CLIP, FlowOptimConfig
 from densehybrid_training.losses import densehybrid_loss
 from densehybrid_training.synthetic import (BoundaryShareController, JointFlowTraining, SyntheticConfig, blob_mask,
                                             blob_mask_from, flow_mle_loss, paste_synthetic)
@@ -300,6 +300,17 @@ def test_share_controller_by_hand():
     assert restored.state_dict() == c.state_dict()
 
 
+def test_share_controller_survives_one_exploding_step():
+    # measured at temperature 1.5: one step's boundary gradient had norm 1e7 (ratio ~1e6); unclipped, the running
+    # average would be ~1e5 and lambda pinned to its floor for hundreds of steps
+    c = BoundaryShareController(target=0.25, every=1, momentum=0.9, lam=1.0, lam_range=(1e-4, 1e3))
+    c.update(1.0, 2.0)  # average ratio 0.5
+    lam = c.update(1e7, 8.0)  # ratio 1.25e6 enters as 10 x 0.5 = 5: average 0.9 * 0.5 + 0.1 * 5 = 0.95
+    assert c.avg_ratio == pytest.approx(0.95) and lam == pytest.approx(0.25 / 0.95)
+    c.update(1e-9, 8.0)  # and a vanishing one as 0.095: average 0.9 * 0.95 + 0.1 * 0.095
+    assert c.avg_ratio == pytest.approx(0.9 * 0.95 + 0.0095)
+
+
 def test_backward_flow_sums_the_terms_and_holds_the_target_share():
     joint = _joint("flow", jsd_weight=0.03, boundary_share=0.25, share_every=1, share_momentum=0.0)
     model = randomize_batchnorm(build_model(TINY)).train()
@@ -331,6 +342,17 @@ def test_joint_flow_with_the_thesis_recipe_is_adamax_at_a_constant_rate():
     for _ in range(3):
         assert joint.optimizer.param_groups[0]["lr"] == 2e-5
         joint.step()
+
+
+def test_flow_step_clips_the_gradient_norm_before_adamax_sees_it():
+    joint = _joint("flow", flow_lr=2e-5, flow_optim=FlowOptimConfig(recipe="thesis"))
+    params = [p for p in joint.flow.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 1e7)
+    joint.step()
+    # Adamax's first step stores u = max(0, |g| + eps) per element: the L2 norm of u is that of the clipped gradient
+    u = math.sqrt(sum(float(joint.optimizer.state[p]["exp_inf"].double().pow(2).sum()) for p in params))
+    assert u == pytest.approx(FLOW_GRAD_CLIP, rel=1e-3)
 
 
 # ---------------------------------------------------------------- the flow trained on every N-th step

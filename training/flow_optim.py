@@ -32,6 +32,10 @@ THESIS_WARMUP = 5000  # thesis 5.3: linear warm-up over the first 5000 iteration
 THESIS_DECAY = 0.95  # thesis 5.3: x0.95 after every epoch (CIFAR-10: 0.9975)
 THESIS_FINETUNE_LR = 2e-5  # thesis 5.3: fine-tuning learning rate
 ADAM_PRETRAIN_WARMUP = 100  # this project's earlier flow-pretrain warm-up
+# largest L2 norm of the flow's gradient per optimizer step, in pretraining and in joint training: one exploding
+# step (measured in joint training at temperature 1.5: a boundary gradient of norm 1e7) would otherwise fill
+# Adamax's infinity-norm state, u = max(0.999 u, |g|), which takes ~14,000 steps to forget a factor 1e6
+FLOW_GRAD_CLIP = 50.0
 
 
 @dataclass(frozen=True)

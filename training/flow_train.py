@@ -14,7 +14,7 @@ from densehybrid_ros.config import from_dict
 from densehybrid_training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from densehybrid_training.config import DataConfig
 from densehybrid_training.flow import DenseFlow, DenseFlowConfig, flow_config
-from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
+from densehybrid_training.flow_optim import FLOW_GRAD_CLIP, FlowOptimConfig, build_flow_optimizer
 from densehybrid_training.mixed import MixedContentDataset, StepBatchSampler
 
 
@@ -113,7 +113,7 @@ def pretrain(cfg: FlowTrainConfig) -> Path:
         bpd = flow.bits_per_dim(x).mean()
         optimizer.zero_grad(set_to_none=True)
         bpd.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 50.0)
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), FLOW_GRAD_CLIP)
         optimizer.step()
         scheduler.step()
         done = step + 1

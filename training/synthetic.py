@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from densehybrid_ros.classes import VOID
 from densehybrid_ros.scores import class_posterior
-from densehybrid_training.flow_optim import FlowOptimConfig, build_flow_optimizer
+from densehybrid_training.flow_optim import FLOW_GRAD_CLIP, FlowOptimConfig, build_flow_optimizer
 from densehybrid_training.paste import ground_position, random_side
 
 
@@ -405,7 +405,12 @@ class BoundaryShareController:
     with an exponential running average of r (momentum `momentum`, the first measurement initialises it), updated at
     every measurement; lambda is recomputed at the first measurement and then every `every` measurements, so the
     mean of the per-step shares lambda * r_t that the diagnostics report (`boundary_grad_share`) sits at the target.
-    Measurements without both gradients (no L_mle this step, or no generated pixels) are skipped."""
+    Each r_t enters the average clipped to [avg / SPIKE, avg * SPIKE]: the per-step ratio varies ~15x at
+    temperature 1 (0.02-0.31), but one exploding step (r = 1e6 at temperature 1.5) would otherwise pin lambda to
+    its floor for hundreds of steps. Measurements without both gradients (no L_mle this step, or no generated
+    pixels) are skipped."""
+
+    SPIKE = 10.0
 
     def __init__(self, target: float, every: int, momentum: float, lam: float, lam_range: tuple[float, float]):
         self.target, self.every, self.momentum = target, every, momentum
@@ -420,6 +425,7 @@ class BoundaryShareController:
         if self.avg_ratio is None:
             self.avg_ratio = ratio
         else:
+            ratio = min(self.avg_ratio * self.SPIKE, max(self.avg_ratio / self.SPIKE, ratio))
             self.avg_ratio = self.momentum * self.avg_ratio + (1 - self.momentum) * ratio
         self.count += 1
         if (self.count - 1) % self.every == 0:
@@ -684,8 +690,11 @@ class JointFlowTraining:
         self.share.update(nb, nm)
 
     def step(self) -> None:
+        """One flow optimizer step on the accumulated gradient, its norm clipped to `FLOW_GRAD_CLIP` as in
+        pretraining."""
         if self.flow is None:
             return
+        torch.nn.utils.clip_grad_norm_(self.flow.parameters(), FLOW_GRAD_CLIP)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
