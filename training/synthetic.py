@@ -78,7 +78,7 @@ class SyntheticConfig:
     # from a running average of the measured gradient-norm ratio (`BoundaryShareController`); 0: lambda = jsd_weight
     # fixed
     boundary_share: float = 0.0
-    share_every: int = 10  # update lambda every N steps (running averages are updated every step)
+    share_every: int = 10  # recompute lambda every N measurements, i.e. flow updates (the running average: every one)
     share_momentum: float = 0.9  # running-average momentum of the gradient-norm ratio
     lambda_range: tuple[float, float] = (1e-4, 1e3)  # clamp of the adapted lambda
     flow_lr: float = 1e-5
