@@ -32,7 +32,7 @@ pilot() {  # name, --set overrides of sim_synthetic_big.yaml
     --input-size 768x384
 evaluate runs/sim_closed_big_g768.safetensors closed max_logit,energy,msp
 pilots=("$@")
-[ ${#pilots[@]} -gt 0 ] || pilots=(flow_s1_k4 flow_s05_k2 flow_s05_k2_t15 uniform inlier_crops)
+[ ${#pilots[@]} -gt 0 ] || pilots=(flow_s1_k4 flow_s05_k2 flow_s05_k2_push flow_s05_k2_t15 uniform inlier_crops)
 for name in "${pilots[@]}"; do
   if [[ $name == flow_* ]] && [ ! -f runs/sim_flow_big/checkpoints/last.pt ]; then
     echo "pilot $name: the flow pretraining (sim_flow_pretrain_big.yaml) has not run" >&2; exit 1
@@ -46,6 +46,9 @@ for name in "${pilots[@]}"; do
     # coarser, smoother negatives: drawn at half their size and upsampled, the flow trained on every 2nd step
     flow_s05_k2) pilot flow_s05_k2 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
         --set synthetic.temperature=1.0 ;;
+    # the flow pushed harder to the boundary: a 10x flow lr, the boundary gradient at half of L_mle's (config: 0.25)
+    flow_s05_k2_push) pilot flow_s05_k2_push --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
+        --set synthetic.temperature=1.0 --set synthetic.flow_lr=0.0002 --set synthetic.boundary_share=0.5 ;;
     # a hotter sampler (the pretrained flow's samples reach the boundary sooner: README, flow-shift)
     flow_s05_k2_t15) pilot flow_s05_k2_t15 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
         --set synthetic.temperature=1.5 ;;
