@@ -9,6 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conftest import make_sim_weights, render_small_sim
 from densehybrid_ros.datasets import open_dataset
+from densehybrid_ros.evaluation.bootstrap import GROUPS_FILE, GroupedStatistics
 from densehybrid_ros.evaluation.cli import main as eval_main
 from densehybrid_ros.evaluation.evaluate import EvalOptions, evaluate
 from densehybrid_ros.evaluation.report import write_report
@@ -67,6 +68,12 @@ def test_cli_writes_report_and_rejects_bad_input(sim_split, sim_weights, tmp_pat
     assert "hybrid" in out and "msp" in out and "open-mIoU" in out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["dataset"]["images"] == 3 and set(metrics["scores"]) == {"hybrid", "msp"}
+    groups = GroupedStatistics.load(tmp_path / "out" / GROUPS_FILE)  # for evaluation.compare
+    dataset = open_dataset(f"sim:{sim_split}")
+    assert groups.keys == tuple(dict.fromkeys(dataset.group(i) for i in range(3)))
+    assert set(groups.scores) == {"hybrid", "msp"}
+    anomaly = sum(int((dataset[i].ood == 1).sum()) for i in range(3))
+    assert all(h.counts(len(groups.keys))[0].sum() == anomaly for h in groups.scores.values())
     assert eval_main(["--weights", str(sim_weights), "--dataset", "nosuchkind:/x", "--out", str(tmp_path / "o2")]) == 2
     assert "unknown dataset kind 'nosuchkind'" in capsys.readouterr().err
     assert eval_main(["--weights", str(tmp_path / "missing.safetensors"), "--dataset", f"sim:{sim_split}",

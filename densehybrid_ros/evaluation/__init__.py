@@ -4,7 +4,8 @@ threshold protocol.
 
 One protocol (evaluate.py): `evaluate(source, dataset, metrics)` with prediction sources (sources.py, recorded.py)
 and metrics of one interface (metrics.py, obstacle_metric.py); the command lines densehybrid-eval (cli.py) and
-densehybrid-eval-bag (bag_cli.py over bag_eval.py).
+densehybrid-eval-bag (bag_cli.py over bag_eval.py); `python -m densehybrid_ros.evaluation.compare A_DIR B_DIR`
+(compare.py): two evaluations of the same frames (two models) with paired bootstrap intervals of their differences.
 
 The accumulators are pure numpy/scipy; each accumulates in int64 counts or float64 sums and pools over the dataset.
 Label conventions are those of ``densehybrid_ros.datasets``: ood 0 inlier / 1 anomaly / 255 void;

@@ -12,11 +12,17 @@ value only by the binning (`binned_point` in the result shows by how much). All 
 the replicates' draws, so the difference of two scores' metrics has its own (paired) interval from the
 per-replicate differences (`paired_difference`), narrower than the two intervals side by side suggest when the
 scores err on the same streets.
+
+The grouped histograms of an evaluation are saved beside its metrics.json (`GroupedStatistics`, groups.npz), so
+that two evaluations of the same frames (two models) can be compared on the same draws as well
+(evaluation/compare.py).
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -27,6 +33,8 @@ from densehybrid_ros.evaluation.segmentation_metrics import iou_per_class
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
+GROUPS_FILE = "groups.npz"  # an evaluation's `GroupedStatistics`, beside its metrics.json
+GROUPS_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,23 @@ class GroupedScoreHistograms:
         """Whether any image with a valid pixel was added."""
         return bool(self._pos)
 
+    def counts(self, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """(num_groups, num_bins) positive and negative counts (zero rows for groups this score never saw)."""
+        return (_padded(self._pos, num_groups, (self.grid.num_bins,)),
+                _padded(self._neg, num_groups, (self.grid.num_bins,)))
+
+    @classmethod
+    def from_counts(cls, positives: np.ndarray, negatives: np.ndarray, lo: float, step: float
+                    ) -> GroupedScoreHistograms:
+        """Histograms of saved (G, num_bins) counts on the grid of num_bins cells of width `step` from `lo`."""
+        positives, negatives = np.asarray(positives, np.int64), np.asarray(negatives, np.int64)
+        if positives.ndim != 2 or positives.shape != negatives.shape:
+            raise ValueError(f"counts must be two (groups, bins) arrays, got {positives.shape} and {negatives.shape}")
+        hist = cls(num_bins=positives.shape[1])
+        hist.grid.lo, hist.grid.step = float(lo), float(step)
+        hist._pos, hist._neg = list(positives), list(negatives)
+        return hist
+
     def replicates(self, weights: np.ndarray, extra: dict[str, Callable[[AnomalyMetrics], float]] | None = None
                    ) -> dict[str, np.ndarray]:
         """AP, FPR95, AUROC (and any `extra` metric) of every replicate (one per row of `weights`, from
@@ -152,6 +177,73 @@ def paired_difference(point_a: float, point_b: float, replicates_a: np.ndarray, 
     if a.shape != b.shape:
         raise ValueError(f"paired replicates must come from the same weights, got {a.shape} and {b.shape}")
     return Interval(point_a - point_b, *percentile_interval(a - b, level))
+
+
+@dataclass
+class GroupedStatistics:
+    """What the anomaly intervals of one evaluation are computed from: the group keys in group-index order (the
+    columns of `group_weights`) and per score its `GroupedScoreHistograms`. Saved as groups.npz (`save`), so that
+    another evaluation of the same frames can be resampled on the same draws (evaluation/compare.py)."""
+
+    keys: tuple[str, ...]
+    grouped_by: str  # what a group is: "street", or "image" where the dataset has no streets
+    scores: dict[str, GroupedScoreHistograms]
+
+    def __post_init__(self) -> None:
+        self.keys = tuple(self.keys)
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError(f"group keys must be distinct, got {len(self.keys)} keys of which "
+                             f"{len(set(self.keys))} distinct")
+
+    def save(self, path: str | Path) -> None:
+        """Write a compressed .npz to `path` (the name as given): per score its grid (lo, step, number of cells) and
+        the counts of the cells any group has a pixel in (the rest of the grid is empty)."""
+        arrays: dict[str, np.ndarray] = {"format": np.array(GROUPS_FORMAT), "groups": np.array(self.keys, str),
+                                         "grouped_by": np.array(self.grouped_by),
+                                         "scores": np.array(list(self.scores), str)}
+        for name, hist in self.scores.items():
+            pos, neg = hist.counts(len(self.keys))
+            cells = np.flatnonzero((pos + neg).any(0))
+            top = max(int(pos.max(initial=0)), int(neg.max(initial=0)))
+            arrays[f"{name}.grid"] = np.array([hist.grid.lo, hist.grid.step], np.float64)
+            arrays[f"{name}.num_bins"] = np.array(hist.grid.num_bins)
+            arrays[f"{name}.cells"] = cells.astype(np.min_scalar_type(hist.grid.num_bins))
+            arrays[f"{name}.pos"] = pos[:, cells].astype(np.min_scalar_type(top))
+            arrays[f"{name}.neg"] = neg[:, cells].astype(np.min_scalar_type(top))
+        with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to another name
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> GroupedStatistics:
+        """Read what `save` wrote (ValueError naming the problem for another file)."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                found = int(data["format"]) if "format" in data.files else None
+                if found != GROUPS_FORMAT:
+                    raise ValueError(f"format {found}, expected {GROUPS_FORMAT}")
+                keys = tuple(str(k) for k in data["groups"])
+                scores = {}
+                for name in (str(s) for s in data["scores"]):
+                    n, cells = int(data[f"{name}.num_bins"]), data[f"{name}.cells"].astype(np.int64)
+                    pos, neg = np.zeros((2, len(keys), n), np.int64)
+                    pos[:, cells], neg[:, cells] = data[f"{name}.pos"], data[f"{name}.neg"]
+                    lo, step = data[f"{name}.grid"]
+                    scores[name] = GroupedScoreHistograms.from_counts(pos, neg, lo, step)
+                return cls(keys, str(data["grouped_by"]), scores)
+        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable groups file ({exc})") from exc
+
+    def reordered(self, keys: Sequence[str]) -> GroupedStatistics:
+        """The same statistics with the groups in the order of `keys`, which must be exactly these groups."""
+        if sorted(keys) != sorted(self.keys):
+            raise ValueError("reordering needs the same set of group keys")
+        index = {k: i for i, k in enumerate(self.keys)}
+        order = [index[k] for k in keys]
+        scores = {}
+        for name, hist in self.scores.items():
+            pos, neg = hist.counts(len(self.keys))
+            scores[name] = GroupedScoreHistograms.from_counts(pos[order], neg[order], hist.grid.lo, hist.grid.step)
+        return GroupedStatistics(tuple(keys), self.grouped_by, scores)
 
 
 class GroupedConfusion:

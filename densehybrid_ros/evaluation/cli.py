@@ -5,7 +5,9 @@
                      [--fold-b KIND:PATH [--fold-b-split S]]   two-fold threshold protocol (open-mIoU)
                      [--no-smiyc-mode]
 
-Writes DIR/metrics.json and DIR/report.md (+ curves, histograms, examples) and prints a summary table.
+Writes DIR/metrics.json and DIR/report.md (+ curves, histograms, examples) and prints a summary table; DIR/groups.npz
+keeps the bootstrap's per-street histograms, for comparing two evaluations of the same frames with paired intervals:
+``python -m densehybrid_ros.evaluation.compare A_DIR B_DIR`` (evaluation/compare.py).
 
 SMIYC kinds (smiyc-anomaly, smiyc-obstacle, smiyc-laf-noknown) also get the benchmark's own numbers, in two
 further passes over the labelled frames (`densehybrid_ros.evaluation.smiyc_eval`): the official code's binned

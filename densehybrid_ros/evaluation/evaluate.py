@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from densehybrid_ros.datasets.base import EvalDataset, EvalSample
-from densehybrid_ros.evaluation.bootstrap import DEFAULT_RESAMPLES
+from densehybrid_ros.evaluation.bootstrap import DEFAULT_RESAMPLES, GroupedStatistics
 from densehybrid_ros.evaluation.breakdown import SIZE_EDGES
 from densehybrid_ros.evaluation.component_metrics import ANOMALY_TRACK, OBSTACLE_TRACK
 from densehybrid_ros.evaluation.distance_bins import DISTANCE_EDGES, NEAR_RANGE
@@ -60,6 +60,7 @@ class EvalResult:
     metrics: dict
     subsample: dict[str, tuple[np.ndarray, np.ndarray]]  # score -> (values, is_anomaly)
     examples: list[Example] = field(default_factory=list)
+    groups: GroupedStatistics | None = None  # the pixel metrics' grouped histograms (report: groups.npz)
 
 
 def same_taxonomy(dataset: EvalDataset, source: PredictionSource) -> bool:
@@ -102,7 +103,8 @@ def evaluate(source: PredictionSource | Predictor, dataset: EvalDataset,
     """One pass over the first `max_images` frames of `dataset` (all by default): each frame's prediction from `source`
     (a Predictor: at its own threshold), then `update` of every metric; metrics.json = their `compute()` merged
     (`KEY_ORDER`, NaN/inf -> null). `metrics` as `EvalOptions`: `build_metrics` of them, over `options.max_images`.
-    The report's subsample and examples come from a `ReportSamples` among the metrics."""
+    The report's subsample and examples come from a `ReportSamples` among the metrics, the grouped statistics
+    (`EvalResult.groups`) from a `PixelAnomaly`."""
     source = as_source(source)
     if isinstance(metrics, EvalOptions):
         if max_images is not None:
@@ -125,8 +127,9 @@ def evaluate(source: PredictionSource | Predictor, dataset: EvalDataset,
             merge_entries(merged, metric.compute())
         ordered = {key: merged.pop(key) for key in KEY_ORDER if key in merged}
         report = next((m for m in metrics if isinstance(m, ReportSamples)), None)
+        pixel = next((m for m in metrics if isinstance(m, PixelAnomaly)), None)
         return EvalResult(_jsonable({**ordered, **merged}), report.subsample() if report else {},
-                          report.examples if report else [])
+                          report.examples if report else [], pixel.statistics() if pixel else None)
     finally:
         for metric in metrics:
             metric.close()

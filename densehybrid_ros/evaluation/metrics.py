@@ -18,8 +18,8 @@ import numpy as np
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY, OOD_INLIER, EvalDataset, EvalSample
 from densehybrid_ros.evaluation.anomaly_metrics import PerImageAnomalyMetrics
-from densehybrid_ros.evaluation.bootstrap import (GroupedConfusion, GroupedScoreHistograms, GroupIndex,
-                                                  anomaly_metric_picks, group_weights, paired_difference)
+from densehybrid_ros.evaluation.bootstrap import (GroupedConfusion, GroupedScoreHistograms, GroupedStatistics,
+                                                  GroupIndex, anomaly_metric_picks, group_weights, paired_difference)
 from densehybrid_ros.evaluation.breakdown import (FlaggedAtThresholds, RecallByBin, SizeBinnedAnomalyMetrics,
                                                   component_sizes)
 from densehybrid_ros.evaluation.component_metrics import ComponentMetrics, ComponentSizeFilter
@@ -106,6 +106,10 @@ class BootstrapGroups(Metric):
     def update(self, sample: EvalSample, prediction: Prediction) -> None:
         self.of(sample)
 
+    def keys(self) -> tuple[str, ...]:
+        """The group keys in index order (the columns of `weights`), as text."""
+        return tuple(str(k) for k in self.index.index)
+
     def weights(self) -> np.ndarray | None:
         """(resamples, groups) multiplicities, or None without intervals; fixed once asked for (after the pass)."""
         if self._weights is None and self.resamples and len(self.index) > 1:
@@ -126,7 +130,7 @@ class PixelAnomaly(Metric):
     bootstrap intervals over the groups (`GroupedScoreHistograms`); "paired": the first score (the reference, e.g.
     hybrid) minus each other score, per metric, with the interval of the per-replicate differences
     (`bootstrap.paired_difference`: both on the same resampled groups), which says whether two scores differ beyond
-    the noise when their own intervals overlap."""
+    the noise when their own intervals overlap. `statistics()`: the per-group histograms, for groups.npz."""
 
     def __init__(self, scores: Sequence[str], groups: BootstrapGroups) -> None:
         self.groups = groups
@@ -167,6 +171,12 @@ class PixelAnomaly(Metric):
                                                 replicates[s][k])) for k, fn in points.items()}
                 for s in replicates if s != reference}}
         return out
+
+    def statistics(self) -> GroupedStatistics | None:
+        """The grouped histograms of the scores that saw a valid pixel, on all groups of the shared index (None for
+        none): what the intervals are computed from, for comparing evaluations (evaluation/compare.py)."""
+        scores = {s: h for s, h in self.grouped.items() if h.has_data}
+        return GroupedStatistics(self.groups.keys(), self.groups.grouped_by, scores) if scores else None
 
     def close(self) -> None:
         for stream in self.streams.values():

@@ -1,4 +1,5 @@
-"""Evaluation report: metrics.json, a summary table, PR/ROC curves, score histograms and example maps."""
+"""Evaluation report: metrics.json, groups.npz (the bootstrap's grouped statistics, for comparing evaluations:
+evaluation/compare.py), a summary table, PR/ROC curves, score histograms and example maps."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 
 from densehybrid_ros.datasets.base import OOD_ANOMALY
+from densehybrid_ros.evaluation.bootstrap import GROUPS_FILE
 from densehybrid_ros.evaluation.evaluate import EvalResult
 from densehybrid_ros.paths import written_whole
 from densehybrid_ros.perception.presentation import heatmap, overlay, palette
@@ -199,9 +201,16 @@ def _example_image(ex, classes_colors, threshold: float | None) -> np.ndarray:
 
 
 def write_report(result: EvalResult, out: Path, classes_colors: list, title: str = "densehybrid_ros evaluation") -> Path:
-    """Write metrics.json, curves.png, histograms.png, examples/*.png and report.md into `out`."""
+    """Write metrics.json, groups.npz (where the result has grouped statistics), curves.png, histograms.png,
+    examples/*.png and report.md into `out`."""
     out = Path(out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
+    # before metrics.json, whose existence marks a finished evaluation; never a stale one beside a new metrics.json
+    if result.groups is not None:
+        with written_whole(out / GROUPS_FILE) as partial:
+            result.groups.save(partial)
+    else:
+        (out / GROUPS_FILE).unlink(missing_ok=True)
     with written_whole(out / "metrics.json") as partial:  # recipes skip evaluations whose metrics.json exists
         partial.write_text(json.dumps(result.metrics, indent=1) + "\n")
     _plot_curves(result, out / "curves.png")
