@@ -236,15 +236,6 @@ def test_errors_name_the_problem(runs, tmp_path, capsys):
     # scores
     assert compare_main([str(runs["a"]), str(runs["b"]), "--scores", "msp"]) == 2
     assert f"A ({runs['a']}) has no grouped statistics of score(s) msp" in capsys.readouterr().err
-    assert compare_main([str(runs["a"]), str(runs["b"]), "--scores", "hybrid:max_logit", "--score-b", "hybrid"]) == 2
-    assert "--score-b" in capsys.readouterr().err
-
-
-def test_score_b_compares_each_of_a_s_scores_with_one_of_b_s(runs, tmp_path):
-    got = run_compare(runs["a"], runs["b"], tmp_path / "c.json", "--score-b", "max_logit", "--resamples", "20")
-    assert [(p["score_a"], p["score_b"]) for p in got["pairs"]] == [("hybrid", "max_logit"), ("max_logit", "max_logit")]
-    y, s = pooled(runs["frames"], runs["maps"]["b"], "max_logit")
-    assert got["pairs"][0]["b"]["ap"]["point"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels")  # the report's curves of an empty subsample

@@ -1,7 +1,7 @@
 """Compare two evaluations of the same frames (two models, or two scores of two models) with paired bootstrap
 intervals: do their AP and FPR95 differ beyond the noise?
 
-    python -m densehybrid_ros.evaluation.compare A_DIR B_DIR [--scores hybrid,max_logit] [--score-b NAME]
+    python -m densehybrid_ros.evaluation.compare A_DIR B_DIR [--scores hybrid,max_logit:energy]
                                                  [--resamples 1000] [--seed 0] [--json OUT]
 
 A_DIR and B_DIR are `densehybrid-eval --out` directories: metrics.json and groups.npz (`bootstrap.GroupedStatistics`:
@@ -13,7 +13,7 @@ differences A - B (`bootstrap.paired_difference`) says whether the two differ be
 paired lines for two scores of one model. Point estimates are the exact pooled ones of each metrics.json.
 
 --scores names A's scores (default: every score both evaluations have, in A's order); each is compared with B's score
-of the same name, with B's `--score-b NAME`, or, written A_NAME:B_NAME, with B's B_NAME.
+of the same name or, written A_NAME:B_NAME, with B's B_NAME.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import numpy as np
 from densehybrid_ros.evaluation.bootstrap import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, GROUPS_FILE, GroupedStatistics,
                                                   Interval, anomaly_metric_picks, group_weights, paired_difference,
                                                   percentile_interval)
-from densehybrid_ros.evaluation.evaluate import _jsonable
-from densehybrid_ros.evaluation.report import BINNING_TOLERANCE, _ci, _paired_part, _pct
+from densehybrid_ros.evaluation.evaluate import jsonable
+from densehybrid_ros.evaluation.report import BINNING_TOLERANCE, interval_text, paired_text, percent
 
 
 @dataclass
@@ -55,12 +55,11 @@ def load_evaluation(path: str | Path) -> Evaluation:
                       GroupedStatistics.load(path / GROUPS_FILE))
 
 
-def score_pairs(a: Evaluation, b: Evaluation, scores: Sequence[str] | None = None,
-                score_b: str | None = None) -> list[tuple[str, str]]:
-    """(A's score, B's score) pairs: `scores` of A (an entry "X:Y" pairs A's X with B's Y) with the same names of B
-    or with `score_b`; by default every score both have, in A's order."""
+def score_pairs(a: Evaluation, b: Evaluation, scores: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(A's score, B's score) pairs: `scores` of A (an entry "X:Y" pairs A's X with B's Y) with the same names of B;
+    by default every score both have, in A's order."""
     if scores is None:
-        scores = [s for s in a.statistics.scores if score_b is not None or s in b.statistics.scores]
+        scores = [s for s in a.statistics.scores if s in b.statistics.scores]
         if not scores:
             raise ValueError(f"{a.path} and {b.path} have no score in common ({', '.join(a.statistics.scores)} vs "
                              f"{', '.join(b.statistics.scores)}); name them with --scores A_NAME:B_NAME")
@@ -69,9 +68,7 @@ def score_pairs(a: Evaluation, b: Evaluation, scores: Sequence[str] | None = Non
         name_a, sep, name_b = entry.partition(":")
         if not name_a or (sep and not name_b):
             raise ValueError(f"--scores {entry!r}: write a score name X, or X:Y for A's X against B's Y")
-        if sep and score_b is not None:
-            raise ValueError(f"--scores {entry!r} names B's score already; drop it or --score-b")
-        pairs.append((name_a, name_b if sep else score_b or name_a))
+        pairs.append((name_a, name_b if sep else name_a))
     for ev, names, side in ((a, [p[0] for p in pairs], "A"), (b, [p[1] for p in pairs], "B")):
         missing = [s for s in dict.fromkeys(names) if s not in ev.statistics.scores]
         if missing:
@@ -144,7 +141,7 @@ def compare(a: Evaluation, b: Evaluation, pairs: Sequence[tuple[str, str]], resa
             entry["difference"][key] = asdict(paired_difference(point_a, point_b, rep_a[key], rep_b[key], level))
         out_pairs.append(entry)
     run = lambda ev: {"dir": str(ev.path), "dataset": ev.metrics.get("dataset")}  # noqa: E731
-    return _jsonable({"a": run(a), "b": run(b),
+    return jsonable({"a": run(a), "b": run(b),
                       "bootstrap": {"resamples": resamples, "seed": seed, "level": level, "groups": num_groups,
                                     "grouped_by": a.statistics.grouped_by},
                       "pairs": out_pairs})
@@ -174,7 +171,7 @@ def compare_table(result: dict) -> str:
     warnings = []
     for pair in result["pairs"]:
         rows.append(f"{_label(pair):<{width}}" + "".join(
-            f"{_pct(pair[side][key]['point']):>8}{_ci(pair[side], key):>17}" for side in ("a", "b")
+            f"{percent(pair[side][key]['point']):>8}{interval_text(pair[side], key):>17}" for side in ("a", "b")
             for key in ("ap", "fpr95")))
         for side in ("a", "b"):
             for key in ("ap", "fpr95"):
@@ -182,14 +179,14 @@ def compare_table(result: dict) -> str:
                 point, binned = iv["point"], iv["binned_point"]
                 if None not in (point, binned) and abs(binned - point) > BINNING_TOLERANCE:
                     warnings.append(f"WARNING: {side.upper()} {pair['score_' + side]} {key}: the binned statistics "
-                                    f"give {_pct(binned)} against the exact {_pct(point)}; this "
+                                    f"give {percent(binned)} against the exact {percent(point)}; this "
                                     "interval is unreliable")
     rows += warnings
     rows.append("paired differences, A minus B (same resampled groups):")
     for pair in result["pairs"]:
         d = pair["difference"]
         rows.append(f"  {_label(pair):<{width - 1}}"
-                    + "; ".join(_paired_part(key.upper(), d[key]) for key in ("ap", "fpr95")))
+                    + "; ".join(paired_text(key.upper(), d[key]) for key in ("ap", "fpr95")))
     return "\n".join(rows)
 
 
@@ -207,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("b", type=Path, metavar="B_DIR", help="an evaluation of the same frames")
     ap.add_argument("--scores", type=_names, default=None,
                     help="A's scores, comma-separated, each X or X:Y (B's Y); default: every score both have")
-    ap.add_argument("--score-b", default=None, metavar="NAME", help="B's score to compare each of A's with")
     ap.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
     ap.add_argument("--seed", type=int, default=0, help="of the group draws (densehybrid-eval's is 0)")
     ap.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the numbers to OUT")
@@ -218,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         a, b = load_evaluation(args.a), load_evaluation(args.b)
-        result = compare(a, b, score_pairs(a, b, args.scores, args.score_b), args.resamples, args.seed)
+        result = compare(a, b, score_pairs(a, b, args.scores), args.resamples, args.seed)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -128,7 +128,7 @@ def evaluate(source: PredictionSource | Predictor, dataset: EvalDataset,
         ordered = {key: merged.pop(key) for key in KEY_ORDER if key in merged}
         report = next((m for m in metrics if isinstance(m, ReportSamples)), None)
         pixel = next((m for m in metrics if isinstance(m, PixelAnomaly)), None)
-        return EvalResult(_jsonable({**ordered, **merged}), report.subsample() if report else {},
+        return EvalResult(jsonable({**ordered, **merged}), report.subsample() if report else {},
                           report.examples if report else [], pixel.statistics() if pixel else None)
     finally:
         for metric in metrics:
@@ -141,14 +141,14 @@ def with_group(sample: EvalSample, group: Hashable) -> EvalSample:
     return replace(sample, extras={**sample.extras, GROUP: group})
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Replace NaN/inf by None and numpy scalars/arrays by Python types, recursively."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return f if math.isfinite(f) else None
@@ -191,5 +191,5 @@ def cross_fold(source: PredictionSource | Predictor, fold_a: EvalDataset, fold_b
                           "own_threshold95": f.anomaly.threshold95, "applied_threshold": f.applied_threshold,
                           "open_miou": f.segmentation.open_miou, "mean_f1": f.segmentation.mean_f1,
                           "miou": f.segmentation.miou}
-    return _jsonable({"open_miou": r.open_miou, "mean_f1": r.mean_f1, "miou": r.miou,
+    return jsonable({"open_miou": r.open_miou, "mean_f1": r.mean_f1, "miou": r.miou,
                       "fold_a": fold(r.fold_a, fold_a), "fold_b": fold(r.fold_b, fold_b)})

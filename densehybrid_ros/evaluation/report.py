@@ -26,14 +26,15 @@ def curves(values: np.ndarray, is_anomaly: np.ndarray) -> tuple[np.ndarray, ...]
     return tp / P, tp / np.maximum(tp + fp, 1), fp / N, tp / P
 
 
-def _pct(v) -> str:
+def percent(v) -> str:
+    """A fraction as a percentage with two decimals ('12.34'), '-' for a missing value."""
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def _ci(entry: dict | None, key: str) -> str:
-    """'12.34 [10.1, 14.2]' from an interval dict, or the bare point."""
+def interval_text(entry: dict | None, key: str) -> str:
+    """'[10.10, 14.20]', the interval of `key` in an intervals dict, as percentages; '' where there is none."""
     iv = (entry or {}).get(key)
-    return "" if iv is None else f"[{_pct(iv['low'])}, {_pct(iv['high'])}]"
+    return "" if iv is None else f"[{percent(iv['low'])}, {percent(iv['high'])}]"
 
 
 def _edge(v) -> str:
@@ -51,8 +52,8 @@ def binning_warnings(metrics: dict) -> list[str]:
         for key, iv in (entry.get("intervals") or {}).items():
             binned = iv.get("binned_point")
             if binned is not None and abs(binned - iv["point"]) > BINNING_TOLERANCE:
-                out.append(f"WARNING: {name} {key}: the binned statistics give {_pct(binned)} against the exact "
-                           f"{_pct(iv['point'])}; this interval is unreliable")
+                out.append(f"WARNING: {name} {key}: the binned statistics give {percent(binned)} against the exact "
+                           f"{percent(iv['point'])}; this interval is unreliable")
     return out
 
 
@@ -65,11 +66,12 @@ def paired_rows(metrics: dict) -> list[str]:
     ref = paired["reference"]
     rows = [f"paired differences, {ref} minus (same resampled groups):"]
     for name, d in paired["differences"].items():
-        rows.append(f"  {name:<15}" + "; ".join(_paired_part(key.upper(), d[key]) for key in ("ap", "fpr95")))
+        rows.append(f"  {name:<15}" + "; ".join(paired_text(key.upper(), d[key]) for key in ("ap", "fpr95")))
     return rows
 
 
-def _paired_part(label: str, iv: dict) -> str:
+def paired_text(label: str, iv: dict) -> str:
+    """'AP +1.23 [+0.40, +2.10]' for a paired difference, with ' within noise' where its interval holds 0."""
     if iv["point"] is None or iv["low"] is None or iv["high"] is None:  # metrics.json writes NaN as null
         return f"{label} n/a"
     noise = " within noise" if iv["low"] <= 0.0 <= iv["high"] else ""
@@ -90,29 +92,29 @@ def summary_table(metrics: dict) -> str:
             continue
         iv = entry.get("intervals")
         op_f, op_t = a.get("tpr_at_fpr") or {}, a.get("fpr_at_tpr") or {}
-        rows.append(f"{name:<16}{_pct(a['ap']):>8}{_ci(iv, 'ap'):>17}{_pct(a['fpr95']):>8}{_ci(iv, 'fpr95'):>17}"
-                    f"{_pct(a['auroc']):>8}{_pct(op_f.get('0.01', {}).get('tpr')):>11}"
-                    f"{_pct(op_f.get('0.001', {}).get('tpr')):>13}{_pct(op_t.get('0.5', {}).get('fpr')):>12}")
+        rows.append(f"{name:<16}{percent(a['ap']):>8}{interval_text(iv, 'ap'):>17}{percent(a['fpr95']):>8}{interval_text(iv, 'fpr95'):>17}"
+                    f"{percent(a['auroc']):>8}{percent(op_f.get('0.01', {}).get('tpr')):>11}"
+                    f"{percent(op_f.get('0.001', {}).get('tpr')):>13}{percent(op_t.get('0.5', {}).get('fpr')):>12}")
     rows += binning_warnings(metrics)
     rows += paired_rows(metrics)
     if "closed_set" in metrics:
         c = metrics["closed_set"]
-        rows.append(f"mIoU {_pct(c['miou'])} {_ci(c.get('intervals'), 'miou')}")
+        rows.append(f"mIoU {percent(c['miou'])} {interval_text(c.get('intervals'), 'miou')}")
         ious = c.get("iou", {})
-        rows.append("IoU per class: " + ", ".join(f"{k} {_pct(v)}" for k, v in ious.items()))
+        rows.append("IoU per class: " + ", ".join(f"{k} {percent(v)}" for k, v in ious.items()))
     if "open_set" in metrics:
         o = metrics["open_set"]
         rows.append(f"open-mIoU {100 * o['open_miou']:.2f}  mean F1 {100 * o['mean_f1']:.2f}  (threshold {o['threshold']:.4g})")
     if metrics.get("operating_points"):
         rows.append(f"{'operating point':<16}{'threshold':>11}{'TPR':>8}{'FPR':>8}{'open-mIoU':>11}{'mean F1':>9}")
         for name, p in metrics["operating_points"].items():
-            rows.append(f"{name:<16}{p['threshold']:>11.4g}{_pct(p['tpr']):>8}{_pct(p['fpr']):>8}"
-                        f"{_pct(p.get('open_miou')):>11}{_pct(p.get('mean_f1')):>9}")
+            rows.append(f"{name:<16}{p['threshold']:>11.4g}{percent(p['tpr']):>8}{percent(p['fpr']):>8}"
+                        f"{percent(p.get('open_miou')):>11}{percent(p.get('mean_f1')):>9}")
         for name in metrics["operating_points"]:
             bins = metrics.get("recall_by_distance") or []
             if bins:
                 rows.append(f"  {name} recall by distance [m]: " + "; ".join(
-                    f"{_edge(b['lower'])}-{_edge(b['upper'])}: {_pct(b['recall'].get(name))}" for b in bins))
+                    f"{_edge(b['lower'])}-{_edge(b['upper'])}: {percent(b['recall'].get(name))}" for b in bins))
     if "cross_fold" in metrics:
         c = metrics["cross_fold"]
         rows.append(f"two-fold protocol: open-mIoU {100 * c['open_miou']:.2f}  mean F1 {100 * c['mean_f1']:.2f}  "
@@ -121,18 +123,18 @@ def summary_table(metrics: dict) -> str:
     if hybrid.get("distance_bins"):
         rec = {(b["lower"], b["upper"]): b for b in metrics.get("recall_by_distance", [])}
         rows.append("hybrid by distance [m]: " + "; ".join(
-            f"{_edge(b['lower'])}-{_edge(b['upper'])}: AP {_pct((b.get('metrics') or {}).get('ap'))}"
-            f" recall@t {_pct(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
+            f"{_edge(b['lower'])}-{_edge(b['upper'])}: AP {percent((b.get('metrics') or {}).get('ap'))}"
+            f" recall@t {percent(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
             for b in hybrid["distance_bins"]))
     near = hybrid.get("near")
     if near and near.get("metrics"):
-        rows.append(f"hybrid nearer than {_edge(near['upper'])} m: AP {_pct(near['metrics']['ap'])}  "
-                    f"FPR95 {_pct(near['metrics']['fpr95'])}")
+        rows.append(f"hybrid nearer than {_edge(near['upper'])} m: AP {percent(near['metrics']['ap'])}  "
+                    f"FPR95 {percent(near['metrics']['fpr95'])}")
     if hybrid.get("size_bins"):
         rec = {(b["lower"], b["upper"]): b for b in metrics.get("recall_by_size", [])}
         rows.append("hybrid by anomaly size [px]: " + "; ".join(
-            f"{_edge(b['lower'])}-{_edge(b['upper'])} ({b['num_components']}): AP {_pct(b['ap'])}"
-            f" recall@t {_pct(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
+            f"{_edge(b['lower'])}-{_edge(b['upper'])} ({b['num_components']}): AP {percent(b['ap'])}"
+            f" recall@t {percent(rec.get((b['lower'], b['upper']), {}).get('recall', {}).get('threshold'))}"
             for b in hybrid["size_bins"]))
     if "components" in metrics:
         c = metrics["components"]

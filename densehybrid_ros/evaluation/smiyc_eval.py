@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from densehybrid_ros.datasets.base import EvalDataset
 from densehybrid_ros.evaluation.component_metrics import ComponentMetrics
-from densehybrid_ros.evaluation.evaluate import COMPONENT_FILTERS, _jsonable
+from densehybrid_ros.evaluation.evaluate import COMPONENT_FILTERS, jsonable
 from densehybrid_ros.evaluation.metrics import score_maps
 from densehybrid_ros.evaluation.smiyc_metrics import PERCENTILES, UNIFORM, SmiycPixelMetrics, as_submitted
 from densehybrid_ros.evaluation.sources import PredictionSource, as_source
@@ -98,14 +98,14 @@ def smiyc_mode(source: Source, dataset: EvalDataset, scores: tuple[str, ...], ma
     hybrid = pixel["scores"]["hybrid"][PERCENTILES]
     if "best_F1_threshold" not in hybrid:
         out["components_best_f1_skipped"] = f"no best-F1 threshold: {hybrid['skipped']}"
-        return _jsonable(out)
+        return jsonable(out)
     threshold = hybrid["best_F1_threshold"]
     try:
         out["components_best_f1"] = {"score": "hybrid", "threshold": threshold, "rule": "float16 score > threshold",
                                      **components_pass(source, dataset, threshold, max_images, progress)}
     except ValueError as exc:
         out["components_best_f1_skipped"] = str(exc)
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _row(name: str, strategy: str, entry: dict) -> str:
