@@ -43,3 +43,10 @@ for name in sim_synthetic_big{,_uniform,_inlier_crops,_detector}; do
         --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_${name}_g768_$t --quiet
   done
 done
+# The bundled real-negative model on both test splits (the 60% target), then the acceptance comparisons.
+for t in sim_test_big sim_test_big_b; do
+  [ -f runs/eval_bundled_real_$t/metrics.json ] || $PY -m densehybrid_ros.evaluation.cli \
+      --weights models/densehybrid_sim.safetensors --dataset sim:data/$t \
+      --scores hybrid,generative,discriminative,max_logit,energy,msp --out runs/eval_bundled_real_$t --quiet
+done
+training/recipes/sim_synthetic_compare.sh
