@@ -142,9 +142,9 @@ def compare(a: Evaluation, b: Evaluation, pairs: Sequence[tuple[str, str]], resa
         out_pairs.append(entry)
     run = lambda ev: {"dir": str(ev.path), "dataset": ev.metrics.get("dataset")}  # noqa: E731
     return jsonable({"a": run(a), "b": run(b),
-                      "bootstrap": {"resamples": resamples, "seed": seed, "level": level, "groups": num_groups,
-                                    "grouped_by": a.statistics.grouped_by},
-                      "pairs": out_pairs})
+                     "bootstrap": {"resamples": resamples, "seed": seed, "level": level, "groups": num_groups,
+                                   "grouped_by": a.statistics.grouped_by},
+                     "pairs": out_pairs})
 
 
 def _label(pair: dict) -> str:

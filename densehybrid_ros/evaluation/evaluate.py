@@ -192,4 +192,4 @@ def cross_fold(source: PredictionSource | Predictor, fold_a: EvalDataset, fold_b
                           "open_miou": f.segmentation.open_miou, "mean_f1": f.segmentation.mean_f1,
                           "miou": f.segmentation.miou}
     return jsonable({"open_miou": r.open_miou, "mean_f1": r.mean_f1, "miou": r.miou,
-                      "fold_a": fold(r.fold_a, fold_a), "fold_b": fold(r.fold_b, fold_b)})
+                     "fold_a": fold(r.fold_a, fold_a), "fold_b": fold(r.fold_b, fold_b)})
