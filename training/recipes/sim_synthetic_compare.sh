@@ -11,18 +11,16 @@
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 syn=runs/eval_sim_synthetic_big_g768
-compare() {  # out-name A B scores
-  local out=$1
-  shift
-  echo "== $out: $1 vs $2"
-  $PY -m densehybrid_ros.evaluation.compare "$1" "$2" --scores "$3" --json runs/compare_$t/$out.json
+compare() {  # split out-name A B scores
+  echo "== $2: $3 vs $4"
+  $PY -m densehybrid_ros.evaluation.compare "$3" "$4" --scores "$5" --json runs/compare_$1/$2.json
 }
 for t in sim_test_big sim_test_big_b; do
   echo "### $t"
-  compare closed ${syn}_$t runs/eval_closed_big_g768_$t hybrid:max_logit,hybrid:energy
+  compare $t closed ${syn}_$t runs/eval_closed_big_g768_$t hybrid:max_logit,hybrid:energy
   for other in uniform inlier_crops detector; do
-    compare $other ${syn}_$t runs/eval_sim_synthetic_big_${other}_g768_$t hybrid
+    compare $t $other ${syn}_$t runs/eval_sim_synthetic_big_${other}_g768_$t hybrid
   done
-  compare components ${syn}_$t ${syn}_$t hybrid:generative,hybrid:discriminative
-  compare real ${syn}_$t runs/eval_bundled_real_$t hybrid
+  compare $t components ${syn}_$t ${syn}_$t hybrid:generative,hybrid:discriminative
+  compare $t real ${syn}_$t runs/eval_bundled_real_$t hybrid
 done
