@@ -17,7 +17,8 @@ from densehybrid_ros.models import build_model
 from densehybrid_training.config import TrainConfig
 from densehybrid_training.engine import _joint_step
 from densehybrid_training.flow import build_flow
-from densehybrid_training.synthetic import JointFlowTraining, SyntheticConfig, masked_confidence, sample_grid
+from densehybrid_training.synthetic import (JointFlowTraining, SyntheticConfig, masked_confidence, sample_grid,
+                                            saturated_count)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -123,6 +124,52 @@ def test_masked_confidence_by_hand():
 
     assert out["jsd"] == pytest.approx((0.0 + jsd(p1)) / 2, rel=1e-6)
     assert all(math.isnan(v) for v in masked_confidence(logits, torch.zeros_like(mask)).values())
+
+
+def test_saturated_count_by_hand():
+    values = torch.tensor([[0.0, 0.2, 1.0], [0.999, 1.0, 0.0]])
+    assert saturated_count(values) == (4, 6)
+    assert saturated_count(torch.full((2, 3, 4, 4), 0.5)) == (0, 96)
+
+
+def test_no_gradient_reaches_the_flow_through_saturated_sample_values():
+    """`saturated_count`'s premise, checked by autograd: a hot sample has values clamped at 0 or 1, and the flow's
+    parameters get gradient from its other values only."""
+    joint = _joint(temperature=4.0)
+    torch.manual_seed(1)
+    samples = joint.sample(2, 16, 16)
+    saturated = (samples.detach() <= 0) | (samples.detach() >= 1)
+    assert 0 < int(saturated.sum()) < saturated.numel()
+    params = [p for p in joint.flow.parameters() if p.requires_grad]
+
+    def grad_norm(mask: torch.Tensor) -> float:
+        grads = torch.autograd.grad((samples * mask).sum(), params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+
+    assert grad_norm(saturated.float()) == 0.0
+    assert grad_norm((~saturated).float()) > 0.0
+
+
+def test_diagnostics_count_the_saturated_values_of_the_drawn_samples():
+    """sample_saturated is the share of saturated values of the samples `mix` drew (redrawn from the same torch
+    seed: one 16x16 size for the batch, drawn in one call), before upsampling and pasting."""
+    joint = _joint(temperature=4.0, side_range=(16, 16))
+    model = randomize_batchnorm(build_model(TINY)).train()
+    x, labels, d_out = _step_inputs()
+    torch.manual_seed(7)
+    mixed, labels2, d_out2, synthetic, replaced = joint.mix(x, labels, d_out, step=0)
+    torch.manual_seed(7)
+    redrawn = joint.sample(2, 16, 16).detach()
+    expected = float(((redrawn <= 0) | (redrawn >= 1)).float().mean())
+    assert 0.0 < expected < 1.0
+    out = model(mixed)
+    row = joint.diagnostics(out.logits, labels2, d_out2, synthetic,
+                            joint.flow_loss(out.logits, synthetic, replaced, step=1))
+    assert row["sample_saturated"] == pytest.approx(expected, rel=1e-6)
+    controls = JointFlowTraining(None, SyntheticConfig(source="uniform", side_range=(16, 32)), MEAN, STD, seed=0,
+                                 device=torch.device("cpu"))
+    mixed, labels2, d_out2, synthetic, _ = controls.mix(x, labels, d_out, step=0)
+    assert math.isnan(controls.diagnostics(model(mixed).logits, labels2, d_out2, synthetic, {})["sample_saturated"])
 
 
 def test_sample_grid_places_every_sample():

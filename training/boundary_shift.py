@@ -25,7 +25,8 @@ from densehybrid_ros.predictor import Predictor
 from densehybrid_training.checkpoint import load_checkpoint
 from densehybrid_training.flow.model import DenseFlow
 from densehybrid_training.flow_train import load_flow
-from densehybrid_training.synthetic import eval_mode, jsd_to_uniform, sample_size, upsample_samples
+from densehybrid_training.synthetic import (eval_mode, jsd_to_uniform, sample_size, saturated_count,
+                                            upsample_samples)
 
 UNIFORM = "uniform"
 
@@ -70,10 +71,23 @@ def decode_samples(flow: DenseFlow, num: int, size: int, seed: int, temperature:
     """`num` size x size samples in [0, 1] from fixed latents (seeded generator), with eval-mode normalisation as in
     joint training (`JointFlowTraining.sample`): two flows of one architecture decode the same latents. With
     `sample_scale` < 1 they are drawn smaller and upsampled, as joint training does (`synthetic.sample_scale`)."""
+    return upsample_samples(_drawn(flow, num, size, seed, temperature, sample_scale), size, size).clamp(0, 1)
+
+
+def _drawn(flow: DenseFlow, num: int, size: int, seed: int, temperature: float, sample_scale: float) -> torch.Tensor:
+    """The samples `decode_samples` upsamples: drawn at `sample_size` from the seeded latents, eval-mode."""
     generator = torch.Generator().manual_seed(seed)
     small = sample_size(size, size, sample_scale, flow.size_multiple)
     with torch.no_grad(), eval_mode(flow):
-        return upsample_samples(flow.sample(num, *small, temperature, generator=generator), size, size).clamp(0, 1)
+        return flow.sample(num, *small, temperature, generator=generator)
+
+
+def sample_saturation(flow: DenseFlow, num: int, size: int, seed: int, temperature: float = 1.0,
+                      sample_scale: float = 1.0) -> float:
+    """Share of the values of `decode_samples`' samples (the same latents, before upsampling) at exactly 0 or 1,
+    where no gradient of the boundary term reaches the flow (`saturated_count`)."""
+    saturated, total = saturated_count(_drawn(flow, num, size, seed, temperature, sample_scale))
+    return saturated / total
 
 
 def paste_squares(images: list[np.ndarray], samples: torch.Tensor, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -166,6 +180,10 @@ def main(flow_args: list[str], joint: Path | None, weights: list[Path], dataset:
     result = {"images": images, "size": size, "seed": seed, "temperature": temperature,
               "sample_scale": sample_scale, "dataset": dataset,
               "rows": [asdict(r) for r in rows]}
+    result["saturated"] = {name: sample_saturation(flow, images, size, seed, temperature, sample_scale)
+                           for name, flow in flows.items()}
+    for name, share in result["saturated"].items():
+        print(f"flow {name}: {100 * share:.1f}% of the sample values saturated at 0 or 1 (no gradient through them)")
     if "joint" in flows and len(flows) > 1:
         base = next(name for name in flows if name != "joint")
         result["parameter_change"] = {f"{base}->joint": relative_change(flows[base], flows["joint"])}

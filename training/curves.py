@@ -122,7 +122,7 @@ def main(runs: list[Path], out: Path, classes: list[str], window: int) -> int:
 
 # Joint SynDenseHybrid diagnostics (training/synthetic.py: JointDiagnostics writes OUT/joint_diagnostics.csv)
 JOINT_COLUMNS = ("jsd_synthetic", "jsd_inlier", "max_softmax_synthetic", "max_softmax_inlier", "mle_bpd",
-                 "boundary_grad_share", "jsd_weight")
+                 "boundary_grad_share", "jsd_weight", "sample_saturated")
 
 
 def read_joint_diagnostics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -162,6 +162,7 @@ def plot_joint(steps: np.ndarray, values: dict[str, np.ndarray], out: Path, titl
     fig, (ax_jsd, ax_bpd, ax_share) = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, style in (("synthetic", "o-"), ("inlier", "s-")):
         ax_jsd.plot(steps, values.get(f"jsd_{name}", nan), style, ms=3, label=f"JSD to uniform, {name} pixels")
+    ax_jsd.plot(steps, values.get("sample_saturated", nan), ":", label="share of sample values at 0 or 1 (no gradient)")
     ax_jsd.set(xlabel="joint step", ylabel="JSD [nats] (ln 2 at most)", title="segmenter on pasted vs inlier pixels")
     ax_bpd.plot(steps, values.get("mle_bpd", nan), ".-")
     ax_bpd.set(xlabel="joint step", ylabel="bits/dim", title="flow: L_mle on the replaced inlier patches")
