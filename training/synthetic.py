@@ -207,7 +207,7 @@ def upsample_samples(samples: torch.Tensor, height: int, width: int) -> torch.Te
 def saturated_count(samples: torch.Tensor) -> tuple[int, int]:
     """(values at exactly 0 or 1, all values) of flow samples (`DenseFlow.sample`, before upsampling). There the
     sampler's final clamp is active, so no gradient of the boundary term (4.19) reaches the flow through them. With
-    the sim flow, 0-5% of the values at temperature 1, about half at 1.2 and 99-100% at 1.5 are (README)."""
+    the sim flow's pretrained samples, 0.2% of the values at temperature 1, 37% at 1.2 and all at 1.5 are (README)."""
     s = samples.detach()
     return int(((s <= 0) | (s >= 1)).sum()), s.numel()
 
