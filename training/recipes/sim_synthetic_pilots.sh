@@ -57,7 +57,7 @@ for name in "${pilots[@]}"; do
     flow_s05_k2_t2) pilot flow_s05_k2_t2 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
         --set synthetic.temperature=2.0 ;;
     # between: at 1.5 and above 99-100% of the samples' pixels are saturated at 0 or 1 and L_jsd's gradient reaches the
-    # flow through almost none of them; at 1.2 / 1.3 a third to four fifths are, and the gradient is alive
+    # flow through almost none of them; at 1.2 / 1.3 37% / 86% are (flow-shift), and the gradient is alive
     flow_s05_k2_t12) pilot flow_s05_k2_t12 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
         --set synthetic.temperature=1.2 ;;
     flow_s05_k2_t13) pilot flow_s05_k2_t13 --set synthetic.sample_scale=0.5 --set synthetic.flow_every=2 \
