@@ -281,6 +281,8 @@ def test_flow_source_needs_a_checkpoint(tmp_path, capsys):
         load_train_config(None, ["synthetic.shape=star"])
     with pytest.raises(ConfigError, match="synthetic: boundary_share must be >= 0"):
         load_train_config(None, ["synthetic.boundary_share=-1"])
+    with pytest.raises(ConfigError, match="synthetic: share_average must be one of"):
+        load_train_config(None, ["synthetic.share_average=median"])
 
 
 # ---------------------------------------------------------------- lambda at a target share
@@ -309,6 +311,37 @@ def test_share_controller_survives_one_exploding_step():
     assert c.avg_ratio == pytest.approx(0.95) and lam == pytest.approx(0.25 / 0.95)
     c.update(1e-9, 8.0)  # and a vanishing one as 0.095: average 0.9 * 0.95 + 0.1 * 0.095
     assert c.avg_ratio == pytest.approx(0.9 * 0.95 + 0.0095)
+
+
+def test_share_controller_log_average_by_hand():
+    c = BoundaryShareController(target=0.5, every=1, momentum=0.5, lam=0.03, lam_range=(1e-3, 10.0), average="log")
+    assert c.update(2.0, 4.0) == pytest.approx(0.5 / 0.5)  # first measurement initialises: ratio 0.5
+    assert c.update(4.0, 4.0) == pytest.approx(0.5 / math.sqrt(0.5 * 1.0))  # geometric mean of 0.5 and 1
+    # a spike enters clipped at 10x the running average, here 10 * sqrt(0.5)
+    avg = math.sqrt(0.5)
+    assert c.update(1e6, 1.0) == pytest.approx(0.5 / math.sqrt(avg * 10 * avg))
+    with pytest.raises(ValueError, match="average"):
+        BoundaryShareController(0.5, 1, 0.5, 0.03, (1e-3, 10.0), average="median")
+
+
+def test_share_controller_typical_step_under_heavy_tailed_ratios():
+    # a heavy-tailed ratio stream like the 5,400-step run's: a typical 0.1, every 10th step 1e3 (it enters clipped to
+    # 10x the running average). lambda * 0.1 is the share L_jsd gets on most steps.
+    def typical_share(average: str) -> float:
+        c = BoundaryShareController(0.25, every=1, momentum=0.9, lam=1.0, lam_range=(1e-6, 1e6), average=average)
+        shares = []
+        for t in range(2000):
+            lam = c.update(1e3 if t % 10 == 9 else 0.1, 1.0)
+            if t >= 1000 and t % 10 == 0:
+                shares.append(lam * 0.1)
+        return float(np.median(shares))
+
+    # geometric: the running average stays near the geometric mean of nine 0.1s and one spike clipped at 10x
+    # (0.1 * 10^0.1 = 0.126), so the typical step gets most of the target (0.25 * 0.1 / 0.126 = 0.2)
+    log = typical_share("log")
+    assert 0.125 < log <= 0.25
+    # arithmetic: each clipped spike lifts the mean far above the typical ratio
+    assert typical_share("mean") < 0.5 * log
 
 
 def test_backward_flow_sums_the_terms_and_holds_the_target_share():
