@@ -65,9 +65,9 @@ def test_controls_differ_only_where_they_say(name):
     assert a == b  # same segmenter, data, steps, optimiser, validation: the same budget
     for key, value in CONTROLS[name].items():
         assert sb[key] == value and sa[key] != value
-    flow_only = {"flow_checkpoint", "temperature", "jsd_weight", "boundary_share", "share_every", "share_momentum", "share_average",
-                 "lambda_range", "flow_lr", "flow_optim", "mle_every", "mle_norm", "boundary", "sample_scale",
-                 "flow_every"}
+    flow_only = {"flow_checkpoint", "temperature", "jsd_weight", "boundary_share", "share_every", "share_momentum",
+                 "share_average", "lambda_range", "flow_lr", "flow_optim", "mle_every", "mle_norm", "boundary",
+                 "sample_scale", "flow_every"}
     shared = set(sa) - set(CONTROLS[name]) - (flow_only if sb["source"] != "flow" else set())
     assert {k: sa[k] for k in shared} == {k: sb[k] for k in shared}
 
