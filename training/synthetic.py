@@ -428,8 +428,8 @@ class BoundaryShareController:
     temperature 1.5) would otherwise pin lambda to its floor for hundreds of steps. The applied gradient is not
     clipped per term, only as a whole (`FLOW_GRAD_CLIP`), so with the arithmetic average a heavy-tailed r_t leaves
     most steps below the target and a few far above it (temperature 1.5, 800-step val pilot: per-step share median
-    0.014, mean 8.7; temperature 1.3, 5,400 steps: median 0.034). Measurements without both gradients (no L_mle this step, or no
-    generated pixels) are skipped."""
+    0.014, mean 8.7; temperature 1.3, 5,400 steps: median 0.034). Measurements without both gradients (no L_mle
+    this step, or no generated pixels) are skipped."""
 
     SPIKE = 10.0
 
